@@ -1,0 +1,5 @@
+import sys
+
+from mlasdi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,200 @@
+"""Typed, frozen configuration for a multi-stage ROM.
+
+Every default lives here, in one place. Text formats (TOML, YAML, JSON) are parsed at the edge and
+turned into these objects with :func:`from_dict`, which rejects unknown keys so that a typo in a study
+spec is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+ACTIVATIONS = ("softplus", "tanh", "relu", "sigmoid", "elu", "gelu", "silu", "sin")
+FD_SCHEMES = ("central2", "central4", "forward1")
+INTEGRATORS = ("expm", "rk4")
+DTYPES = ("float32", "float64")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_widths(name: str, widths: tuple[int, ...]) -> None:
+    _check(
+        all(isinstance(w, int) and w > 0 for w in widths),
+        f"{name} must be positive integers, got {widths!r}",
+    )
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Stage-1 MLP autoencoder: n_state -> hidden... -> latent_dim -> reversed(hidden) -> n_state."""
+
+    hidden: tuple[int, ...] = (200, 20)
+    latent_dim: int = 10
+    activation: str = "softplus"
+
+    def __post_init__(self) -> None:
+        _check_widths("autoencoder.hidden", self.hidden)
+        _check(
+            isinstance(self.latent_dim, int) and self.latent_dim > 0,
+            f"autoencoder.latent_dim must be a positive integer, got {self.latent_dim!r}",
+        )
+        _check(
+            self.activation in ACTIVATIONS,
+            f"autoencoder.activation must be one of {ACTIVATIONS}, got {self.activation!r}",
+        )
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Joint autoencoder + latent-dynamics training (GPLaSDI).
+
+    loss = MSE(U, dec(enc(U))) + beta1 * mean_i MSE(dz_i/dt, [1, z_i] Xi_i) + beta2 * mean_i ||Xi_i||_F
+    """
+
+    iters: int = 10_000
+    lr: float = 1e-3
+    beta1: float = 0.1
+    beta2: float = 1e-3
+    fd_scheme: str = "central4"
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.iters, int) and self.iters > 0, f"stage1.iters must be > 0, got {self.iters!r}")
+        _check(self.lr > 0, f"stage1.lr must be > 0, got {self.lr!r}")
+        _check(self.beta1 >= 0 and self.beta2 >= 0, "stage1.beta1 and stage1.beta2 must be >= 0")
+        _check(self.fd_scheme in FD_SCHEMES, f"stage1.fd_scheme must be one of {FD_SCHEMES}, got {self.fd_scheme!r}")
+
+
+@dataclass(frozen=True)
+class ResidualStageConfig:
+    """A residual decoder (stage k >= 2): latent -> hidden... -> n_state.
+
+    The first layer is sin(kappa * (W z + b)); later hidden layers use ``activation``; output linear.
+    """
+
+    hidden: tuple[int, ...] = (20, 200)
+    kappa: float = 1.0
+    iters: int = 10_000
+    lr: float = 1e-3
+    activation: str = "tanh"
+
+    def __post_init__(self) -> None:
+        _check_widths("residual.hidden", self.hidden)
+        _check(len(self.hidden) >= 1, "residual.hidden needs at least one layer (the sine layer)")
+        _check(self.kappa > 0, f"residual.kappa must be > 0, got {self.kappa!r}")
+        _check(isinstance(self.iters, int) and self.iters > 0, f"residual.iters must be > 0, got {self.iters!r}")
+        _check(self.lr > 0, f"residual.lr must be > 0, got {self.lr!r}")
+        _check(
+            self.activation in ACTIVATIONS,
+            f"residual.activation must be one of {ACTIVATIONS}, got {self.activation!r}",
+        )
+
+
+@dataclass(frozen=True)
+class GPConfig:
+    """Per-coefficient Gaussian process: Constant x Matern(nu) on standardised parameters."""
+
+    nu: float = 1.5
+    n_restarts: int = 4
+    alpha: float = 1e-10
+
+    def __post_init__(self) -> None:
+        _check(self.nu in (0.5, 1.5, 2.5, float("inf")), f"gp.nu must be 0.5, 1.5, 2.5 or inf, got {self.nu!r}")
+        _check(isinstance(self.n_restarts, int) and self.n_restarts >= 0, "gp.n_restarts must be >= 0")
+        _check(self.alpha > 0, f"gp.alpha must be > 0, got {self.alpha!r}")
+
+
+@dataclass(frozen=True)
+class ROMConfig:
+    """A complete multi-stage ROM: stage 1 (autoencoder + dynamics) and zero or more residual stages."""
+
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    residual_stages: tuple[ResidualStageConfig, ...] = ()
+    gp: GPConfig = field(default_factory=GPConfig)
+    integrator: str = "expm"
+    rk4_substeps: int = 1
+    dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.integrator in INTEGRATORS, f"integrator must be one of {INTEGRATORS}, got {self.integrator!r}")
+        _check(isinstance(self.rk4_substeps, int) and self.rk4_substeps >= 1, "rk4_substeps must be >= 1")
+        _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _check(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def n_stages(self) -> int:
+        return 1 + len(self.residual_stages)
+
+    @property
+    def stage_iters(self) -> tuple[int, ...]:
+        return (self.stage1.iters, *(s.iters for s in self.residual_stages))
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+C = TypeVar("C")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain JSON-ready dict of a config dataclass (tuples become lists)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any] | None, *, where: str = "") -> C:
+    """Build config dataclass ``cls`` from a nested dict, rejecting unknown keys.
+
+    Lists become tuples; nested dicts become nested dataclasses, so the result of :func:`to_dict`
+    round-trips exactly.
+    """
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__} must be a table/mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {sorted(names)}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where=where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        item = args[0]
+        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str) and not isinstance(value, hint) or isinstance(value, bool) and hint is not bool:
+        raise ConfigError(f"{where} must be of type {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,306 @@
+"""Snapshot sets: full-order data u(t; mu) on a grid, in memory and in HDF5.
+
+Layout (DESIGN.md): ``snapshots`` [n_mu, n_t, *grid], ``params`` [n_mu, n_p], ``times`` [n_t], one
+coordinate array per grid axis, and attributes for parameter names, problem settings (JSON) and the
+format version.
+
+Flattening to a state vector uses one rule everywhere (:meth:`SnapshotSet.flat_snapshots`): the
+first grid axis varies fastest (Fortran order over the grid axes). For the Vlasov grid
+[N_x, N_v] this is HyPar's and the paper's order, ``vec = U[n].T.reshape(-1)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+class DataError(ValueError):
+    """Snapshot data or a snapshot file is malformed."""
+
+
+def flatten_grid(fields: np.ndarray, n_grid_axes: int) -> np.ndarray:
+    """[..., *grid] -> [..., n_state] with the first grid axis fastest."""
+    lead = fields.shape[: fields.ndim - n_grid_axes]
+    order = list(range(len(lead))) + list(range(fields.ndim - 1, len(lead) - 1, -1))
+    return np.ascontiguousarray(fields.transpose(order)).reshape(*lead, -1)
+
+
+def unflatten_grid(vectors: np.ndarray, grid_shape: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`flatten_grid`: [..., n_state] -> [..., *grid]."""
+    lead = vectors.shape[:-1]
+    reversed_grid = tuple(reversed(grid_shape))
+    fields = vectors.reshape(*lead, *reversed_grid)
+    n_lead = len(lead)
+    order = list(range(n_lead)) + list(range(fields.ndim - 1, n_lead - 1, -1))
+    return fields.transpose(order)
+
+
+@dataclass(frozen=True)
+class SnapshotSet:
+    """Full-order snapshots for a set of parameters.
+
+    Attributes
+    ----------
+    params : [n_mu, n_p] parameter values.
+    times : [n_t] snapshot times, increasing and uniformly spaced.
+    snapshots : [n_mu, n_t, *grid] solution values.
+    param_names : names of the n_p parameters.
+    coords : one coordinate array per grid axis, by axis name (insertion order = axis order).
+    settings : problem settings (JSON-serialisable), stored with the data to detect stale caches.
+    """
+
+    params: np.ndarray
+    times: np.ndarray
+    snapshots: np.ndarray
+    param_names: tuple[str, ...]
+    coords: Mapping[str, np.ndarray] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        params = np.asarray(self.params, dtype=np.float64)
+        times = np.asarray(self.times, dtype=np.float64)
+        snapshots = np.asarray(self.snapshots)
+        if params.ndim != 2:
+            raise DataError(f"params must have shape [n_mu, n_p], got {params.shape}")
+        if times.ndim != 1 or times.size < 3:
+            raise DataError(f"times must be 1-D with at least 3 entries, got shape {times.shape}")
+        if snapshots.ndim < 3:
+            raise DataError(
+                f"snapshots must have shape [n_mu, n_t, *grid] (rank >= 3), got rank {snapshots.ndim} "
+                f"with shape {snapshots.shape}"
+            )
+        if snapshots.shape[0] != params.shape[0]:
+            raise DataError(
+                f"snapshots has {snapshots.shape[0]} parameters but params has {params.shape[0]}"
+            )
+        if snapshots.shape[1] != times.size:
+            raise DataError(f"snapshots has {snapshots.shape[1]} times but times has {times.size}")
+        if len(self.param_names) != params.shape[1]:
+            raise DataError(
+                f"{len(self.param_names)} parameter names for {params.shape[1]} parameters"
+            )
+        if not np.all(np.isfinite(snapshots)):
+            bad = np.argwhere(~np.isfinite(snapshots.reshape(snapshots.shape[0], -1)).all(axis=1))
+            raise DataError(
+                f"snapshots contain NaN or Inf (parameter indices {bad.ravel()[:10].tolist()})"
+            )
+        steps = np.diff(times)
+        if np.any(steps <= 0) or not np.allclose(steps, steps[0], rtol=1e-6, atol=0):
+            raise DataError("times must be increasing and uniformly spaced")
+        if self.coords and len(self.coords) != snapshots.ndim - 2:
+            raise DataError(f"{len(self.coords)} coordinate arrays for {snapshots.ndim - 2} grid axes")
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "times", times)
+        object.__setattr__(self, "snapshots", snapshots)
+        object.__setattr__(self, "param_names", tuple(self.param_names))
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(self.snapshots.shape[2:])
+
+    @property
+    def n_state(self) -> int:
+        return int(np.prod(self.grid_shape))
+
+    @property
+    def dt(self) -> float:
+        return float(self.times[1] - self.times[0])
+
+    def flat_snapshots(self) -> np.ndarray:
+        """[n_mu, n_t, n_state], first grid axis fastest (see module docstring)."""
+        return flatten_grid(self.snapshots, len(self.grid_shape))
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> SnapshotSet:
+        """The snapshot set restricted to the parameters at ``indices``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return SnapshotSet(
+            params=self.params[idx],
+            times=self.times,
+            snapshots=self.snapshots[idx],
+            param_names=self.param_names,
+            coords=self.coords,
+            settings=self.settings,
+        )
+
+    def index_of(self, params: np.ndarray, atol: float = 1e-9) -> np.ndarray:
+        """Index of each row of ``params`` [m, n_p] in this set; -1 where absent."""
+        params = np.atleast_2d(np.asarray(params, dtype=np.float64))
+        close = np.all(np.abs(params[:, None, :] - self.params[None, :, :]) <= atol, axis=2)
+        return np.where(close.any(axis=1), close.argmax(axis=1), -1)
+
+
+def _settings_json(settings: Mapping[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True)
+
+
+class SnapshotFileWriter:
+    """Write a snapshot set to HDF5 one parameter at a time, resumably.
+
+    The file is created under ``path + '.partial'`` with the full layout and a ``completed`` mask;
+    :meth:`write` fills parameters (flushing each), :meth:`finish` renames the file to ``path`` once
+    every parameter is complete. Reopening an existing ``.partial`` file with the same settings
+    resumes it (``completed`` says what is done); different settings are an error unless
+    ``overwrite`` is set.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        params: np.ndarray,
+        times: np.ndarray,
+        grid_shape: Sequence[int],
+        param_names: Sequence[str],
+        coords: Mapping[str, np.ndarray],
+        settings: Mapping[str, Any],
+        dtype: np.dtype | type = np.float64,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise DataError(f"output directory {self.path.parent} does not exist")
+        self.partial_path = self.path.with_name(self.path.name + ".partial")
+        params = np.asarray(params, dtype=np.float64)
+        settings_json = _settings_json(settings)
+        if self.partial_path.exists() and not overwrite:
+            handle = h5py.File(self.partial_path, "r+")
+            same = (
+                handle.attrs.get("settings") == settings_json
+                and handle["params"].shape == params.shape
+                and np.array_equal(handle["params"][...], params)
+            )
+            if not same:
+                handle.close()
+                raise DataError(
+                    f"{self.partial_path} is an interrupted run with other settings; "
+                    "pass overwrite=True (CLI: --overwrite) to start again"
+                )
+            self._file = handle
+            return
+        if self.partial_path.exists():
+            self.partial_path.unlink()
+        handle = h5py.File(self.partial_path, "w")
+        n_mu, n_t = params.shape[0], len(times)
+        handle.create_dataset(
+            "snapshots",
+            shape=(n_mu, n_t, *grid_shape),
+            dtype=dtype,
+            chunks=(1, n_t, *grid_shape),
+        )
+        handle.create_dataset("params", data=params)
+        handle.create_dataset("times", data=np.asarray(times, dtype=np.float64))
+        handle.create_dataset("completed", data=np.zeros(n_mu, dtype=bool))
+        for name, values in coords.items():
+            handle.create_dataset(f"coords/{name}", data=np.asarray(values))
+        handle.attrs["coord_names"] = json.dumps(list(coords))
+        handle.attrs["param_names"] = json.dumps(list(param_names))
+        handle.attrs["settings"] = settings_json
+        handle.attrs["format_version"] = FORMAT_VERSION
+        handle.flush()
+        self._file = handle
+
+    @property
+    def completed(self) -> np.ndarray:
+        """[n_mu] bool: which parameters are already written."""
+        return self._file["completed"][...]
+
+    def write(self, indices: Sequence[int] | np.ndarray, snapshots: np.ndarray) -> None:
+        """Store ``snapshots`` [len(indices), n_t, *grid] for the parameters at ``indices``."""
+        snapshots = np.asarray(snapshots)
+        if not np.all(np.isfinite(snapshots)):
+            raise DataError("refusing to write snapshots containing NaN or Inf")
+        for row, index in zip(snapshots, np.asarray(indices, dtype=np.int64), strict=True):
+            self._file["snapshots"][int(index)] = row
+            self._file["completed"][int(index)] = True
+        self._file.flush()
+
+    def finish(self) -> Path:
+        """Close and move the file to its final name; every parameter must be complete."""
+        missing = np.flatnonzero(~self.completed)
+        if missing.size:
+            raise DataError(f"{missing.size} parameters not written yet (first: {missing[:5].tolist()})")
+        self._file.close()
+        os.replace(self.partial_path, self.path)
+        return self.path
+
+    def close(self) -> None:
+        """Close without finishing (the ``.partial`` file stays for a later resume)."""
+        if self._file.id.valid:
+            self._file.close()
+
+    def __enter__(self) -> SnapshotFileWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def save_snapshot_set(path: str | os.PathLike[str], data: SnapshotSet) -> Path:
+    """Write ``data`` to HDF5 atomically (temp file + rename)."""
+    writer = SnapshotFileWriter(
+        path,
+        params=data.params,
+        times=data.times,
+        grid_shape=data.grid_shape,
+        param_names=data.param_names,
+        coords=data.coords,
+        settings=data.settings,
+        dtype=data.snapshots.dtype,
+        overwrite=True,
+    )
+    writer.write(np.arange(data.params.shape[0]), data.snapshots)
+    return writer.finish()
+
+
+def read_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The problem settings stored in a snapshot file (cheap: no snapshot data is read)."""
+    with h5py.File(path, "r") as handle:
+        return json.loads(handle.attrs["settings"])
+
+
+def load_snapshot_set(
+    path: str | os.PathLike[str], *, indices: Sequence[int] | np.ndarray | None = None
+) -> SnapshotSet:
+    """Read and validate a snapshot file (optionally only the parameters at ``indices``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"snapshot file {path} does not exist")
+    with h5py.File(path, "r") as handle:
+        missing = {"snapshots", "params", "times", "completed"} - set(handle)
+        if missing:
+            raise DataError(f"{path} is not a snapshot file: missing datasets {sorted(missing)}")
+        version = int(handle.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise DataError(f"{path} has format version {version}, expected {FORMAT_VERSION}")
+        if not handle["completed"][...].all():
+            raise DataError(f"{path} is incomplete (an interrupted generation)")
+        if indices is None:
+            snapshots = handle["snapshots"][...]
+            params = handle["params"][...]
+        else:
+            idx = np.asarray(indices, dtype=np.int64)
+            order = np.argsort(idx)
+            rows = np.empty((idx.size, *handle["snapshots"].shape[1:]), dtype=handle["snapshots"].dtype)
+            rows[order] = handle["snapshots"][np.sort(idx)]
+            snapshots = rows
+            params = handle["params"][...][idx]
+        coord_names = json.loads(handle.attrs.get("coord_names", "[]"))
+        coords = {name: handle[f"coords/{name}"][...] for name in coord_names}
+        return SnapshotSet(
+            params=params,
+            times=handle["times"][...],
+            snapshots=snapshots,
+            param_names=tuple(json.loads(handle.attrs["param_names"])),
+            coords=coords,
+            settings=json.loads(handle.attrs["settings"]),
+        )

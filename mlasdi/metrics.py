@@ -1,0 +1,95 @@
+"""Relative errors and the schema of study results.
+
+The error of a prediction for parameter mu (DESIGN.md) is
+
+    r(mu) = max_t ||u(t; mu) - u~(t; mu)||_2 / ||u(t; mu)||_2
+
+over the whole state at each snapshot time. The functions accept numpy arrays or torch tensors of
+shape [..., n_t, n_state] and return the same kind.
+
+``RESULT_COLUMNS`` and ``PARAM_ERROR_COLUMNS`` are the single definition of the Parquet result
+tables: the study harness writes them and the analysis validates them, without either importing
+the other. Kinds are ``string``, ``int64``, ``float64``, ``bool``, ``list<int64>``,
+``list<float64>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def relative_error_over_time(truth: Any, prediction: Any) -> Any:
+    """[..., n_t, n_state] -> [..., n_t]: ||u - u~||_2 / ||u||_2 at each snapshot time."""
+    diff = prediction - truth
+    return ((diff * diff).sum(-1) ** 0.5) / ((truth * truth).sum(-1) ** 0.5)
+
+
+def max_relative_error(truth: Any, prediction: Any) -> Any:
+    """[..., n_t, n_state] -> [...]: r(mu), the max over time of the relative error."""
+    per_time = relative_error_over_time(truth, prediction)
+    return per_time.max(-1) if isinstance(per_time, np.ndarray) else per_time.amax(-1)
+
+
+def summarize_errors(errors: np.ndarray, *, prefix: str = "err") -> dict[str, float]:
+    """max / mean / median / min of r(mu) over a set of parameters (NaN when the set is empty)."""
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.size == 0:
+        return {f"{prefix}_{k}": float("nan") for k in ("max", "mean", "median", "min")}
+    return {
+        f"{prefix}_max": float(errors.max()),
+        f"{prefix}_mean": float(errors.mean()),
+        f"{prefix}_median": float(np.median(errors)),
+        f"{prefix}_min": float(errors.min()),
+    }
+
+
+METHODS = ("gplasdi", "mlasdi")
+STATUSES = ("ok", "diverged", "failed")
+
+# One row per evaluated model (a trial evaluated at one budget).
+RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("study", "string"),
+    ("trial_id", "string"),
+    ("evaluation_id", "string"),  # unique per row: "<trial_id>/b<budget_index>"
+    ("method", "string"),  # gplasdi | mlasdi
+    ("hidden", "string"),  # stage-1 hidden widths, e.g. "1000-500-50"
+    ("arch_index", "int64"),  # position of the architecture in the spec (Table 1 row)
+    ("n_model_params", "int64"),  # parameters of every network used at prediction
+    ("latent_dim", "int64"),
+    ("n_stages", "int64"),
+    ("stage_iters", "list<int64>"),
+    ("budget_index", "int64"),  # position of the budget in the spec
+    ("total_iters", "int64"),
+    ("seed", "int64"),
+    ("err_max", "float64"),  # r(mu) over every test parameter
+    ("err_mean", "float64"),
+    ("err_median", "float64"),
+    ("err_min", "float64"),
+    ("unseen_err_max", "float64"),  # the same over test parameters that are not training points
+    ("unseen_err_mean", "float64"),
+    ("unseen_err_median", "float64"),
+    ("unseen_err_min", "float64"),
+    ("train_err_max", "float64"),
+    ("train_time_s", "float64"),  # all stages
+    ("stage_times_s", "list<float64>"),
+    ("eval_time_s", "float64"),
+    ("device", "string"),
+    ("status", "string"),  # ok | diverged | failed
+    ("message", "string"),
+    ("config_json", "string"),
+    ("mlasdi_version", "string"),
+    ("created_at", "string"),  # ISO 8601, UTC
+)
+
+# One row per (evaluated model, test parameter): r(mu) for heatmaps.
+PARAM_ERROR_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("study", "string"),
+    ("evaluation_id", "string"),
+    ("method", "string"),
+    ("param_index", "int64"),
+    ("params", "list<float64>"),
+    ("is_train", "bool"),
+    ("err", "float64"),
+)

@@ -1,0 +1,1 @@
+"""Full-order data sources, each producing a :class:`mlasdi.data.SnapshotSet`."""
