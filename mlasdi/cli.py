@@ -6,6 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from mlasdi.config import AutoencoderConfig, ResidualStageConfig, ROMConfig, Stage1Config
+from mlasdi.problems import oscillator
+
 
 def _parse_params(text: str) -> list[tuple[float, ...]]:
     try:
@@ -20,6 +25,122 @@ def _parse_grid(text: str) -> tuple[int, int]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--grid must look like 21x21, got {text!r}") from exc
     return n_t, n_k
+
+
+def _parse_iters(text: str) -> list[int]:
+    try:
+        iters = [int(x) for x in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--iters must look like 10000,10000, got {text!r}") from exc
+    if any(i <= 0 for i in iters):
+        raise argparse.ArgumentTypeError(f"--iters must be positive, got {text!r}")
+    return iters
+
+
+def oscillator_config(n_stages: int, iters: list[int], seed: int) -> ROMConfig:
+    """The paper's oscillator configuration: AE 600-200-20-10 softplus, residual 10-20-200-600."""
+    return ROMConfig(
+        autoencoder=AutoencoderConfig(hidden=(200, 20), latent_dim=10, activation="softplus"),
+        stage1=Stage1Config(iters=iters[0]),
+        residual_stages=tuple(
+            ResidualStageConfig(hidden=(20, 200), kappa=1.0, iters=n) for n in iters[1:n_stages]
+        ),
+        seed=seed,
+    )
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from mlasdi.experiment import run_fit
+
+    if args.iters is None:
+        args.iters = [10_000] * args.stages
+    if len(args.iters) != args.stages:
+        raise ValueError(f"--iters gives {len(args.iters)} budgets for --stages {args.stages}")
+    if args.problem == "oscillator":
+        data = oscillator.snapshot_set()
+        train_index = data.index_of(np.array(oscillator.TRAIN_AMPLITUDES)[:, None])
+        config = oscillator_config(args.stages, args.iters, args.seed)
+    else:
+        raise ValueError(f"unknown problem {args.problem!r}")
+    report = run_fit(
+        data,
+        train_index,
+        config,
+        out=args.out,
+        problem=args.problem,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    summary = report.summary
+    if not args.no_figures:
+        draw_fit_figures(report, data, args.out)
+    for entry in summary["parameters"]:
+        errs = ", ".join(f"{e:.4g}" for e in entry["err_by_stage"])
+        print(f"{entry['split']:5s} params={entry['params']} r(stages 1..k)=[{errs}]")
+    print(f"stage times (s): {summary['stage_times_s']}; wrote {args.out / 'metrics.json'}")
+    return 0
+
+
+def draw_fit_figures(report, data, out: Path) -> None:
+    """Per-time error of each stage count, snapshots of data vs stages, and loss histories."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    errors = report.errors  # [n_stages, n_mu, n_t]
+    n_stages, n_mu, _ = errors.shape
+    labels = ["stage 1"] + [f"stages 1-{k}" for k in range(2, n_stages + 1)]
+    names = data.param_names
+    fig, axes = plt.subplots(1, n_mu, figsize=(4.2 * n_mu, 3.4), sharey=True, squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        for k in range(n_stages):
+            ax.semilogy(data.times, errors[k, i], label=labels[k])
+        split = report.summary["parameters"][i]["split"]
+        ax.set_title(", ".join(f"{n}={v:.3g}" for n, v in zip(names, data.params[i])) + f" ({split})")
+        ax.set_xlabel("t")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("relative error ||u - u~|| / ||u||")
+    axes[0][-1].legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "error_vs_time.png", dpi=120)
+    plt.close(fig)
+
+    if len(data.grid_shape) == 1:
+        coords = next(iter(data.coords.values()), np.arange(data.grid_shape[0]))
+        test = [i for i, p in enumerate(report.summary["parameters"]) if p["split"] == "test"] or [0]
+        i = test[0]
+        truth = data.flat_snapshots()[i]
+        Z = report.rom.latent_trajectories(data.params[i : i + 1], truth[None, 0])
+        stages = [p[0].cpu().numpy() for p in report.rom.decode_by_stage(Z)]
+        picks = np.linspace(0, len(data.times) - 1, 4).astype(int)
+        fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 3.2), sharey=True)
+        for ax, t in zip(axes, picks, strict=True):
+            ax.plot(coords, truth[t], "k-", lw=2, label="data")
+            for k, prediction in enumerate(stages):
+                ax.plot(coords, prediction[t], "--", lw=1.2, label=labels[k])
+            ax.set_title(f"t = {data.times[t]:.2f}")
+            ax.set_xlabel(list(data.coords)[0] if data.coords else "x")
+        axes[0].set_ylabel("u")
+        axes[-1].legend(loc="best", fontsize=8)
+        fig.suptitle(", ".join(f"{n}={v:.3g}" for n, v in zip(names, data.params[i])))
+        fig.tight_layout()
+        fig.savefig(out / "snapshots.png", dpi=120)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    offset = 0
+    for k, history in enumerate(report.fit.loss_histories):
+        total = history[:, 0].numpy()
+        ax.semilogy(np.arange(offset + 1, offset + total.size + 1), total, label=f"stage {k + 1}")
+        offset += total.size
+    ax.set_xlabel("iteration (stages in sequence)")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "loss_history.png", dpi=120)
+    plt.close(fig)
 
 
 def _data_vlasov(args: argparse.Namespace) -> int:
@@ -47,6 +168,17 @@ def _data_vlasov(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlasdi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    fit = commands.add_parser("fit", help="train and evaluate a multi-stage ROM")
+    fit.add_argument("--problem", choices=["oscillator"], default="oscillator")
+    fit.add_argument("--stages", type=int, default=2, help="1 = GPLaSDI, 2+ = mLaSDI")
+    fit.add_argument("--iters", type=_parse_iters, default=None, help="per stage, e.g. 10000,10000")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--out", type=Path, required=True, help="output directory")
+    fit.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    fit.add_argument("--no-figures", action="store_true")
+    fit.add_argument("--quiet", action="store_true", help="no progress output")
+    fit.set_defaults(handler=_fit)
 
     data = commands.add_parser("data", help="generate a full-order snapshot set (HDF5)")
     problems = data.add_subparsers(dest="problem", required=True)

@@ -69,10 +69,16 @@ class Stage1Config:
     fd_scheme: str = "central4"
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.iters, int) and self.iters > 0, f"stage1.iters must be > 0, got {self.iters!r}")
+        _check(
+            isinstance(self.iters, int) and self.iters > 0,
+            f"stage1.iters must be > 0, got {self.iters!r}",
+        )
         _check(self.lr > 0, f"stage1.lr must be > 0, got {self.lr!r}")
         _check(self.beta1 >= 0 and self.beta2 >= 0, "stage1.beta1 and stage1.beta2 must be >= 0")
-        _check(self.fd_scheme in FD_SCHEMES, f"stage1.fd_scheme must be one of {FD_SCHEMES}, got {self.fd_scheme!r}")
+        _check(
+            self.fd_scheme in FD_SCHEMES,
+            f"stage1.fd_scheme must be one of {FD_SCHEMES}, got {self.fd_scheme!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,10 @@ class ResidualStageConfig:
         _check_widths("residual.hidden", self.hidden)
         _check(len(self.hidden) >= 1, "residual.hidden needs at least one layer (the sine layer)")
         _check(self.kappa > 0, f"residual.kappa must be > 0, got {self.kappa!r}")
-        _check(isinstance(self.iters, int) and self.iters > 0, f"residual.iters must be > 0, got {self.iters!r}")
+        _check(
+            isinstance(self.iters, int) and self.iters > 0,
+            f"residual.iters must be > 0, got {self.iters!r}",
+        )
         _check(self.lr > 0, f"residual.lr must be > 0, got {self.lr!r}")
         _check(
             self.activation in ACTIVATIONS,
@@ -109,8 +118,13 @@ class GPConfig:
     alpha: float = 1e-10
 
     def __post_init__(self) -> None:
-        _check(self.nu in (0.5, 1.5, 2.5, float("inf")), f"gp.nu must be 0.5, 1.5, 2.5 or inf, got {self.nu!r}")
-        _check(isinstance(self.n_restarts, int) and self.n_restarts >= 0, "gp.n_restarts must be >= 0")
+        _check(
+            self.nu in (0.5, 1.5, 2.5, float("inf")),
+            f"gp.nu must be 0.5, 1.5, 2.5 or inf, got {self.nu!r}",
+        )
+        _check(
+            isinstance(self.n_restarts, int) and self.n_restarts >= 0, "gp.n_restarts must be >= 0"
+        )
         _check(self.alpha > 0, f"gp.alpha must be > 0, got {self.alpha!r}")
 
 
@@ -128,8 +142,14 @@ class ROMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.integrator in INTEGRATORS, f"integrator must be one of {INTEGRATORS}, got {self.integrator!r}")
-        _check(isinstance(self.rk4_substeps, int) and self.rk4_substeps >= 1, "rk4_substeps must be >= 1")
+        _check(
+            self.integrator in INTEGRATORS,
+            f"integrator must be one of {INTEGRATORS}, got {self.integrator!r}",
+        )
+        _check(
+            isinstance(self.rk4_substeps, int) and self.rk4_substeps >= 1,
+            "rk4_substeps must be >= 1",
+        )
         _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         _check(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
 
@@ -169,7 +189,9 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, *, where: str = "") -> 
     """
     data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__} must be a table/mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"{where or cls.__name__} must be a table/mapping, got {type(data).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
@@ -195,6 +217,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, float, str) and not isinstance(value, hint) or isinstance(value, bool) and hint is not bool:
+    if (
+        hint in (int, float, str)
+        and not isinstance(value, hint)
+        or isinstance(value, bool)
+        and hint is not bool
+    ):
         raise ConfigError(f"{where} must be of type {hint.__name__}, got {value!r}")
     return value

@@ -98,7 +98,9 @@ class SnapshotSet:
         if np.any(steps <= 0) or not np.allclose(steps, steps[0], rtol=1e-6, atol=0):
             raise DataError("times must be increasing and uniformly spaced")
         if self.coords and len(self.coords) != snapshots.ndim - 2:
-            raise DataError(f"{len(self.coords)} coordinate arrays for {snapshots.ndim - 2} grid axes")
+            raise DataError(
+                f"{len(self.coords)} coordinate arrays for {snapshots.ndim - 2} grid axes"
+            )
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "times", times)
         object.__setattr__(self, "snapshots", snapshots)
@@ -228,7 +230,9 @@ class SnapshotFileWriter:
         """Close and move the file to its final name; every parameter must be complete."""
         missing = np.flatnonzero(~self.completed)
         if missing.size:
-            raise DataError(f"{missing.size} parameters not written yet (first: {missing[:5].tolist()})")
+            raise DataError(
+                f"{missing.size} parameters not written yet (first: {missing[:5].tolist()})"
+            )
         self._file.close()
         os.replace(self.partial_path, self.path)
         return self.path
@@ -290,7 +294,9 @@ def load_snapshot_set(
         else:
             idx = np.asarray(indices, dtype=np.int64)
             order = np.argsort(idx)
-            rows = np.empty((idx.size, *handle["snapshots"].shape[1:]), dtype=handle["snapshots"].dtype)
+            rows = np.empty(
+                (idx.size, *handle["snapshots"].shape[1:]), dtype=handle["snapshots"].dtype
+            )
             rows[order] = handle["snapshots"][np.sort(idx)]
             snapshots = rows
             params = handle["params"][...][idx]

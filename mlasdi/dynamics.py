@@ -1,0 +1,167 @@
+"""Linear latent dynamics dz/dt = A z + b: derivatives, least-squares fit, exact integration.
+
+Shapes: a batch of latent trajectories is ``Z`` [n_mu, n_t, r]. Coefficients are stored as
+``Xi`` [n_mu, r + 1, r] so that ``dZ/dt ~ [1, Z] @ Xi`` (the SINDy library [1, z]); hence
+``b = Xi[:, 0, :]`` and ``A = Xi[:, 1:, :]^T``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+# Finite-difference stencils on a uniform grid, as (interior offsets/weights, boundary rows).
+# Boundary rows are one-sided stencils of the same order; the last rows are the first ones
+# mirrored with opposite sign.
+_STENCILS: dict[str, tuple[dict[int, float], list[dict[int, float]], float]] = {
+    "forward1": ({0: -1.0, 1: 1.0}, [], 1.0),
+    "central2": ({-1: -1.0, 1: 1.0}, [{0: -3.0, 1: 4.0, 2: -1.0}], 2.0),
+    "central4": (
+        {-2: 1.0, -1: -8.0, 1: 8.0, 2: -1.0},
+        [
+            {0: -25.0, 1: 48.0, 2: -36.0, 3: 16.0, 4: -3.0},
+            {-1: -3.0, 0: -10.0, 1: 18.0, 2: -6.0, 3: 1.0},
+        ],
+        12.0,
+    ),
+}
+_ORDER = {"forward1": 1, "central2": 2, "central4": 4}
+
+
+def derivative_matrix(n_t: int, dt: float, scheme: str = "central4") -> torch.Tensor:
+    """Dense [n_t, n_t] float64 operator D with (D @ z)[i] ~ dz/dt(t_i) on a uniform grid.
+
+    ``forward1`` is first order (the last row is a backward difference); ``central2`` and
+    ``central4`` are second and fourth order everywhere, with one-sided stencils at the ends.
+    """
+    if scheme not in _STENCILS:
+        raise ValueError(
+            f"unknown finite-difference scheme {scheme!r}; choose from {sorted(_STENCILS)}"
+        )
+    interior, boundary, denominator = _STENCILS[scheme]
+    needed = _ORDER[scheme] + 1
+    if n_t < needed:
+        raise ValueError(f"scheme {scheme!r} needs at least {needed} time points, got {n_t}")
+    D = torch.zeros(n_t, n_t, dtype=torch.float64)
+    n_bound = len(boundary)
+    for i in range(n_bound, n_t - n_bound):
+        for offset, weight in interior.items():
+            j = i + offset
+            if 0 <= j < n_t:
+                D[i, j] = weight
+    if scheme == "forward1":
+        D[n_t - 1, n_t - 2], D[n_t - 1, n_t - 1] = -1.0, 1.0
+    for i, row in enumerate(boundary):
+        for offset, weight in row.items():
+            D[i, i + offset] = weight
+            D[n_t - 1 - i, n_t - 1 - i - offset] = -weight
+    return D / (denominator * dt)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_derivative_matrix(
+    n_t: int, dt: float, scheme: str, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    return derivative_matrix(n_t, dt, scheme).to(dtype=dtype, device=device)
+
+
+def time_derivative(Z: torch.Tensor, dt: float, scheme: str = "central4") -> torch.Tensor:
+    """dZ/dt along axis -2 of ``Z`` [..., n_t, r] (differentiable; stays on Z's device)."""
+    D = _cached_derivative_matrix(Z.shape[-2], float(dt), scheme, Z.dtype, Z.device)
+    return torch.matmul(D, Z)
+
+
+def library(Z: torch.Tensor) -> torch.Tensor:
+    """[..., n_t, r] -> [..., n_t, r + 1]: the affine library [1, z]."""
+    return torch.cat([torch.ones_like(Z[..., :1]), Z], dim=-1)
+
+
+def fit_affine(Z: torch.Tensor, dZdt: torch.Tensor) -> torch.Tensor:
+    """Least-squares ``Xi`` [..., r + 1, r] minimising ||[1, Z] Xi - dZ/dt||_F per batch entry.
+
+    Solved by a reduced QR of the library (differentiable, batched, no host round trip); the
+    library must have full column rank (n_t >= r + 1 and non-degenerate trajectories).
+    """
+    Theta = library(Z)
+    Q, R = torch.linalg.qr(Theta, mode="reduced")
+    return torch.linalg.solve_triangular(R, Q.mT @ dZdt, upper=True)
+
+
+def split_coefficients(Xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Xi`` [..., r + 1, r] -> (A [..., r, r], b [..., r])."""
+    return Xi[..., 1:, :].mT, Xi[..., 0, :]
+
+
+def join_coefficients(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`split_coefficients`."""
+    return torch.cat([b.unsqueeze(-2), A.mT], dim=-2)
+
+
+def integrate_expm(
+    A: torch.Tensor, b: torch.Tensor, z0: torch.Tensor, times: torch.Tensor
+) -> torch.Tensor:
+    """Exact solution of dz/dt = A z + b, z(times[0]) = z0, at every time.
+
+    Uses the matrix exponential of the augmented system [[A, b], [0, 0]] for all parameters and
+    times at once, in float64. Shapes: A [n, r, r], b [n, r], z0 [n, r], times [n_t] ->
+    [n, n_t, r] in z0's dtype.
+    """
+    n, r = z0.shape
+    dtype = z0.dtype
+    M = torch.zeros(n, r + 1, r + 1, dtype=torch.float64, device=z0.device)
+    M[:, :r, :r] = A.to(torch.float64)
+    M[:, :r, r] = b.to(torch.float64)
+    tau = (times.to(torch.float64) - times[0].to(torch.float64)).to(z0.device)
+    propagators = torch.linalg.matrix_exp(M[:, None] * tau[None, :, None, None])
+    z0_aug = torch.cat(
+        [z0.to(torch.float64), torch.ones(n, 1, dtype=torch.float64, device=z0.device)], 1
+    )
+    Z = torch.einsum("ntij,nj->nti", propagators[:, :, :r, :], z0_aug)
+    return Z.to(dtype)
+
+
+def integrate_rk4(
+    A: torch.Tensor,
+    b: torch.Tensor,
+    z0: torch.Tensor,
+    times: torch.Tensor,
+    substeps: int = 1,
+) -> torch.Tensor:
+    """Classical RK4 for dz/dt = A z + b on ``times`` (uniform), ``substeps`` steps per interval.
+
+    Shapes as :func:`integrate_expm`; computed in z0's dtype.
+    """
+    h = (times[1] - times[0]).item() / substeps
+    out = [z0]
+    z = z0
+
+    def rhs(state: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nij,nj->ni", A, state) + b
+
+    for _ in range(times.numel() - 1):
+        for _ in range(substeps):
+            k1 = rhs(z)
+            k2 = rhs(z + 0.5 * h * k1)
+            k3 = rhs(z + 0.5 * h * k2)
+            k4 = rhs(z + h * k3)
+            z = z + (h / 6.0) * (k1 + 2 * k2 + 2 * k3 + k4)
+        out.append(z)
+    return torch.stack(out, dim=1)
+
+
+def integrate(
+    A: torch.Tensor,
+    b: torch.Tensor,
+    z0: torch.Tensor,
+    times: torch.Tensor,
+    *,
+    method: str = "expm",
+    rk4_substeps: int = 1,
+) -> torch.Tensor:
+    """Integrate dz/dt = A z + b with ``method`` ``expm`` (exact) or ``rk4``."""
+    if method == "expm":
+        return integrate_expm(A, b, z0, times)
+    if method == "rk4":
+        return integrate_rk4(A, b, z0, times, rk4_substeps)
+    raise ValueError(f"unknown integrator {method!r}; choose 'expm' or 'rk4'")

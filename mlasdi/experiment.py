@@ -1,0 +1,113 @@
+"""Train, evaluate and record one ROM: the engine behind ``mlasdi fit``.
+
+Writes ``OUT/metrics.json`` (see README), the trained ROM under ``OUT/rom/`` and the loss
+histories in ``OUT/loss_history.npz``; figures are drawn by the CLI from what this returns.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mlasdi import __version__
+from mlasdi.config import ROMConfig, to_dict
+from mlasdi.data import SnapshotSet
+from mlasdi.rom import FitResult, MultiStageROM, evaluate, fit_rom, resolve_device
+from mlasdi.train import CheckpointReport
+
+PROGRESS_EVERY = 500
+
+
+@dataclass
+class FitReport:
+    """The summary written to metrics.json, the ROM, and per-time errors [n_stages, n_mu, n_t]."""
+
+    summary: dict[str, Any]
+    rom: MultiStageROM
+    errors: np.ndarray
+    fit: FitResult
+
+
+def _progress_checkpoints(iters: int) -> list[int]:
+    return list(range(PROGRESS_EVERY, iters + 1, PROGRESS_EVERY)) or [iters]
+
+
+def run_fit(
+    data: SnapshotSet,
+    train_index: np.ndarray,
+    config: ROMConfig,
+    *,
+    out: Path,
+    problem: str,
+    device: str = "auto",
+    progress: bool = True,
+) -> FitReport:
+    """Fit ``config`` on ``data[train_index]``, evaluate every parameter of ``data``, write results."""
+    if np.any(train_index < 0):
+        raise ValueError("a training parameter is missing from the snapshot set")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch_device = resolve_device(device)
+    bars: dict[int, tqdm] = {}
+
+    def stage_callback(stage: int):
+        total = config.stage_iters[stage - 1]
+        bars[stage] = tqdm(total=total, desc=f"stage {stage}", disable=not progress, unit="it")
+
+        def report(checkpoint: CheckpointReport) -> None:
+            bar = bars[stage]
+            bar.update(checkpoint.iteration - bar.n)
+            bar.set_postfix(loss=f"{checkpoint.loss['loss']:.3e}")
+            if checkpoint.iteration == total:
+                bar.close()
+
+        return report
+
+    checkpoints = {k: _progress_checkpoints(n) for k, n in enumerate(config.stage_iters, start=1)}
+    fit = fit_rom(
+        data.subset(train_index),
+        config,
+        device=torch_device,
+        stage_callback=stage_callback,
+        checkpoints=checkpoints,
+    )
+    start = time.perf_counter()
+    errors = evaluate(fit.rom, data.params, data.flat_snapshots())
+    eval_time = time.perf_counter() - start
+    is_train = np.zeros(data.params.shape[0], dtype=bool)
+    is_train[train_index] = True
+    summary = {
+        "problem": problem,
+        "seed": config.seed,
+        "config": to_dict(config),
+        "stage_times_s": fit.stage_times_s,
+        "eval_time_s": eval_time,
+        "n_model_params": fit.rom.n_model_params,
+        "device": str(torch_device),
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "mlasdi_version": __version__,
+        "parameters": [
+            {
+                "params": data.params[i].tolist(),
+                "split": "train" if is_train[i] else "test",
+                "err_by_stage": errors[:, i].max(-1).tolist(),
+            }
+            for i in range(data.params.shape[0])
+        ],
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    fit.rom.save(out / "rom")
+    np.savez(
+        out / "loss_history.npz",
+        **{f"stage{k}": h.numpy() for k, h in enumerate(fit.loss_histories, 1)},
+    )
+    return FitReport(summary=summary, rom=fit.rom, errors=errors, fit=fit)

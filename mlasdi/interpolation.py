@@ -1,0 +1,111 @@
+"""Gaussian-process interpolation of latent-dynamics coefficients over parameter space.
+
+One independent GP per coefficient (as in GPLaSDI), kernel Constant x Matern(nu) on inputs
+standardised with the training parameters' mean and standard deviation; outputs normalised by
+scikit-learn (``normalize_y``). Hyperparameters are fitted by maximum likelihood with seeded
+restarts, so a fit is reproducible from the seed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import ConstantKernel, Kernel, Matern
+
+from mlasdi.config import GPConfig
+
+
+def _base_kernel(config: GPConfig) -> Kernel:
+    return ConstantKernel(1.0, (1e-4, 1e4)) * Matern(
+        length_scale=1.0, length_scale_bounds=(1e-2, 1e3), nu=config.nu
+    )
+
+
+@dataclass
+class CoefficientGP:
+    """Interpolates coefficients [n_train, n_coef] given at training parameters [n_train, n_p]."""
+
+    config: GPConfig
+    seed: int = 0
+
+    def fit(self, params: np.ndarray, coefficients: np.ndarray) -> CoefficientGP:
+        """Fit one GP per column of ``coefficients`` (hyperparameters by maximum likelihood)."""
+        params = np.asarray(params, dtype=np.float64)
+        coefficients = np.asarray(coefficients, dtype=np.float64)
+        if params.ndim != 2 or coefficients.ndim != 2 or params.shape[0] != coefficients.shape[0]:
+            raise ValueError(
+                f"need params [n_train, n_p] and coefficients [n_train, n_coef], got "
+                f"{params.shape} and {coefficients.shape}"
+            )
+        if not np.all(np.isfinite(coefficients)):
+            raise ValueError("coefficients contain NaN or Inf: the latent dynamics fit diverged")
+        self.input_mean = params.mean(axis=0)
+        scale = params.std(axis=0)
+        self.input_scale = np.where(scale > 0, scale, 1.0)
+        self.train_inputs = self._standardise(params)
+        self.train_targets = coefficients
+        self.models = []
+        for i in range(coefficients.shape[1]):
+            gp = GaussianProcessRegressor(
+                kernel=_base_kernel(self.config),
+                alpha=self.config.alpha,
+                normalize_y=True,
+                n_restarts_optimizer=self.config.n_restarts,
+                random_state=np.random.RandomState(self.seed + i),
+            )
+            with warnings.catch_warnings():
+                # With a handful of training points the likelihood is often flat and a length
+                # scale settles on its bound; that is expected here, not a failure.
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                gp.fit(self.train_inputs, coefficients[:, i])
+            self.models.append(gp)
+        return self
+
+    def _standardise(self, params: np.ndarray) -> np.ndarray:
+        return (np.asarray(params, dtype=np.float64) - self.input_mean) / self.input_scale
+
+    def predict(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predictive mean and standard deviation, each [n, n_coef]."""
+        x = self._standardise(np.atleast_2d(params))
+        means, stds = zip(*(gp.predict(x, return_std=True) for gp in self.models), strict=True)
+        return np.stack(means, axis=1), np.stack(stds, axis=1)
+
+    def sample(self, params: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
+        """Draws [n_samples, n, n_coef] from each coefficient's posterior (independent over n)."""
+        mean, std = self.predict(params)
+        rng = np.random.default_rng(seed)
+        return mean[None] + std[None] * rng.standard_normal((n_samples, *mean.shape))
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that reproduce this fit exactly (no pickle)."""
+        return {
+            "input_mean": self.input_mean,
+            "input_scale": self.input_scale,
+            "train_inputs": self.train_inputs,
+            "train_targets": self.train_targets,
+            "kernel_theta": np.stack([gp.kernel_.theta for gp in self.models]),
+        }
+
+    @classmethod
+    def from_state(cls, config: GPConfig, seed: int, state: dict[str, np.ndarray]) -> CoefficientGP:
+        """Rebuild a fitted GP from :meth:`state` without re-optimising hyperparameters."""
+        self = cls(config, seed)
+        self.input_mean = state["input_mean"]
+        self.input_scale = state["input_scale"]
+        self.train_inputs = state["train_inputs"]
+        self.train_targets = state["train_targets"]
+        self.models = []
+        for i, theta in enumerate(state["kernel_theta"]):
+            gp = GaussianProcessRegressor(
+                kernel=_base_kernel(config).clone_with_theta(theta),
+                alpha=config.alpha,
+                normalize_y=True,
+                optimizer=None,
+            )
+            gp.fit(self.train_inputs, self.train_targets[:, i])
+            self.models.append(gp)
+        return self

@@ -1,0 +1,367 @@
+"""The multi-stage ROM: predict snapshots for any parameters from its trained stages.
+
+Prediction for parameters mu (DESIGN.md): z0 = enc(u0(mu)); latent-dynamics coefficients from the
+GP mean (or a posterior sample); z(t) from the exact (or RK4) integrator on the snapshot times;
+u~ = dec1(z) + e1 dec2(z) + e2 dec3(z) + ...
+
+``fit_rom`` runs the whole pipeline; the pieces (``Stage1Trainer``, :func:`stage1_rom`,
+:func:`residual_stage_data`, ``ResidualTrainer``, :meth:`MultiStageROM.with_stage`) let a study
+branch residual stages from stage-1 checkpoints without retraining.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlasdi.config import ROMConfig, from_dict, to_dict
+from mlasdi.data import SnapshotSet
+from mlasdi.dynamics import fit_affine, integrate, split_coefficients, time_derivative
+from mlasdi.interpolation import CoefficientGP
+from mlasdi.metrics import relative_error_over_time
+from mlasdi.nn import Autoencoder, ResidualDecoder, count_parameters
+from mlasdi.train import Callback, DivergenceError, ResidualTrainer, Stage1Trainer
+
+SAVE_FORMAT_VERSION = 1
+# A predicted latent trajectory this many times larger than the training latents has blown up.
+LATENT_BLOWUP_FACTOR = 1e3
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None): CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+@dataclass
+class MultiStageROM:
+    """A trained ROM with ``1 + len(residual_decoders)`` stages.
+
+    Attributes
+    ----------
+    autoencoder : stage 1 (frozen once the ROM is built).
+    gp : interpolates the flattened coefficients Xi [r + 1, r] over parameters.
+    times : [n_t] snapshot times the latent ODE is integrated to.
+    config : the configuration it was trained with.
+    residual_decoders, scales : stage k >= 2 decoders and their e_{k-1}.
+    latent_bound : max |z| over the training latents (for blow-up detection).
+    """
+
+    autoencoder: Autoencoder
+    gp: CoefficientGP
+    times: np.ndarray
+    config: ROMConfig
+    residual_decoders: list[ResidualDecoder] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
+    latent_bound: float = 1.0
+
+    @property
+    def n_stages(self) -> int:
+        return 1 + len(self.residual_decoders)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.autoencoder.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.autoencoder.parameters()).dtype
+
+    @property
+    def n_model_params(self) -> int:
+        """Trainable scalars of every network used at prediction (encoder, decoders)."""
+        return count_parameters(self.autoencoder) + sum(
+            map(count_parameters, self.residual_decoders)
+        )
+
+    def to(self, device: str | torch.device) -> MultiStageROM:
+        device = resolve_device(device)
+        self.autoencoder.to(device)
+        for decoder in self.residual_decoders:
+            decoder.to(device)
+        return self
+
+    def with_stage(self, decoder: ResidualDecoder, scale: float) -> MultiStageROM:
+        """A new ROM with one more residual stage (the networks are shared, not copied)."""
+        return MultiStageROM(
+            autoencoder=self.autoencoder,
+            gp=self.gp,
+            times=self.times,
+            config=self.config,
+            residual_decoders=[*self.residual_decoders, decoder],
+            scales=[*self.scales, float(scale)],
+            latent_bound=self.latent_bound,
+        )
+
+    def _tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(array).to(device=self.device, dtype=self.dtype)
+
+    def coefficients(self, params: np.ndarray, *, sample_seed: int | None = None) -> torch.Tensor:
+        """Xi [n, r + 1, r] at ``params`` [n, n_p]: the GP mean, or one posterior draw."""
+        params = np.atleast_2d(np.asarray(params, dtype=np.float64))
+        if sample_seed is None:
+            flat, _ = self.gp.predict(params)
+        else:
+            flat = self.gp.sample(params, 1, sample_seed)[0]
+        r = self.autoencoder.latent_dim
+        return torch.as_tensor(flat.reshape(-1, r + 1, r), device=self.device, dtype=torch.float64)
+
+    @torch.no_grad()
+    def latent_trajectories(
+        self, params: np.ndarray, u0: np.ndarray | torch.Tensor, *, sample_seed: int | None = None
+    ) -> torch.Tensor:
+        """Z [n, n_t, r] from z0 = enc(u0), u0 [n, n_state]. Raises DivergenceError on blow-up."""
+        z0 = self.autoencoder.encode(self._tensor(u0))
+        A, b = split_coefficients(self.coefficients(params, sample_seed=sample_seed))
+        times = torch.as_tensor(self.times, dtype=torch.float64, device=self.device)
+        Z = integrate(
+            A, b, z0, times, method=self.config.integrator, rk4_substeps=self.config.rk4_substeps
+        )
+        peak = Z.abs().amax() if Z.numel() else torch.zeros(())
+        if not bool(torch.isfinite(peak)) or float(peak) > LATENT_BLOWUP_FACTOR * self.latent_bound:
+            raise DivergenceError(
+                f"predicted latent trajectories blew up (max |z| = {float(peak):.3g}, "
+                f"training latents reach {self.latent_bound:.3g})"
+            )
+        return Z
+
+    @torch.no_grad()
+    def decode_by_stage(self, Z: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Cumulative predictions [n, n_t, n_state] after stage 1, 1..2, ..., one at a time."""
+        prediction = self.autoencoder.decode(Z)
+        yield prediction
+        for decoder, scale in zip(self.residual_decoders, self.scales, strict=True):
+            prediction = prediction + scale * decoder(Z)
+            yield prediction
+
+    @torch.no_grad()
+    def predict(
+        self,
+        params: np.ndarray,
+        u0: np.ndarray | torch.Tensor,
+        *,
+        n_stages: int | None = None,
+        sample_seed: int | None = None,
+    ) -> torch.Tensor:
+        """Predicted snapshots [n, n_t, n_state] using the first ``n_stages`` stages (default all)."""
+        n_stages = self.n_stages if n_stages is None else n_stages
+        if not 1 <= n_stages <= self.n_stages:
+            raise ValueError(f"n_stages must be in 1..{self.n_stages}, got {n_stages}")
+        Z = self.latent_trajectories(params, u0, sample_seed=sample_seed)
+        for stage, prediction in enumerate(self.decode_by_stage(Z), start=1):
+            if stage == n_stages:
+                return prediction
+        raise AssertionError("unreachable")
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json``, ``weights.pt`` (state dicts) and ``gp.npz``; no pickle."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": SAVE_FORMAT_VERSION,
+            "config": to_dict(self.config),
+            "n_state": self.autoencoder.n_state,
+            "scales": self.scales,
+            "latent_bound": self.latent_bound,
+        }
+        weights = {"autoencoder": self.autoencoder.state_dict()}
+        for i, decoder in enumerate(self.residual_decoders):
+            weights[f"residual_{i}"] = decoder.state_dict()
+        torch.save(weights, directory / "weights.pt")
+        np.savez(directory / "gp.npz", times=self.times, **self.gp.state())
+        (directory / "config.json").write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(
+        cls, directory: str | os.PathLike[str], *, device: str | torch.device = "auto"
+    ) -> MultiStageROM:
+        """Inverse of :meth:`save` (``torch.load(weights_only=True)``, ``allow_pickle=False``)."""
+        directory = Path(directory)
+        meta = json.loads((directory / "config.json").read_text())
+        if meta.get("format_version") != SAVE_FORMAT_VERSION:
+            raise ValueError(
+                f"{directory} has ROM format {meta.get('format_version')}, expected {SAVE_FORMAT_VERSION}"
+            )
+        config = from_dict(ROMConfig, meta["config"])
+        device = resolve_device(device)
+        dtype = torch_dtype(config.dtype)
+        weights = torch.load(directory / "weights.pt", map_location=device, weights_only=True)
+        ae = config.autoencoder
+        autoencoder = Autoencoder(meta["n_state"], ae.hidden, ae.latent_dim, ae.activation)
+        autoencoder.load_state_dict(weights["autoencoder"])
+        decoders = []
+        for i, stage in enumerate(config.residual_stages[: len(meta["scales"])]):
+            decoder = ResidualDecoder(
+                ae.latent_dim,
+                stage.hidden,
+                meta["n_state"],
+                kappa=stage.kappa,
+                activation=stage.activation,
+            )
+            decoder.load_state_dict(weights[f"residual_{i}"])
+            decoders.append(decoder.to(device=device, dtype=dtype).eval())
+        with np.load(directory / "gp.npz", allow_pickle=False) as arrays:
+            state = {k: arrays[k] for k in arrays.files}
+        times = state.pop("times")
+        gp = CoefficientGP.from_state(config.gp, config.seed, state)
+        return cls(
+            autoencoder=autoencoder.to(device=device, dtype=dtype).eval(),
+            gp=gp,
+            times=times,
+            config=config,
+            residual_decoders=decoders,
+            scales=[float(s) for s in meta["scales"]],
+            latent_bound=float(meta["latent_bound"]),
+        )
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, no gradients: a finished stage."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+@torch.no_grad()
+def stage1_rom(
+    autoencoder: Autoencoder,
+    U_train: torch.Tensor,
+    params_train: np.ndarray,
+    times: np.ndarray,
+    config: ROMConfig,
+) -> MultiStageROM:
+    """Freeze a (copy of a) trained autoencoder into a one-stage ROM (GPLaSDI).
+
+    The coefficients at the training parameters are refitted in float64 from the encoded training
+    trajectories (the same least squares as in training), then interpolated by the GP.
+    """
+    model = freeze(copy.deepcopy(autoencoder))
+    Z = model.encode(U_train).to(torch.float64)
+    dt = float(times[1] - times[0])
+    Xi = fit_affine(Z, time_derivative(Z, dt, config.stage1.fd_scheme))
+    if not bool(torch.isfinite(Xi).all()):
+        raise DivergenceError("latent dynamics coefficients are not finite")
+    gp = CoefficientGP(config.gp, config.seed).fit(
+        params_train, Xi.reshape(Xi.shape[0], -1).cpu().numpy()
+    )
+    return MultiStageROM(
+        autoencoder=model,
+        gp=gp,
+        times=np.asarray(times, dtype=np.float64),
+        config=config,
+        latent_bound=float(Z.abs().amax()),
+    )
+
+
+@torch.no_grad()
+def residual_stage_data(
+    rom: MultiStageROM, U_train: torch.Tensor, params_train: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(Z_pred [n, n_t, r], R / e [n, n_t, n_state], e) for training the next residual stage.
+
+    Z_pred are the predicted latent trajectories at the training parameters (GP mean), R is the
+    residual of the ROM's current prediction and e = std(R), a scalar.
+    """
+    Z = rom.latent_trajectories(params_train, U_train[:, 0])
+    *_, prediction = rom.decode_by_stage(Z)
+    residual = U_train - prediction
+    scale = float(residual.std())
+    if not np.isfinite(scale) or scale == 0.0:
+        raise DivergenceError(f"residual scale is {scale}: nothing left to fit or a blow-up")
+    return Z, residual / scale, scale
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_rom` returns: the ROM and per-stage training times and loss histories."""
+
+    rom: MultiStageROM
+    stage_times_s: list[float]
+    loss_histories: list[torch.Tensor]
+
+
+def fit_rom(
+    train: SnapshotSet,
+    config: ROMConfig,
+    *,
+    device: str | torch.device = "auto",
+    stage_callback: Callable[[int], Callback] | None = None,
+    checkpoints: dict[int, list[int]] | None = None,
+) -> FitResult:
+    """Train every stage of ``config`` on ``train`` (its first snapshot is each u0).
+
+    ``checkpoints[k]`` lists iterations of stage k (1-based) at which ``stage_callback(k)`` is
+    called with a :class:`~mlasdi.train.CheckpointReport`.
+    """
+    device = resolve_device(device)
+    dtype = torch_dtype(config.dtype)
+    ae = config.autoencoder
+    if ae.latent_dim >= train.n_state:
+        raise ValueError(
+            f"latent size {ae.latent_dim} must be smaller than the state size {train.n_state}"
+        )
+    U = torch.as_tensor(train.flat_snapshots(), dtype=dtype).to(device)
+    checkpoints = checkpoints or {}
+
+    def callback_for(stage: int) -> Callback | None:
+        return stage_callback(stage) if stage_callback is not None else None
+
+    trainer = Stage1Trainer.create(
+        U, train.dt, ae.hidden, ae.latent_dim, ae.activation, config.stage1, config.seed
+    )
+    trainer.train(config.stage1.iters, checkpoints=checkpoints.get(1, ()), callback=callback_for(1))
+    start = time.perf_counter()
+    rom = stage1_rom(trainer.model, U, train.params, train.times, config)  # type: ignore[arg-type]
+    stage_times = [trainer.elapsed_s + time.perf_counter() - start]
+    histories = [trainer.history]
+    for k, stage in enumerate(config.residual_stages, start=2):
+        start = time.perf_counter()
+        Z, target, scale = residual_stage_data(rom, U, train.params)
+        residual = ResidualTrainer.create(Z, target, stage, seed=config.seed + k - 1)
+        residual.train(stage.iters, checkpoints=checkpoints.get(k, ()), callback=callback_for(k))
+        rom = rom.with_stage(freeze(residual.model), scale)  # type: ignore[arg-type]
+        stage_times.append(time.perf_counter() - start)
+        histories.append(residual.history)
+    return FitResult(rom=rom, stage_times_s=stage_times, loss_histories=histories)
+
+
+@torch.no_grad()
+def evaluate(
+    rom: MultiStageROM,
+    params: np.ndarray,
+    truth: np.ndarray,
+    *,
+    u0: np.ndarray | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Per-time relative errors [n_stages, n, n_t] of the cumulative stage predictions.
+
+    ``truth`` [n, n_t, n_state] (any float dtype, host memory) is moved to the device a batch of
+    parameters at a time, so the full prediction never has to fit in memory. ``u0`` defaults to
+    ``truth[:, 0]``. ``errors.max(-1)`` gives r(mu) for each stage count.
+    """
+    params = np.atleast_2d(np.asarray(params, dtype=np.float64))
+    u0 = truth[:, 0] if u0 is None else u0
+    errors = np.empty((rom.n_stages, params.shape[0], truth.shape[1]))
+    for start in range(0, params.shape[0], batch_size):
+        stop = min(start + batch_size, params.shape[0])
+        Z = rom.latent_trajectories(params[start:stop], u0[start:stop])
+        U = rom._tensor(truth[start:stop])
+        for stage, prediction in enumerate(rom.decode_by_stage(Z)):
+            errors[stage, start:stop] = relative_error_over_time(U, prediction).cpu().numpy()
+    return errors
