@@ -14,7 +14,9 @@ from mlasdi.problems import oscillator
 
 def _parse_params(text: str) -> list[tuple[float, ...]]:
     try:
-        return [tuple(float(x) for x in item.split(",")) for item in text.split(";") if item.strip()]
+        return [
+            tuple(float(x) for x in item.split(",")) for item in text.split(";") if item.strip()
+        ]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"cannot parse parameters {text!r}: {exc}") from exc
 
@@ -31,7 +33,9 @@ def _parse_iters(text: str) -> list[int]:
     try:
         iters = [int(x) for x in text.split(",")]
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--iters must look like 10000,10000, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(
+            f"--iters must look like 10000,10000, got {text!r}"
+        ) from exc
     if any(i <= 0 for i in iters):
         raise argparse.ArgumentTypeError(f"--iters must be positive, got {text!r}")
     return iters
@@ -97,7 +101,10 @@ def draw_fit_figures(report, data, out: Path) -> None:
         for k in range(n_stages):
             ax.semilogy(data.times, errors[k, i], label=labels[k])
         split = report.summary["parameters"][i]["split"]
-        ax.set_title(", ".join(f"{n}={v:.3g}" for n, v in zip(names, data.params[i])) + f" ({split})")
+        ax.set_title(
+            ", ".join(f"{n}={v:.3g}" for n, v in zip(names, data.params[i], strict=True))
+            + f" ({split})"
+        )
         ax.set_xlabel("t")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("relative error ||u - u~|| / ||u||")
@@ -108,7 +115,9 @@ def draw_fit_figures(report, data, out: Path) -> None:
 
     if len(data.grid_shape) == 1:
         coords = next(iter(data.coords.values()), np.arange(data.grid_shape[0]))
-        test = [i for i, p in enumerate(report.summary["parameters"]) if p["split"] == "test"] or [0]
+        test = [i for i, p in enumerate(report.summary["parameters"]) if p["split"] == "test"] or [
+            0
+        ]
         i = test[0]
         truth = data.flat_snapshots()[i]
         Z = report.rom.latent_trajectories(data.params[i : i + 1], truth[None, 0])
@@ -123,7 +132,7 @@ def draw_fit_figures(report, data, out: Path) -> None:
             ax.set_xlabel(list(data.coords)[0] if data.coords else "x")
         axes[0].set_ylabel("u")
         axes[-1].legend(loc="best", fontsize=8)
-        fig.suptitle(", ".join(f"{n}={v:.3g}" for n, v in zip(names, data.params[i])))
+        fig.suptitle(", ".join(f"{n}={v:.3g}" for n, v in zip(names, data.params[i], strict=True)))
         fig.tight_layout()
         fig.savefig(out / "snapshots.png", dpi=120)
         plt.close(fig)
@@ -194,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fill the field's x ghost values periodically (HyPar leaves them 0; see README)",
     )
-    vl.add_argument("--overwrite", action="store_true", help="regenerate a file with other settings")
-    vl.add_argument("--batch-size", type=int, default=None, help="parameters per batch (default: auto)")
+    vl.add_argument(
+        "--overwrite", action="store_true", help="regenerate a file with other settings"
+    )
+    vl.add_argument(
+        "--batch-size", type=int, default=None, help="parameters per batch (default: auto)"
+    )
     vl.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     vl.add_argument("--quiet", action="store_true", help="no progress bar")
     vl.set_defaults(handler=_data_vlasov)
