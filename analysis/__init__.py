@@ -1,0 +1,26 @@
+"""Analysis of study results: improvement factors, report and figures from the Parquet tables.
+
+Reads ``RESULTS_DIR/results/*.parquet`` (and ``param_errors/``) without Ray or ``studies``.
+Importing this package does not import matplotlib; only drawing does.
+
+>>> from analysis import analyze, write_report
+>>> write_report(analyze("runs/vlasov_quick"), "runs/vlasov_quick/report")  # doctest: +SKIP
+"""
+
+from .factors import factor_table, factors_by, pair_models, share_below, split_usable
+from .report import analyze, write_report
+from .schema import SchemaError, arrow_schema, read_param_errors, read_results
+
+__all__ = [
+    "SchemaError",
+    "analyze",
+    "arrow_schema",
+    "factor_table",
+    "factors_by",
+    "pair_models",
+    "read_param_errors",
+    "read_results",
+    "share_below",
+    "split_usable",
+    "write_report",
+]

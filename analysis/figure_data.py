@@ -1,0 +1,129 @@
+"""The data behind each figure, as DataFrames (compute here, draw in :mod:`analysis.plots`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "arch_labels",
+    "error_time_table",
+    "best_models",
+    "heatmap_table",
+    "heatmap_grid",
+    "factor_bars",
+    "search_history",
+    "search_params",
+]
+
+_METHODS = ("gplasdi", "mlasdi")
+
+
+def arch_labels(usable: pd.DataFrame) -> dict[int, str]:
+    """``arch_index -> "A<i>: <gplasdi hidden> | <mlasdi hidden>"`` from the hidden widths seen."""
+    labels = {}
+    for arch, rows in usable.groupby("arch_index", sort=True):
+        parts = []
+        for m in _METHODS:
+            hidden = sorted(set(rows.loc[rows["method"] == m, "hidden"].dropna().astype(str)))
+            parts.append("/".join(hidden) if hidden else "-")
+        labels[int(arch)] = f"A{int(arch)}: {parts[0]} | {parts[1]}"
+    return labels
+
+
+def error_time_table(usable: pd.DataFrame) -> pd.DataFrame:
+    """Figure 2 data: one row per usable model with training time and min/mean/max error."""
+    cols = [
+        "method",
+        "evaluation_id",
+        "arch_index",
+        "latent_dim",
+        "budget_index",
+        "seed",
+        "hidden",
+        "train_time_s",
+        "err_min",
+        "err_mean",
+        "err_max",
+    ]
+    return (
+        usable[cols].sort_values(["method", "train_time_s"], kind="stable").reset_index(drop=True)
+    )
+
+
+def best_models(usable: pd.DataFrame, *, metric: str = "err_max") -> pd.DataFrame:
+    """The usable model with the smallest ``metric`` of each method (ties: faster, then id)."""
+    ordered = usable.sort_values([metric, "train_time_s", "evaluation_id"], kind="stable")
+    best = ordered.groupby("method", sort=True).head(1)
+    return best.sort_values("method").reset_index(drop=True)
+
+
+def heatmap_table(param_errors: pd.DataFrame, evaluation_ids: Sequence[str]) -> pd.DataFrame:
+    """r(mu) rows of the given models: ``evaluation_id, method, mu_0, mu_1, ..., err, is_train``.
+
+    Raises ``ValueError`` when a model has no rows.
+    """
+    rows = param_errors[param_errors["evaluation_id"].isin(list(evaluation_ids))]
+    missing = sorted(set(evaluation_ids) - set(rows["evaluation_id"]))
+    if missing:
+        raise ValueError(f"no param_errors rows for evaluation_id(s) {missing}")
+    mu = [c for c in param_errors.columns if c.startswith("mu_")]
+    cols = ["evaluation_id", "method", "param_index", *mu, "err", "is_train"]
+    return rows[cols].sort_values(["evaluation_id", "param_index"]).reset_index(drop=True)
+
+
+def heatmap_grid(table: pd.DataFrame, evaluation_id: str) -> pd.DataFrame | None:
+    """r(mu) of one model as a grid: index = ``mu_1`` values, columns = ``mu_0`` values.
+
+    Returns ``None`` when there are not exactly two parameters or the points do not fill a
+    rectangular grid (then draw a scatter instead).
+    """
+    rows = table[table["evaluation_id"] == evaluation_id]
+    if not {"mu_0", "mu_1"} <= set(rows.columns) or "mu_2" in rows.columns:
+        return None
+    grid = rows.pivot_table(index="mu_1", columns="mu_0", values="err", aggfunc="mean")
+    if grid.size != len(rows) or grid.isna().any().any():
+        return None
+    return grid
+
+
+def factor_bars(by_arch_latent: pd.DataFrame, quantity: str) -> pd.DataFrame:
+    """Rows of a ``factors_by(..., ["arch_index", "latent_dim"])`` table for one quantity."""
+    t = by_arch_latent[by_arch_latent["quantity"] == quantity]
+    cols = ["arch_index", "latent_dim", "n_pairs", "median_of_ratios", "mor_low", "mor_high"]
+    return t[cols].sort_values(["arch_index", "latent_dim"]).reset_index(drop=True)
+
+
+def search_history(trials: pd.DataFrame) -> pd.DataFrame:
+    """Optuna history: completed trials with ``value_0`` and its running minimum ``best``."""
+    done = trials[(trials["state"].astype(str).str.upper() == "COMPLETE")]
+    done = done[np.isfinite(done["value_0"].astype("float64"))]
+    out = done[["number", "value_0"]].sort_values("number").reset_index(drop=True)
+    out["best"] = out["value_0"].cummin()
+    return out
+
+
+def search_params(trials: pd.DataFrame) -> pd.DataFrame:
+    """Long table ``number, param, value, value_0`` of the numeric ``params_*`` of completed trials."""
+    hist = trials[(trials["state"].astype(str).str.upper() == "COMPLETE")]
+    parts = []
+    for col in trials.columns:
+        if not col.startswith("params_"):
+            continue
+        values = pd.to_numeric(hist[col], errors="coerce")
+        if values.notna().sum() == 0:
+            continue
+        part = pd.DataFrame(
+            {
+                "number": hist["number"],
+                "param": col.removeprefix("params_"),
+                "value": values,
+                "value_0": hist["value_0"],
+            }
+        )
+        parts.append(part.dropna())
+    if not parts:
+        return pd.DataFrame(columns=["number", "param", "value", "value_0"])
+    return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,521 @@
+"""Analysis of study results on synthetic tables whose factors are known by construction."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis import figure_data as D
+from analysis.cli import main
+from analysis.factors import (
+    factor_table,
+    factors_by,
+    median_ci,
+    pair_models,
+    ratio_of_medians_ci,
+    share_below,
+    split_usable,
+)
+from analysis.report import analyze, headline_sentence
+from analysis.schema import (
+    SchemaError,
+    arrow_schema,
+    read_budget_trials,
+    read_param_errors,
+    read_results,
+)
+from mlasdi.metrics import PARAM_ERROR_COLUMNS, RESULT_COLUMNS
+
+_DEFAULTS = {
+    "study": "synthetic",
+    "hidden": "40-20",
+    "n_stages": 1,
+    "stage_iters": [100],
+    "total_iters": 100,
+    "seed": 0,
+    "err_median": None,
+    "unseen_err_max": None,
+    "unseen_err_mean": None,
+    "unseen_err_median": None,
+    "unseen_err_min": None,
+    "train_err_max": None,
+    "stage_times_s": None,
+    "eval_time_s": 1.0,
+    "device": "cpu",
+    "status": "ok",
+    "message": "",
+    "config_json": "{}",
+    "mlasdi_version": "0.1.0",
+    "created_at": "2025-01-01T00:00:00+00:00",
+}
+
+
+def row(method: str, arch: int, latent: int, budget: int, err: float, **kw) -> dict:
+    """One result row; ``err`` is err_mean, err_max = 2 err, err_min = err / 4 unless given."""
+    seed = kw.get("seed", 0)
+    r = {
+        **_DEFAULTS,
+        "trial_id": f"{method}-a{arch}-l{latent}-s{seed}",
+        "method": method,
+        "arch_index": arch,
+        "latent_dim": latent,
+        "budget_index": budget,
+        "err_max": 2 * err,
+        "err_mean": err,
+        "err_min": err / 4,
+        "train_time_s": 100.0,
+        "n_model_params": 1000,
+    }
+    r.update(kw)
+    r.setdefault("evaluation_id", f"{r['trial_id']}/b{budget}")
+    return r
+
+
+def write_parquet(path: Path, rows: list[dict], columns=RESULT_COLUMNS) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = arrow_schema(columns)
+    full = [{name: r.get(name) for name in schema.names} for r in rows]
+    pq.write_table(pa.Table.from_pylist(full, schema=schema), path)
+    return path
+
+
+def known_study(c_max=2.5, c_mean=3.0, c_min=6.0, arch_scale=(1.0, 1.0)) -> list[dict]:
+    """GPLaSDI errors exactly c times mLaSDI errors (per metric; arch 1 times arch_scale[1])."""
+    rows = []
+    rng = np.random.default_rng(7)
+    for arch in (0, 1):
+        s = arch_scale[arch]
+        for latent in (3, 5):
+            for budget in (0, 1, 2):
+                e = float(rng.uniform(0.002, 0.05))
+                rows.append(
+                    row(
+                        "mlasdi",
+                        arch,
+                        latent,
+                        budget,
+                        e,
+                        hidden="20-10",
+                        train_time_s=50.0,
+                        n_model_params=500,
+                        n_stages=2,
+                        stage_iters=[100, 50],
+                    )
+                )
+                rows.append(
+                    row(
+                        "gplasdi",
+                        arch,
+                        latent,
+                        budget,
+                        e,
+                        err_max=2 * e * c_max * s,
+                        err_mean=e * c_mean * s,
+                        err_min=e / 4 * c_min * s,
+                        hidden="80-40",
+                        train_time_s=150.0,
+                        n_model_params=2000,
+                    )
+                )
+    return rows
+
+
+def param_rows(eval_id: str, method: str, scale: float) -> list[dict]:
+    rows, i = [], 0
+    for T in (0.8, 0.9, 1.0, 1.1, 1.2):
+        for k in (1.0, 1.5, 2.0, 2.5):
+            rows.append(
+                {
+                    "study": "synthetic",
+                    "evaluation_id": eval_id,
+                    "method": method,
+                    "param_index": i,
+                    "params": [T, k],
+                    "is_train": (i % 5 == 0),
+                    "err": scale * (0.002 + 0.01 * (T - 0.8) + 0.004 * (k - 1.0) ** 2),
+                }
+            )
+            i += 1
+    return rows
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+def test_arrow_schema_kinds():
+    s = arrow_schema(RESULT_COLUMNS)
+    assert s.names == [n for n, _ in RESULT_COLUMNS]
+    assert s.field("stage_iters").type == pa.list_(pa.int64())
+    assert s.field("stage_times_s").type == pa.list_(pa.float64())
+    assert s.field("arch_index").type == pa.int64()
+    assert arrow_schema(PARAM_ERROR_COLUMNS).field("is_train").type == pa.bool_()
+    assert all(f.nullable for f in s)
+    with pytest.raises(ValueError, match="unknown column kind"):
+        arrow_schema([("x", "int32")])
+
+
+def test_read_results_all_null_list_column_and_null_typed_file(tmp_path):
+    rows = known_study()
+    write_parquet(tmp_path / "results" / "a.parquet", rows[:4])  # stage_times_s all null
+    rows[4]["stage_times_s"] = [1.0, 2.0]
+    write_parquet(tmp_path / "results" / "b.parquet", rows[4:])
+    # A file written without the explicit schema: all-null columns become type null.
+    full = [{n: r.get(n) for n, _ in RESULT_COLUMNS} for r in known_study()[:1]]
+    full[0]["evaluation_id"] = "extra/b0"
+    pq.write_table(pa.Table.from_pylist(full), tmp_path / "results" / "c.parquet")
+    assert pq.read_schema(tmp_path / "results" / "c.parquet").field("err_median").type == pa.null()
+    df = read_results(tmp_path)
+    assert len(df) == len(rows) + 1
+    assert list(df.columns) == [n for n, _ in RESULT_COLUMNS]
+    assert df["arch_index"].dtype == np.int64
+    assert list(
+        df.loc[df["evaluation_id"] == rows[4]["evaluation_id"], "stage_times_s"].iloc[0]
+    ) == [1.0, 2.0]
+    assert df.attrs["read_info"].n_duplicates_dropped == 0
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (
+            lambda t: t.drop_columns(["latent_dim"]),
+            r"bad\.parquet: missing column\(s\) \['latent_dim'\]",
+        ),
+        (
+            lambda t: t.set_column(
+                t.schema.get_field_index("arch_index"), "arch_index", pa.array(["0"] * t.num_rows)
+            ),
+            r"bad\.parquet: column 'arch_index'",
+        ),
+        (
+            lambda t: t.set_column(
+                t.schema.get_field_index("method"), "method", pa.array(["pod"] * t.num_rows)
+            ),
+            r"bad\.parquet: column 'method' has value\(s\) \['pod'\]",
+        ),
+        (
+            lambda t: t.set_column(
+                t.schema.get_field_index("status"), "status", pa.array(["done"] * t.num_rows)
+            ),
+            r"column 'status'",
+        ),
+        (
+            lambda t: t.set_column(
+                t.schema.get_field_index("evaluation_id"),
+                "evaluation_id",
+                pa.nulls(t.num_rows, pa.string()),
+            ),
+            r"column 'evaluation_id' has 2 null",
+        ),
+    ],
+)
+def test_read_results_errors_name_file_and_column(tmp_path, mutate, match):
+    write_parquet(tmp_path / "results" / "good.parquet", known_study()[:2])
+    table = pa.Table.from_pylist(
+        [{n: r.get(n) for n, _ in RESULT_COLUMNS} for r in known_study()[2:4]],
+        schema=arrow_schema(RESULT_COLUMNS),
+    )
+    pq.write_table(mutate(table), tmp_path / "results" / "bad.parquet")
+    with pytest.raises(SchemaError, match=match):
+        read_results(tmp_path)
+
+
+def test_read_results_missing_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no \\*.parquet"):
+        read_results(tmp_path)
+
+
+def test_duplicates_keep_newest_created_at(tmp_path):
+    rows = known_study()
+    old = dict(rows[0], err_mean=0.5, created_at="2025-01-02T00:00:00+00:00")
+    new = dict(rows[0], err_mean=0.25, created_at="2025-01-03T00:00:00Z")
+    write_parquet(tmp_path / "results" / "1.parquet", [new, *rows[1:]])
+    write_parquet(tmp_path / "results" / "2.parquet", [old])  # read last, but older
+    df = read_results(tmp_path)
+    info = df.attrs["read_info"]
+    assert (info.n_rows_read, info.n_duplicates_dropped) == (len(rows) + 1, 1)
+    assert info.duplicate_ids == [rows[0]["evaluation_id"]]
+    assert len(df) == len(rows) and df["evaluation_id"].is_unique
+    assert df.loc[df["evaluation_id"] == rows[0]["evaluation_id"], "err_mean"].item() == 0.25
+
+
+def test_read_param_errors_expands_params(tmp_path):
+    write_parquet(
+        tmp_path / "param_errors" / "p.parquet",
+        param_rows("e/b0", "mlasdi", 1.0),
+        PARAM_ERROR_COLUMNS,
+    )
+    pe = read_param_errors(tmp_path)
+    assert {"mu_0", "mu_1"} <= set(pe.columns) and "params" not in pe.columns
+    assert len(pe) == 20 and pe["mu_0"].min() == 0.8 and pe["mu_1"].max() == 2.5
+    assert pe["is_train"].sum() == 4
+
+
+# ----------------------------------------------------------------------------- factors
+
+
+def test_factors_exact_by_construction():
+    usable, excluded = split_usable(pd.DataFrame(known_study()))
+    assert excluded.empty
+    p = pair_models(usable)
+    assert p.mode == "seed" and len(p.pairs) == 12 and p.unpaired.empty
+    t = factor_table(p.pairs, usable, n_boot=200, seed=0).set_index("quantity")
+    for q, c in (("err_max", 2.5), ("err_mean", 3.0), ("err_min", 6.0)):
+        for col in ("median_of_ratios", "mor_low", "mor_high", "ratio_of_medians"):
+            assert t.loc[q, col] == pytest.approx(c, rel=1e-12), (q, col)
+        assert t.loc[q, "n_pairs"] == 12 and t.loc[q, "n_gplasdi"] == 12
+    costs = factor_table(p.pairs, usable, ["train_time_s", "n_model_params"], n_boot=50)
+    assert costs["median_of_ratios"].tolist() == pytest.approx([3.0, 4.0], rel=1e-12)
+
+
+def test_median_of_ratios_with_ties_and_ratio_of_medians():
+    # mLaSDI err_mean 0.01 everywhere; GPLaSDI ratios 1, 2, 2, 2, 7 (ties at the median).
+    rows = []
+    for b, r in enumerate((1.0, 2.0, 2.0, 2.0, 7.0)):
+        rows += [
+            row("mlasdi", 0, 3, b, 0.01 * (b + 1)),
+            row("gplasdi", 0, 3, b, 0.01 * (b + 1) * r),
+        ]
+    usable, _ = split_usable(pd.DataFrame(rows))
+    p = pair_models(usable)
+    t = factor_table(p.pairs, usable, ["err_mean"], n_boot=500, seed=3).iloc[0]
+    assert t["median_of_ratios"] == pytest.approx(2.0, rel=1e-12)
+    gp = np.array([0.01 * (b + 1) * r for b, r in enumerate((1.0, 2.0, 2.0, 2.0, 7.0))])
+    ml = 0.01 * np.arange(1, 6)
+    assert t["ratio_of_medians"] == pytest.approx(np.median(gp) / np.median(ml), rel=1e-12)
+    assert t["mor_low"] <= 2.0 <= t["mor_high"]
+
+
+def test_bootstrap_matches_manual_recomputation():
+    values = np.array([1.3, 2.0, 2.1, 3.7, 0.9, 5.0, 2.6])
+    med, lo, hi = median_ci(values, np.random.default_rng(11), n_boot=1000, level=0.95)
+    rng = np.random.default_rng(11)
+    boots = np.median(values[rng.integers(0, 7, size=(1000, 7))], axis=1)
+    assert med == np.median(values)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(boots, [0.025, 0.975])), rel=1e-15)
+    a, b = np.array([4.0, 6.0, 8.0]), np.array([1.0, 2.0, 3.0, 4.0])
+    r, rlo, rhi = ratio_of_medians_ci(a, b, np.random.default_rng(1), n_boot=400, level=0.9)
+    assert r == pytest.approx(6.0 / 2.5, rel=1e-12) and rlo <= r <= rhi
+    assert median_ci([], np.random.default_rng(0), n_boot=10, level=0.95)[0] != 0  # NaN
+    assert np.isnan(median_ci([np.nan], np.random.default_rng(0), n_boot=10, level=0.95)[0])
+
+
+def test_missing_partner_and_excluded_rows_are_reported():
+    rows = known_study()
+    rows.append(row("gplasdi", 2, 3, 0, 0.02, hidden="160-80"))  # no mLaSDI partner
+    rows.append(row("mlasdi", 0, 7, 0, 0.01))  # no GPLaSDI partner
+    # Diverged/failed mLaSDI rows: their GPLaSDI partners become unpaired.
+    rows[0].update(status="diverged", err_max=float("nan"), message="loss is NaN at iter 40")
+    rows[2].update(status="failed", message="CUDA OOM")
+    rows[4].update(err_min=0.0)  # ok status but a zero error: excluded, reason given
+    results = pd.DataFrame(rows)
+    usable, excluded = split_usable(results)
+    assert excluded["reason"].tolist() == ["diverged", "failed", "ok but err_min=0.0"]
+    assert excluded["message"].tolist()[:2] == ["loss is NaN at iter 40", "CUDA OOM"]
+    p = pair_models(usable)
+    assert len(p.pairs) == 12 - 3
+    assert sorted(p.unpaired["evaluation_id"]) == sorted(
+        [
+            rows[1]["evaluation_id"],
+            rows[3]["evaluation_id"],
+            rows[5]["evaluation_id"],
+            rows[-2]["evaluation_id"],
+            rows[-1]["evaluation_id"],
+        ]
+    )
+    assert p.unpaired["reason"].str.startswith("no usable").all()
+    t = factor_table(p.pairs, usable, n_boot=50).set_index("quantity")
+    assert t.loc["err_max", "median_of_ratios"] == pytest.approx(2.5, rel=1e-12)
+    assert (t.loc["err_max", "n_gplasdi"], t.loc["err_max", "n_mlasdi"]) == (13, 10)
+    share = share_below(usable, excluded, threshold=0.01).set_index("method")
+    ml = usable[usable["method"] == "mlasdi"]
+    assert share.loc["mlasdi", "n_below"] == int((ml["err_max"] < 0.01).sum())
+    assert share.loc["mlasdi", "n_excluded"] == 3
+    assert share.loc["mlasdi", "share_of_all"] == pytest.approx(
+        share.loc["mlasdi", "n_below"] / (len(ml) + 3)
+    )
+    assert (
+        share.loc["mlasdi", "share_low"]
+        <= share.loc["mlasdi", "share"]
+        <= share.loc["mlasdi", "share_high"]
+    )
+
+
+def test_pairing_averages_over_seeds_when_seeds_differ():
+    rows = [
+        row("gplasdi", 0, 3, 0, 0.04, seed=0),
+        row("gplasdi", 0, 3, 0, 0.08, seed=1),
+        row("mlasdi", 0, 3, 0, 0.01, seed=10),
+        row("mlasdi", 0, 3, 0, 0.03, seed=11),
+    ]
+    usable, _ = split_usable(pd.DataFrame(rows))
+    p = pair_models(usable)
+    assert p.mode == "mean" and len(p.pairs) == 1 and p.unpaired.empty
+    pr = p.pairs.iloc[0]
+    assert (pr["n_gplasdi"], pr["n_mlasdi"]) == (2, 2) and pd.isna(pr["seed"])
+    assert pr["factor_err_mean"] == pytest.approx(0.06 / 0.02, rel=1e-12)
+    assert pair_models(usable, mode="seed").pairs.empty
+    assert len(pair_models(usable, mode="seed").unpaired) == 4
+    with pytest.raises(ValueError, match="mode"):
+        pair_models(usable, mode="nearest")
+
+
+def test_breakdown_by_architecture_latent_budget():
+    rows = known_study(arch_scale=(1.0, 4.0))  # arch 1 factors 4 times larger
+    usable, _ = split_usable(pd.DataFrame(rows))
+    p = pair_models(usable)
+    by = factors_by(p.pairs, usable, "arch_index", n_boot=50).set_index(["arch_index", "quantity"])
+    assert by.loc[(0, "err_max"), "median_of_ratios"] == pytest.approx(2.5, rel=1e-12)
+    assert by.loc[(1, "err_max"), "median_of_ratios"] == pytest.approx(10.0, rel=1e-12)
+    assert by.loc[(1, "err_min"), "ratio_of_medians"] == pytest.approx(24.0, rel=1e-12)
+    two = factors_by(p.pairs, usable, ["arch_index", "latent_dim"], n_boot=50)
+    assert len(two) == 2 * 2 * 3 and (two["n_pairs"] == 3).all()
+    bud = factors_by(p.pairs, usable, "budget_index", n_boot=50)
+    assert sorted(bud["budget_index"].unique()) == [0, 1, 2]
+    # One architecture has 2 of each ratio: the median of 4 numbers (2.5,2.5,10,10) is 6.25.
+    assert factor_table(p.pairs, usable, ["err_max"], n_boot=10)[
+        "median_of_ratios"
+    ].item() == pytest.approx(6.25)
+
+
+# ----------------------------------------------------------------------------- figure data
+
+
+def test_figure_data():
+    usable, _ = split_usable(pd.DataFrame(known_study()))
+    best = D.best_models(usable)
+    assert best["method"].tolist() == ["gplasdi", "mlasdi"]
+    assert best.loc[1, "err_max"] == usable.loc[usable["method"] == "mlasdi", "err_max"].min()
+    tied = pd.DataFrame(
+        [
+            row("mlasdi", 0, 3, 0, 0.01, train_time_s=9.0),
+            row("mlasdi", 1, 3, 0, 0.01, train_time_s=5.0),
+        ]
+    )
+    assert D.best_models(tied)["arch_index"].item() == 1  # tie on error: faster wins
+    trials = pd.DataFrame(
+        {
+            "number": [0, 1, 2, 3],
+            "state": ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"],
+            "value_0": [0.5, np.nan, 0.2, 0.3],
+            "params_lr": [1e-3, 1e-2, 3e-4, 1e-4],
+            "params_act": ["sin", "tanh", "sin", "sin"],
+        }
+    )
+    h = D.search_history(trials)
+    assert h["number"].tolist() == [0, 2, 3] and h["best"].tolist() == [0.5, 0.2, 0.2]
+    sp = D.search_params(trials)
+    assert set(sp["param"]) == {"lr"} and len(sp) == 3
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _write_study(tmp_path: Path) -> Path:
+    rd = tmp_path / "study"
+    rows = known_study()
+    rows.append(row("gplasdi", 2, 3, 0, 0.02))
+    rows[0].update(status="diverged", err_max=float("nan"), message="loss is NaN at iter 40")
+    write_parquet(rd / "results" / "part-0.parquet", rows[:12])
+    dup = dict(rows[5], created_at="2024-12-31T00:00:00+00:00", err_mean=9.9)
+    write_parquet(rd / "results" / "part-1.parquet", rows[12:] + [dup])
+    usable, _ = split_usable(pd.DataFrame(rows))
+    best = D.best_models(usable)
+    pe = []
+    for r in best.itertuples():
+        pe += param_rows(r.evaluation_id, r.method, 3.0 if r.method == "gplasdi" else 1.0)
+    write_parquet(rd / "param_errors" / "p.parquet", pe, PARAM_ERROR_COLUMNS)
+    (rd / "budget").mkdir()
+    pd.DataFrame(
+        {
+            "number": range(6),
+            "state": ["COMPLETE"] * 5 + ["PRUNED"],
+            "value_0": [0.3, 0.1, 0.2, 0.05, 0.08, np.nan],
+            "value_1": [10, 20, 15, 30, 25, 5],
+            "duration_s": [1.0] * 6,
+            "params_iters": [100, 200, 150, 400, 300, 50],
+            "params_lr": [1e-3, 3e-3, 1e-4, 1e-3, 3e-4, 1e-2],
+        }
+    ).to_csv(rd / "budget" / "trials.csv", index=False)
+    return rd
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    rd = _write_study(tmp_path)
+    out = tmp_path / "report"
+    assert main([str(rd), "--out", str(out), "--seed", "5", "--n-boot", "300"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.md")
+    md = (out / "report.md").read_text()
+    for stem in (
+        "error_vs_time",
+        "heatmap_best",
+        "factor_by_arch_latent",
+        "search_history",
+        "search_params",
+    ):
+        for ext in ("png", "pdf"):
+            assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
+        assert f"figures/{stem}.png" in md
+    for name in ("factors", "cost_factors", "factors_by_arch", "pairs", "unpaired", "excluded"):
+        assert (out / "tables" / f"{name}.csv").is_file()
+
+    # Recompute the headline directly from the Parquet rows, without the analysis package.
+    res = pd.concat([pd.read_parquet(p) for p in sorted((rd / "results").glob("*.parquet"))])
+    res = res.sort_values("created_at").drop_duplicates("evaluation_id", keep="last")
+    ok = res[res["status"] == "ok"]
+    key = ["arch_index", "latent_dim", "budget_index", "seed"]
+    m = ok[ok["method"] == "gplasdi"].merge(ok[ok["method"] == "mlasdi"], on=key)
+    expected = {q: np.median(m[f"{q}_x"] / m[f"{q}_y"]) for q in ("err_max", "err_mean", "err_min")}
+    got = re.search(
+        r"median factors of \*\*([\d.]+)\*\*, \*\*([\d.]+)\*\* and \*\*([\d.]+)\*\*", md
+    )
+    assert got is not None
+    for value, q in zip(got.groups(), ("err_max", "err_mean", "err_min"), strict=True):
+        assert float(value) == pytest.approx(expected[q], abs=0.005)
+    rom = np.median(ok.loc[ok["method"] == "gplasdi", "err_max"]) / np.median(
+        ok.loc[ok["method"] == "mlasdi", "err_max"]
+    )
+    csv = pd.read_csv(out / "tables" / "factors.csv").set_index("quantity")
+    assert csv.loc["err_max", "ratio_of_medians"] == pytest.approx(rom, rel=1e-12)
+    assert f"| err_max | 2.54 | {expected['err_max']:.2f} |" in md
+    assert "**1 duplicate evaluation_id row(s) dropped**" in md
+    assert "default_rng(5)" in md and "loss is NaN at iter 40" in md
+    assert "(mode `seed`)" in md
+    unpaired = pd.read_csv(out / "tables" / "unpaired.csv")
+    assert len(unpaired) == 2  # the extra GPLaSDI row and the partner of the diverged row
+    assert "1.00x fewer parameters" not in md and "4.00x fewer parameters" in md
+
+
+def test_analyze_headline_and_budget_dir_option(tmp_path):
+    rd = _write_study(tmp_path)
+    other = tmp_path / "elsewhere"
+    (rd / "budget").rename(other)
+    a = analyze(rd, n_boot=50)
+    assert a.trials is None and a.param_errors is not None
+    assert a.trials is None
+    a = analyze(rd, n_boot=50, budget_dir=other)
+    assert len(a.trials) == 6
+    s = headline_sentence(a)
+    assert "(paper: 2.54, 3.24 and 5.91)" in s and "3.00x less training time" in s
+    with pytest.raises(FileNotFoundError):
+        read_budget_trials(rd)
+
+
+def test_cli_reports_schema_errors(tmp_path, capsys):
+    assert main([str(tmp_path), "--out", str(tmp_path / "r")]) == 1
+    assert "no *.parquet files" in capsys.readouterr().err
+    assert main([str(tmp_path), "--out", str(tmp_path / "r"), "--param-names", "T"]) == 2
+
+
+def test_import_is_light():
+    code = "import sys, analysis; print('matplotlib' in sys.modules, 'ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
