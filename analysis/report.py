@@ -166,9 +166,9 @@ def _factor_rows(t: pd.DataFrame, group: Sequence[str] = ()) -> pd.DataFrame:
     return out
 
 
-def _times(f: float, more: str, fewer: str) -> str:
+def _times(f: float, more: str, fewer: str, what: str) -> str:
     if not math.isfinite(f) or f <= 0:
-        return f"(no paired {fewer.split()[-1]} data)"
+        return f"no paired {what} to compare"
     return f"{f:.2f}x {fewer}" if f >= 1 else f"{1 / f:.2f}x {more}"
 
 
@@ -176,15 +176,26 @@ def headline_sentence(a: Analysis) -> str:
     """The paper's sentence with our numbers (paper's in parentheses)."""
     f = a.factors.set_index("quantity")
     c = a.costs.set_index("quantity")
-    ours = [_factor(f.loc[q, "median_of_ratios"]) for q in F.ERROR_METRICS]
     paper = [f"{PAPER_FACTORS[q]:.2f}" for q in F.ERROR_METRICS]
+    n = int(f.loc["err_max", "n_pairs"])
+    if n == 0:
+        return (
+            "No matched model pairs (see Unpaired rows), so the paper's sentence (median factors "
+            f"{paper[0]}, {paper[1]} and {paper[2]}) cannot be filled in."
+        )
+    ours = [_factor(f.loc[q, "median_of_ratios"]) for q in F.ERROR_METRICS]
     params = _times(
-        c.loc["n_model_params", "median_of_ratios"], "more parameters", "fewer parameters"
+        c.loc["n_model_params", "median_of_ratios"],
+        "more parameters",
+        "fewer parameters",
+        "parameter counts",
     )
     time = _times(
-        c.loc["train_time_s", "median_of_ratios"], "more training time", "less training time"
+        c.loc["train_time_s", "median_of_ratios"],
+        "more training time",
+        "less training time",
+        "training times",
     )
-    n = int(f.loc["err_max", "n_pairs"])
     return (
         f"Across all {n} matched model pairs, mLaSDI improves the maximum, mean and minimum "
         f"relative errors by median factors of **{ours[0]}**, **{ours[1]}** and **{ours[2]}** "
@@ -271,10 +282,12 @@ def _write_figures(a: Analysis, fig_dir: Path) -> tuple[dict[str, list[Path]], l
             fig = P.plot_heatmaps(panels, param_names=a.param_names)
             figs["heatmap_best"] = P.save_figure(fig, fig_dir, "heatmap_best")
 
-    if len(a.by_arch_latent):
+    if len(a.by_arch_latent) and a.by_arch_latent["n_pairs"].sum() > 0:
         bars = {q: D.factor_bars(a.by_arch_latent, q) for q in F.ERROR_METRICS}
         fig = P.plot_factor_bars(bars, labels=D.arch_labels(a.usable))
         figs["factor_by_arch_latent"] = P.save_figure(fig, fig_dir, "factor_by_arch_latent")
+    else:
+        notes.append("No matched pairs: improvement-factor figure skipped.")
 
     if a.trials is not None:
         history = D.search_history(a.trials)

@@ -519,3 +519,28 @@ def test_import_is_light():
     code = "import sys, analysis; print('matplotlib' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_no_pairs_and_no_usable_rows_are_reported(tmp_path):
+    rd = tmp_path / "one_method"
+    write_parquet(
+        rd / "results" / "a.parquet", [r for r in known_study() if r["method"] == "gplasdi"]
+    )
+    a = analyze(rd, n_boot=20)
+    assert a.factors["n_pairs"].tolist() == [0, 0, 0] and a.factors["median_of_ratios"].isna().all()
+    assert headline_sentence(a).startswith("No matched model pairs")
+    assert len(a.pairing.unpaired) == 12
+    out = tmp_path / "r1"
+    assert main([str(rd), "--out", str(out), "--n-boot", "20"]) == 0
+    md = (out / "report.md").read_text()
+    assert "No matched pairs: improvement-factor figure skipped." in md
+    assert "No param_errors/*.parquet: heatmaps skipped." in md
+    assert not (out / "figures" / "factor_by_arch_latent.png").exists()
+
+    rd = tmp_path / "all_failed"
+    rows = [dict(r, status="failed", message="boom") for r in known_study()]
+    write_parquet(rd / "results" / "a.parquet", rows)
+    out = tmp_path / "r2"
+    assert main([str(rd), "--out", str(out), "--n-boot", "20", "--no-figures"]) == 0
+    excluded = pd.read_csv(out / "tables" / "excluded.csv")
+    assert len(excluded) == 24 and (excluded["message"] == "boom").all()
