@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -448,6 +449,43 @@ def _write_study(tmp_path: Path) -> Path:
     return rd
 
 
+def _recompute_headline(results_dir: Path) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Usable rows and median factors from plain pandas (seed-matched pairs), for cross-checks."""
+    files = sorted((results_dir / "results").glob("*.parquet"))
+    res = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    res["t"] = pd.to_datetime(res["created_at"], utc=True, format="ISO8601")
+    res = res.sort_values("t", kind="stable").drop_duplicates("evaluation_id", keep="last")
+    ok = res[res["status"] == "ok"]
+    ok = ok[np.isfinite(ok[["err_max", "err_mean", "err_min"]]).all(axis=1)]
+    key = ["arch_index", "latent_dim", "budget_index", "seed"]
+    m = ok[ok["method"] == "gplasdi"].merge(ok[ok["method"] == "mlasdi"], on=key)
+    return ok, {
+        q: float(np.median(m[f"{q}_x"] / m[f"{q}_y"])) for q in ("err_max", "err_mean", "err_min")
+    }
+
+
+@pytest.mark.skipif(
+    "MLASDI_RESULTS_DIR" not in os.environ,
+    reason="set MLASDI_RESULTS_DIR to a real study's results (e.g. the vlasov_quick output)",
+)
+def test_real_results_report_agrees_with_direct_recomputation(tmp_path):
+    rd = Path(os.environ["MLASDI_RESULTS_DIR"])
+    out = tmp_path / "report"
+    assert main([str(rd), "--out", str(out), "--n-boot", "200"]) == 0
+    md = (out / "report.md").read_text()
+    assert (out / "figures" / "error_vs_time.png").is_file()
+    _, expected = _recompute_headline(rd)
+    got = re.search(
+        r"median factors of \*\*([\d.]+)\*\*, \*\*([\d.]+)\*\* and \*\*([\d.]+)\*\*", md
+    )
+    assert got is not None, "no headline (no seed-matched pairs?)"
+    for value, q in zip(got.groups(), ("err_max", "err_mean", "err_min"), strict=True):
+        assert float(value) == pytest.approx(expected[q], abs=0.005)
+    csv = pd.read_csv(out / "tables" / "factors.csv").set_index("quantity")
+    for q, v in expected.items():
+        assert csv.loc[q, "median_of_ratios"] == pytest.approx(v, rel=1e-12)
+
+
 def test_cli_end_to_end(tmp_path, capsys):
     rd = _write_study(tmp_path)
     out = tmp_path / "report"
@@ -468,12 +506,7 @@ def test_cli_end_to_end(tmp_path, capsys):
         assert (out / "tables" / f"{name}.csv").is_file()
 
     # Recompute the headline directly from the Parquet rows, without the analysis package.
-    res = pd.concat([pd.read_parquet(p) for p in sorted((rd / "results").glob("*.parquet"))])
-    res = res.sort_values("created_at").drop_duplicates("evaluation_id", keep="last")
-    ok = res[res["status"] == "ok"]
-    key = ["arch_index", "latent_dim", "budget_index", "seed"]
-    m = ok[ok["method"] == "gplasdi"].merge(ok[ok["method"] == "mlasdi"], on=key)
-    expected = {q: np.median(m[f"{q}_x"] / m[f"{q}_y"]) for q in ("err_max", "err_mean", "err_min")}
+    ok, expected = _recompute_headline(rd)
     got = re.search(
         r"median factors of \*\*([\d.]+)\*\*, \*\*([\d.]+)\*\* and \*\*([\d.]+)\*\*", md
     )
