@@ -46,7 +46,15 @@ _KINDS: dict[str, pa.DataType] = {
 }
 
 # Columns that identify a row; a null here makes the row unusable, so it is a schema error.
-_RESULT_REQUIRED = ("evaluation_id", "method", "status", "arch_index", "latent_dim", "budget_index")
+_RESULT_REQUIRED = (
+    "evaluation_id",
+    "method",
+    "status",
+    "arch_index",
+    "latent_dim",
+    "budget_index",
+    "seed",  # a null would drop the row from the pairing groups
+)
 _PARAM_ERROR_REQUIRED = ("evaluation_id", "method", "param_index", "params", "is_train")
 
 
