@@ -1,7 +1,18 @@
 """Shared, tiny, seeded fixtures (grids of 16-64 points, a few parameters)."""
 
+import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
+
+from mlasdi.config import (
+    AutoencoderConfig,
+    GPConfig,
+    ResidualStageConfig,
+    ROMConfig,
+    Stage1Config,
+)
+from mlasdi.problems import oscillator
 
 
 @pytest.fixture(autouse=True)
@@ -9,3 +20,66 @@ def _seed_and_threads():
     # Seed 1234 for every test; each test that needs its own RNG states its seed explicitly.
     torch.manual_seed(1234)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_threaded_blas():
+    # The GP hyperparameter fits (L-BFGS-B on 2-3 points) run ~6x slower when numpy/scipy's
+    # OpenBLAS uses 2 threads on a busy machine; one thread keeps the suite fast. Results do not
+    # depend on it.
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+# --- the multiscale oscillator on a tiny grid: 3 amplitudes x 33 times x 64 points -------------
+
+TINY_NX, TINY_NT = 64, 33
+
+
+@pytest.fixture(scope="session")
+def tiny_oscillator():
+    """SnapshotSet [3, 33, 64] at A = 1.0, 1.2, 1.4 (train on 1.0 and 1.4, test on 1.2)."""
+    return oscillator.snapshot_set(n_x=TINY_NX, n_t=TINY_NT)
+
+
+@pytest.fixture(scope="session")
+def tiny_train(tiny_oscillator):
+    """The training subset (A = 1.0, 1.4) of :func:`tiny_oscillator`."""
+    index = tiny_oscillator.index_of(np.array(oscillator.TRAIN_AMPLITUDES)[:, None])
+    return tiny_oscillator.subset(index)
+
+
+def _tiny_config(*, n_stages: int = 2, iters: int = 30, dtype: str = "float32", seed: int = 7):
+    """Hidden (16,), latent 3, ``iters`` per stage, GP with one restart (seeded by ``seed``)."""
+    return ROMConfig(
+        autoencoder=AutoencoderConfig(hidden=(16,), latent_dim=3, activation="softplus"),
+        stage1=Stage1Config(iters=iters),
+        residual_stages=tuple(
+            ResidualStageConfig(hidden=(16,), kappa=1.0, iters=iters) for _ in range(n_stages - 1)
+        ),
+        gp=GPConfig(n_restarts=1),
+        dtype=dtype,
+        seed=seed,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """Factory of tiny ROM configs: ``tiny_config(n_stages=2, iters=30, dtype="float32", seed=7)``."""
+    return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_fit2(tiny_train):
+    """A 2-stage float32 ROM trained 30 + 30 iterations on the tiny oscillator (seed 7)."""
+    from mlasdi.rom import fit_rom
+
+    return fit_rom(tiny_train, _tiny_config(), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_fit2_f64(tiny_train):
+    """The same in float64 (seed 7)."""
+    from mlasdi.rom import fit_rom
+
+    return fit_rom(tiny_train, _tiny_config(dtype="float64"), device="cpu")
