@@ -52,6 +52,41 @@ def check_checkpoints(checkpoints: Sequence[int], start: int, until: int) -> lis
     return points
 
 
+class _LinearMSE(torch.autograd.Function):
+    """mean((h W^T + b - Y)^2) with the output never materialised twice (see linear_mse_loss)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, neg_target):  # type: ignore[override]
+        # One GEMM writes the difference d = h W^T + b - Y directly: -Y is the accumulator
+        # (beta = 1) and the bias rides along as an extra input column of ones.
+        ones = torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)
+        h1 = torch.cat([h, ones], dim=1)
+        weight_bias = torch.cat([weight, bias[:, None]], dim=1)
+        d = torch.addmm(neg_target, h1, weight_bias.T)
+        ctx.save_for_backward(h1, weight_bias, d)
+        return torch.dot(d.view(-1), d.view(-1)) / d.numel()
+
+    @staticmethod
+    def backward(ctx, grad_loss):  # type: ignore[override]
+        h1, weight_bias, d = ctx.saved_tensors
+        scale = grad_loss * (2.0 / d.numel())
+        grad_h = (d @ weight_bias[:, :-1]) * scale
+        grad_weight_bias = (d.T @ h1) * scale
+        return grad_h, grad_weight_bias[:, :-1], grad_weight_bias[:, -1], None
+
+
+def linear_mse_loss(h: torch.Tensor, layer: nn.Linear, neg_target: torch.Tensor) -> torch.Tensor:
+    """MSE(layer(h), Y) given ``neg_target`` = -Y, fused for large outputs.
+
+    Equal to ``mse_loss(layer(h), Y)`` in exact arithmetic. The output layer of a decoder maps
+    [N, k] to [N, n_state] with n_state >> k; the naive form streams the [N, n_state] tensor about
+    a dozen times (bias broadcast, GEMM, subtraction, squared sum, gradient fill, gradient,
+    bias-gradient sum). Here it is written once by a GEMM, read once by a dot product and twice by
+    the backward GEMMs, and the 2/N gradient scale is applied to the small results.
+    """
+    return _LinearMSE.apply(h, layer.weight, layer.bias, neg_target)
+
+
 def make_adam(
     params: Sequence[nn.Parameter] | object, lr: float, device: torch.device
 ) -> torch.optim.Adam:
@@ -194,6 +229,7 @@ class Stage1Trainer(FullBatchTrainer):
         self.dt = float(dt)
         self.n_train, self.n_t, self.n_state = U.shape
         self.U_flat = U.reshape(-1, self.n_state)
+        self.neg_U_flat = -self.U_flat
 
     @classmethod
     def create(
@@ -218,7 +254,10 @@ class Stage1Trainer(FullBatchTrainer):
     def loss_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
         model: Autoencoder = self.model  # type: ignore[assignment]
         z = model.encode(self.U_flat)
-        reconstruction = nn.functional.mse_loss(model.decode(z), self.U_flat)
+        *hidden_layers, output_layer = model.decoder
+        reconstruction = linear_mse_loss(
+            nn.Sequential(*hidden_layers)(z), output_layer, self.neg_U_flat
+        )
         Z = z.view(self.n_train, self.n_t, -1)
         dZdt = time_derivative(Z, self.dt, self.config.fd_scheme)
         Xi = fit_affine(Z, dZdt)
@@ -247,7 +286,7 @@ class ResidualTrainer(FullBatchTrainer):
         super().__init__(model, config.lr, target.device)
         self.config = config
         self.Z_flat = Z.reshape(-1, Z.shape[-1]).detach()
-        self.target_flat = target.reshape(-1, target.shape[-1])
+        self.neg_target_flat = -target.reshape(-1, target.shape[-1])
 
     @classmethod
     def create(
@@ -269,5 +308,8 @@ class ResidualTrainer(FullBatchTrainer):
         return cls(Z, target, model, config)
 
     def loss_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = nn.functional.mse_loss(self.model(self.Z_flat), self.target_flat)
+        *hidden_layers, output_layer = self.model
+        loss = linear_mse_loss(
+            nn.Sequential(*hidden_layers)(self.Z_flat), output_layer, self.neg_target_flat
+        )
         return loss, loss.reshape(1)
