@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import ConstantKernel, Kernel, Matern
 
 from mlasdi.config import GPConfig
 
+if TYPE_CHECKING:
+    from sklearn.gaussian_process.kernels import Kernel
+
+# scikit-learn is imported where it is used: its gaussian_process package pulls in pandas (about
+# a second), which `import mlasdi` should not pay for, and the core keeps pandas out of its imports.
+
 
 def _base_kernel(config: GPConfig) -> Kernel:
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern
+
     return ConstantKernel(1.0, (1e-4, 1e4)) * Matern(
         length_scale=1.0, length_scale_bounds=(1e-2, 1e3), nu=config.nu
     )
@@ -34,6 +40,9 @@ class CoefficientGP:
 
     def fit(self, params: np.ndarray, coefficients: np.ndarray) -> CoefficientGP:
         """Fit one GP per column of ``coefficients`` (hyperparameters by maximum likelihood)."""
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
+
         params = np.asarray(params, dtype=np.float64)
         coefficients = np.asarray(coefficients, dtype=np.float64)
         if params.ndim != 2 or coefficients.ndim != 2 or params.shape[0] != coefficients.shape[0]:
@@ -93,6 +102,8 @@ class CoefficientGP:
     @classmethod
     def from_state(cls, config: GPConfig, seed: int, state: dict[str, np.ndarray]) -> CoefficientGP:
         """Rebuild a fitted GP from :meth:`state` without re-optimising hyperparameters."""
+        from sklearn.gaussian_process import GaussianProcessRegressor
+
         self = cls(config, seed)
         self.input_mean = state["input_mean"]
         self.input_scale = state["input_scale"]
