@@ -1,0 +1,342 @@
+"""Training loops and the multi-stage ROM against exact or independently computed answers.
+
+Fixtures (tests/conftest.py): the oscillator on 64 points x 33 times, train A = 1.0, 1.4, test 1.2;
+``tiny_fit2``/``tiny_fit2_f64``: 2-stage ROMs, hidden (16,), latent 3, 30 + 30 iterations, seed 7.
+"""
+
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from mlasdi.config import ResidualStageConfig, Stage1Config
+from mlasdi.nn import Autoencoder, ResidualDecoder
+from mlasdi.rom import MultiStageROM, evaluate, fit_rom
+from mlasdi.train import (
+    CheckpointReport,
+    DivergenceError,
+    ResidualTrainer,
+    Stage1Trainer,
+)
+
+
+def _inputs(data):
+    """(params [n, 1], truth [n, n_t, n_state], u0 [n, n_state]) of a snapshot set."""
+    flat = data.flat_snapshots()
+    return data.params, flat, flat[:, 0]
+
+
+def _stage1_trainer(data, *, seed=3, dtype=torch.float64, **stage1):
+    U = torch.as_tensor(data.flat_snapshots(), dtype=dtype)
+    config = Stage1Config(iters=40, **stage1)
+    return Stage1Trainer.create(U, data.dt, (16,), 3, "softplus", config, seed)
+
+
+def _zero_last_linear(decoder: torch.nn.Module) -> torch.nn.Module:
+    last = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    return decoder
+
+
+# --- MultiStageROM -------------------------------------------------------------------------------
+
+
+def test_zero_residual_stage_leaves_predictions_unchanged(tiny_fit2, tiny_oscillator):
+    rom = tiny_fit2.rom
+    params, _, u0 = _inputs(tiny_oscillator)
+    zero = _zero_last_linear(ResidualDecoder(3, (16,), tiny_oscillator.n_state, kappa=2.0))
+    extended = rom.with_stage(zero, scale=3.7)
+    assert extended.n_stages == 3 and rom.n_stages == 2
+    before = rom.predict(params, u0)
+    after = extended.predict(params, u0)
+    assert after.dtype == torch.float32 and after.shape == (3, 33, 64)
+    np.testing.assert_array_equal(after.numpy(), before.numpy())
+    np.testing.assert_array_equal(extended.predict(params, u0, n_stages=2).numpy(), before.numpy())
+
+
+def test_predict_is_the_sum_of_scaled_stage_decoders(tiny_fit2_f64, tiny_oscillator):
+    # u~ = dec1(z) + e1 dec2(z), with z from an independent scipy-expm integration of the GP-mean
+    # coefficients (float64 ROM: agreement to round-off).
+    rom = tiny_fit2_f64.rom
+    params, _, u0 = _inputs(tiny_oscillator)
+    with torch.no_grad():
+        z0 = rom.autoencoder.encode(torch.as_tensor(u0)).numpy()
+    mean, _ = rom.gp.predict(params)
+    Xi = mean.reshape(-1, 4, 3)
+    Z = np.empty((3, 33, 3))
+    for i in range(3):
+        M = np.zeros((4, 4))
+        M[:3, :3], M[:3, 3] = Xi[i, 1:, :].T, Xi[i, 0, :]
+        for j, t in enumerate(rom.times - rom.times[0]):
+            Z[i, j] = (scipy.linalg.expm(M * t) @ np.append(z0[i], 1.0))[:3]
+    np.testing.assert_allclose(rom.latent_trajectories(params, u0).numpy(), Z, atol=1e-10)
+    with torch.no_grad():
+        Zt = torch.as_tensor(Z)
+        stage1 = rom.autoencoder.decode(Zt).numpy()
+        stage2 = stage1 + rom.scales[0] * rom.residual_decoders[0](Zt).numpy()
+    np.testing.assert_allclose(rom.predict(params, u0, n_stages=1).numpy(), stage1, atol=1e-9)
+    np.testing.assert_allclose(rom.predict(params, u0).numpy(), stage2, atol=1e-9)
+    with pytest.raises(ValueError, match=r"n_stages must be in 1..2, got 3"):
+        rom.predict(params, u0, n_stages=3)
+
+
+def test_residual_scale_is_std_of_stage1_residual(tiny_fit2_f64, tiny_train):
+    rom = tiny_fit2_f64.rom
+    params, truth, u0 = _inputs(tiny_train)
+    residual = truth - rom.predict(params, u0, n_stages=1).numpy()
+    # torch.std is the unbiased (n - 1) estimator.
+    np.testing.assert_allclose(rom.scales[0], residual.std(ddof=1), rtol=1e-10)
+
+
+def test_rom_save_load_round_trip_without_pickle(tiny_fit2, tiny_oscillator, tmp_path):
+    rom = tiny_fit2.rom
+    params, _, u0 = _inputs(tiny_oscillator)
+    directory = rom.save(tmp_path / "rom")
+    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "gp.npz", "weights.pt"]
+    weights = torch.load(directory / "weights.pt", weights_only=True)
+    assert set(weights) == {"autoencoder", "residual_0"}
+    with np.load(directory / "gp.npz", allow_pickle=False) as arrays:
+        assert all(arrays[k].dtype != object for k in arrays.files)
+    meta = json.loads((directory / "config.json").read_text())
+    assert meta["scales"] == rom.scales and meta["n_state"] == 64
+
+    loaded = MultiStageROM.load(directory, device="cpu")
+    assert loaded.config == rom.config and loaded.n_stages == 2
+    assert loaded.dtype == torch.float32 and loaded.latent_bound == rom.latent_bound
+    np.testing.assert_array_equal(loaded.times, rom.times)
+    for n_stages in (1, 2):
+        np.testing.assert_array_equal(
+            loaded.predict(params, u0, n_stages=n_stages).numpy(),
+            rom.predict(params, u0, n_stages=n_stages).numpy(),
+        )
+
+
+def test_rom_predicts_with_the_rk4_integrator(tiny_fit2, tiny_oscillator):
+    # integrator="rk4" with 8 substeps on dt = 2 pi / 32 agrees with the exact integrator.
+    rom = tiny_fit2.rom
+    params, _, u0 = _inputs(tiny_oscillator)
+    rk4 = dataclasses.replace(
+        rom, config=dataclasses.replace(rom.config, integrator="rk4", rk4_substeps=8)
+    )
+    Z_exact = rom.latent_trajectories(params, u0)
+    Z_rk4 = rk4.latent_trajectories(params, u0)
+    assert Z_rk4.dtype == Z_exact.dtype == torch.float32
+    np.testing.assert_allclose(Z_rk4.numpy(), Z_exact.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_latent_blow_up_raises_divergence_error(tiny_fit2, tiny_oscillator):
+    params, _, u0 = _inputs(tiny_oscillator)
+    tight = dataclasses.replace(tiny_fit2.rom, latent_bound=1e-9)
+    with pytest.raises(DivergenceError, match="predicted latent trajectories blew up"):
+        tight.predict(params, u0)
+
+
+def test_fit_result_shapes_and_parameter_count(tiny_fit2):
+    assert len(tiny_fit2.stage_times_s) == 2 and all(t > 0 for t in tiny_fit2.stage_times_s)
+    h1, h2 = tiny_fit2.loss_histories
+    assert h1.shape == (30, 4) and h2.shape == (30, 1)
+    assert torch.isfinite(h1).all() and torch.isfinite(h2).all()
+    # 64-16-3 encoder, 3-16-64 decoder, 3-16-64 residual decoder (weights + biases).
+    expected = (64 * 16 + 16 + 16 * 3 + 3) + 2 * (3 * 16 + 16 + 16 * 64 + 64)
+    assert tiny_fit2.rom.n_model_params == expected
+
+
+def test_fit_rom_is_reproducible_from_the_seed(tiny_fit2, tiny_train, tiny_oscillator, tiny_config):
+    again = fit_rom(tiny_train, tiny_config(), device="cpu")
+    a, b = tiny_fit2.rom, again.rom
+    for mine, theirs in [
+        (a.autoencoder, b.autoencoder),
+        (a.residual_decoders[0], b.residual_decoders[0]),
+    ]:
+        for (name, x), (_, y) in zip(
+            mine.state_dict().items(), theirs.state_dict().items(), strict=True
+        ):
+            torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+    assert a.scales == b.scales
+    for x, y in zip(tiny_fit2.loss_histories, again.loss_histories, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    params, truth, _ = _inputs(tiny_oscillator)
+    np.testing.assert_array_equal(evaluate(a, params, truth), evaluate(b, params, truth))
+    # ... while another seed gives other weights.
+    other = fit_rom(tiny_train, tiny_config(n_stages=1, seed=8), device="cpu")
+    assert not torch.equal(other.rom.autoencoder.encoder[0].weight, a.autoencoder.encoder[0].weight)
+
+
+def test_fit_rom_calls_stage_callbacks_at_checkpoints(tiny_train, tiny_config):
+    seen: list[tuple[int, int]] = []
+
+    def stage_callback(stage):
+        def report(checkpoint: CheckpointReport) -> None:
+            seen.append((stage, checkpoint.iteration))
+
+        return report
+
+    config = tiny_config(iters=12)
+    fit_rom(
+        tiny_train,
+        config,
+        device="cpu",
+        stage_callback=stage_callback,
+        checkpoints={1: [4, 12], 2: [5]},
+    )
+    assert seen == [(1, 4), (1, 12), (2, 5)]
+
+
+def test_evaluate_equals_an_independent_relative_error(tiny_fit2_f64, tiny_oscillator):
+    # r(mu) = max_t ||u - u~||_2 / ||u||_2 over the whole state at each time, per stage count.
+    rom = tiny_fit2_f64.rom
+    params, truth, u0 = _inputs(tiny_oscillator)
+    errors = evaluate(rom, params, truth, batch_size=2)  # 3 parameters: batches of 2 and 1
+    assert errors.shape == (2, 3, 33)
+    for k in (1, 2):
+        prediction = rom.predict(params, u0, n_stages=k).numpy()
+        per_time = np.linalg.norm(truth - prediction, axis=-1) / np.linalg.norm(truth, axis=-1)
+        np.testing.assert_allclose(errors[k - 1], per_time, rtol=1e-12)
+        np.testing.assert_allclose(errors[k - 1].max(-1), per_time.max(-1), rtol=1e-12)
+    # Other batch sizes change the batched matmuls' rounding only.
+    np.testing.assert_allclose(evaluate(rom, params, truth, batch_size=32), errors, rtol=1e-14)
+
+
+def test_fit_rom_rejects_a_latent_size_not_smaller_than_the_state(tiny_config):
+    from mlasdi.problems import oscillator
+
+    small = oscillator.snapshot_set(n_x=3, n_t=9)
+    with pytest.raises(ValueError, match="latent size 3 must be smaller than the state size 3"):
+        fit_rom(small, tiny_config(), device="cpu")
+    with pytest.raises(ValueError, match="latent size 4 must be smaller than the state size 4"):
+        Autoencoder(4, (8,), 4)
+
+
+# --- trainers ------------------------------------------------------------------------------------
+
+
+def test_stage1_loss_terms_equal_an_independent_computation(tiny_train):
+    # float64; central2 so that numpy's np.gradient(edge_order=2) is the same operator;
+    # non-default betas so that swapped weights would show.
+    trainer = _stage1_trainer(tiny_train, fd_scheme="central2", beta1=0.3, beta2=0.05)
+    loss, terms = trainer.loss_terms()
+    U = tiny_train.flat_snapshots()
+    with torch.no_grad():
+        z = trainer.model.encode(torch.as_tensor(U)).numpy()
+        reconstruction = trainer.model.decode(torch.as_tensor(z)).numpy()
+    recon = np.mean((reconstruction - U) ** 2)
+    dZdt = np.gradient(z, tiny_train.dt, axis=1, edge_order=2)
+    residuals, norms = [], []
+    for i in range(z.shape[0]):
+        Theta = np.column_stack([np.ones(z.shape[1]), z[i]])
+        Xi, *_ = np.linalg.lstsq(Theta, dZdt[i], rcond=None)
+        residuals.append(Theta @ Xi - dZdt[i])
+        norms.append(np.linalg.norm(Xi, "fro"))
+    dynamics = np.mean(np.square(residuals))
+    coefficients = np.mean(norms)
+    expected = [recon + 0.3 * dynamics + 0.05 * coefficients, recon, dynamics, coefficients]
+    np.testing.assert_allclose(terms.detach().numpy(), expected, rtol=1e-9)
+    assert float(loss.detach()) == float(terms[0].detach())
+    # The first history row is the loss before the first step.
+    trainer.train(1)
+    np.testing.assert_allclose(trainer.history[0].numpy(), expected, rtol=1e-9)
+    assert trainer.term_names == ("loss", "reconstruction", "dynamics", "coefficients")
+
+
+def test_stage1_resume_equals_training_straight_through(tiny_train, tmp_path):
+    straight = _stage1_trainer(tiny_train, seed=3)
+    straight.train(40)
+
+    first = _stage1_trainer(tiny_train, seed=3)
+    first.train(20)
+    torch.save(first.state_dict(), tmp_path / "trainer.pt")
+    # A fresh trainer with other initial weights: everything must come from the state dict.
+    resumed = _stage1_trainer(tiny_train, seed=4)
+    resumed.load_state_dict(torch.load(tmp_path / "trainer.pt", weights_only=True))
+    assert resumed.iteration == 20
+    resumed.train(40)
+    assert resumed.iteration == straight.iteration == 40
+    for (name, a), (_, b) in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(resumed.history, straight.history[20:], rtol=0, atol=0)
+    torch.testing.assert_close(first.history, straight.history[:20], rtol=0, atol=0)
+
+
+def test_checkpoint_callback_at_requested_iterations(tiny_train):
+    trainer = _stage1_trainer(tiny_train)
+    reports: list[CheckpointReport] = []
+    trainer.train(25, checkpoints=[3, 10, 25], callback=reports.append)
+    assert [r.iteration for r in reports] == [3, 10, 25]
+    history = trainer.history
+    assert history.shape == (25, 4)
+    for r in reports:
+        assert r.model is trainer.model
+        assert list(r.loss) == list(trainer.term_names)
+        np.testing.assert_array_equal(list(r.loss.values()), history[r.iteration - 1].numpy())
+    assert 0 < reports[0].elapsed_s <= reports[1].elapsed_s <= reports[2].elapsed_s
+    # Continuing: checkpoints are counted from the start of training, not from this call.
+    trainer.train(30, checkpoints=[28], callback=reports.append)
+    assert [r.iteration for r in reports] == [3, 10, 25, 28]
+    assert trainer.history.shape == (30, 4)
+
+
+@pytest.mark.parametrize(
+    ("checkpoints", "match"),
+    [
+        ([5, 5], "strictly increasing"),
+        ([8, 3], "strictly increasing"),
+        ([2.5], "must be integers"),
+        ([0, 4], r"must lie in \(0, 10\]"),
+        ([4, 11], r"must lie in \(0, 10\]"),
+    ],
+)
+def test_train_rejects_bad_checkpoints(tiny_train, checkpoints, match):
+    trainer = _stage1_trainer(tiny_train)
+    with pytest.raises(ValueError, match=match):
+        trainer.train(10, checkpoints=checkpoints)
+    assert trainer.iteration == 0
+
+
+def test_train_cannot_go_back(tiny_train):
+    trainer = _stage1_trainer(tiny_train)
+    trainer.train(3)
+    with pytest.raises(ValueError, match="cannot train back to iteration 2 from 3"):
+        trainer.train(2)
+
+
+def test_absurd_learning_rate_raises_divergence_error(tiny_train):
+    trainer = _stage1_trainer(tiny_train, dtype=torch.float32, lr=1e6)
+    with pytest.raises(DivergenceError, match="loss is not finite at iteration"):
+        trainer.train(200, divergence_check_every=10)
+
+
+def test_injected_nan_raises_divergence_error(tiny_train):
+    trainer = _stage1_trainer(tiny_train)
+    with torch.no_grad():
+        trainer.model.encoder[0].weight[0, 0] = float("nan")
+    with pytest.raises(DivergenceError, match=r"loss is not finite at iteration 1: loss=nan"):
+        trainer.train(5, divergence_check_every=1)
+
+
+def test_residual_trainer_fits_and_is_seeded():
+    # Seed 5: Z [2, 9, 3] -> target [2, 9, 12]; 50 Adam steps reduce the MSE; same seed, same net.
+    rng = np.random.default_rng(5)
+    Z = torch.as_tensor(rng.standard_normal((2, 9, 3)))
+    target = torch.as_tensor(rng.standard_normal((2, 9, 12)))
+    config = ResidualStageConfig(hidden=(8,), iters=50, lr=1e-2)
+    trainer = ResidualTrainer.create(Z, target, config, seed=1)
+    twin = copy.deepcopy(ResidualTrainer.create(Z, target, config, seed=1).model)
+    for (_, a), (_, b) in zip(
+        trainer.model.state_dict().items(), twin.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():
+        expected = torch.mean((trainer.model(Z.reshape(-1, 3)) - target.reshape(-1, 12)) ** 2)
+    loss, _ = trainer.loss_terms()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    trainer.train(50)
+    history = trainer.history
+    assert history.shape == (50, 1) and float(history[-1, 0]) < 0.9 * float(history[0, 0])
