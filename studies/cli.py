@@ -1,0 +1,102 @@
+"""``mlasdi-study``: plan and run architecture studies (Ray Tune).
+
+    mlasdi-study plan SPEC
+    mlasdi-study run SPEC [--out DIR] [--address ADDR] [--smoke]
+
+``SPEC`` is a TOML file or a preset name (``vlasov_paper``, ``vlasov_quick``, ``smoke``).
+:func:`build_parser` returns the parser with its subparsers so that other commands can be added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from studies.spec import SpecError, load_spec, smoke_spec
+
+
+def _spec(args: argparse.Namespace):
+    spec = load_spec(args.spec)
+    return smoke_spec(spec) if getattr(args, "smoke", False) else spec
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from studies.plan import format_plan
+
+    print(format_plan(_spec(args)))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from studies.run import default_out, run_study
+
+    spec = _spec(args)
+    out = Path(args.out) if args.out else default_out(spec)
+    return run_study(
+        spec,
+        out=out,
+        address=args.address,
+        storage=args.storage,
+        num_cpus=args.num_cpus,
+        check=not args.no_resource_check,
+        verbose=args.verbose,
+    )
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The ``mlasdi-study`` parser and its subparsers action (add commands to it)."""
+    parser = argparse.ArgumentParser(
+        prog="mlasdi-study", description="GPLaSDI vs mLaSDI architecture studies on Ray Tune."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    spec_help = "study spec: a TOML file or a preset name (vlasov_paper, vlasov_quick, smoke)"
+
+    plan = sub.add_parser("plan", help="print the trials and their iterations vs naive")
+    plan.add_argument("spec", metavar="SPEC", help=spec_help)
+    plan.add_argument("--smoke", action="store_true", help="plan the smoke version of SPEC")
+    plan.set_defaults(handler=_plan)
+
+    run = sub.add_parser("run", help="run or resume a study (rerun the same command to resume)")
+    run.add_argument("spec", metavar="SPEC", help=spec_help)
+    run.add_argument("--out", default=None, help="output directory (default results/<name>)")
+    run.add_argument(
+        "--address",
+        default=None,
+        help="join a running Ray cluster ('auto' on a cluster node); default: start a local Ray",
+    )
+    run.add_argument(
+        "--storage",
+        default=None,
+        help="Tune checkpoint storage (default OUT/tune); on a multi-node cluster use a shared "
+        "path (NFS) or a URI such as s3://bucket/prefix",
+    )
+    run.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default all)"
+    )
+    run.add_argument("--smoke", action="store_true", help="a seconds-long version of SPEC (CI)")
+    run.add_argument(
+        "--no-resource-check",
+        action="store_true",
+        help="do not reject resources no current node has (an autoscaler will add them)",
+    )
+    run.add_argument(
+        "-v", "--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune verbosity"
+    )
+    run.set_defaults(handler=_run)
+    return parser, sub
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, _ = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SpecError as exc:
+        print(f"mlasdi-study: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The trials of a study and what each trains (pure: no Ray, no torch, no data).
+
+One trial per (method, architecture, latent size, seed). A trial trains stage 1 once, to its
+largest stage-1 budget, and evaluates on the way:
+
+* GPLaSDI: one evaluation at each stage-1 budget.
+* mLaSDI: at each distinct stage-1 budget it branches ONE residual run from that stage-1
+  checkpoint, trained to the largest stage-2 budget paired with it, evaluating at each stage-2
+  budget on the way; (25k, 25k) and (25k, 50k) share a residual run.
+
+Compute is counted as the GEMM floor of an iteration, ``6 x n_snapshots x weights trained`` (a
+forward and backward pass over every training snapshot): stage 1 trains encoder + decoder, a
+residual stage only its decoder. The naive count trains every (budget) configuration from scratch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from studies.spec import StudySpec, hidden_label
+
+
+def mlp_weights(widths: Sequence[int]) -> int:
+    """Weights + biases of a fully connected network ``widths[0] -> ... -> widths[-1]``."""
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One (method, architecture, latent size, seed) and the budgets it is evaluated at."""
+
+    study: str
+    method: str
+    arch_index: int
+    hidden: tuple[int, ...]
+    latent_dim: int
+    seed: int
+    budgets: tuple[tuple[int, ...], ...]
+    residual_hidden: tuple[int, ...] = ()
+
+    @property
+    def trial_id(self) -> str:
+        return f"{self.method}-a{self.arch_index}-l{self.latent_dim}-s{self.seed}"
+
+    def evaluation_id(self, budget_index: int) -> str:
+        return f"{self.trial_id}/b{budget_index}"
+
+    @property
+    def evaluation_ids(self) -> list[str]:
+        return [self.evaluation_id(i) for i in range(len(self.budgets))]
+
+    def stage1_weights(self, n_state: int) -> int:
+        widths = [n_state, *self.hidden, self.latent_dim]
+        return mlp_weights(widths) + mlp_weights(widths[::-1])
+
+    def residual_weights(self, n_state: int) -> int:
+        return mlp_weights([self.latent_dim, *self.residual_hidden, n_state])
+
+    def n_model_params(self, budget_index: int, n_state: int) -> int:
+        """Parameters of the networks used at prediction (== MultiStageROM.n_model_params)."""
+        n = self.stage1_weights(n_state)
+        if len(self.budgets[budget_index]) > 1:
+            n += self.residual_weights(n_state)
+        return n
+
+    def schedule(self, pending: Sequence[int] | None = None) -> list[tuple[int, int, list[int]]]:
+        """``[(stage-1 stop, residual iterations or 0, budget indices evaluated there), ...]``.
+
+        Only budgets in ``pending`` (default all) are scheduled; stage 1 runs to the largest
+        pending stage-1 budget, and each distinct stage-1 budget with a pending mLaSDI evaluation
+        gets one residual run to the largest pending stage-2 budget.
+        """
+        todo = range(len(self.budgets)) if pending is None else sorted(pending)
+        by_s1: dict[int, list[int]] = {}
+        for i in todo:
+            by_s1.setdefault(self.budgets[i][0], []).append(i)
+        plan = []
+        for s1 in sorted(by_s1):
+            idx = by_s1[s1]
+            s2 = max((self.budgets[i][1] for i in idx), default=0) if self.method == "mlasdi" else 0
+            plan.append((s1, s2, idx))
+        return plan
+
+    def shared_cost(self, n_state: int, n_snapshots: int) -> tuple[int, int, int]:
+        """(stage-1 iterations, residual iterations, compute) of this trial's schedule."""
+        plan = self.schedule()
+        s1 = plan[-1][0]
+        s2 = sum(p[1] for p in plan)
+        compute = (
+            6
+            * n_snapshots
+            * (s1 * self.stage1_weights(n_state) + s2 * self.residual_weights(n_state))
+        )
+        return s1, s2, compute
+
+    def naive_cost(self, n_state: int, n_snapshots: int) -> tuple[int, int, int]:
+        """The same for training every budget configuration from scratch."""
+        s1 = sum(b[0] for b in self.budgets)
+        s2 = sum(b[1] for b in self.budgets if len(b) > 1)
+        compute = (
+            6
+            * n_snapshots
+            * (s1 * self.stage1_weights(n_state) + s2 * self.residual_weights(n_state))
+        )
+        return s1, s2, compute
+
+    def to_config(self) -> dict[str, Any]:
+        """The JSON-ready description a Tune trial receives."""
+        return {
+            "trial_id": self.trial_id,
+            "study": self.study,
+            "method": self.method,
+            "arch_index": self.arch_index,
+            "hidden": list(self.hidden),
+            "latent_dim": self.latent_dim,
+            "seed": self.seed,
+            "budgets": [list(b) for b in self.budgets],
+            "residual_hidden": list(self.residual_hidden),
+        }
+
+    @classmethod
+    def from_config(cls, c: dict[str, Any]) -> Trial:
+        return cls(
+            study=c["study"],
+            method=c["method"],
+            arch_index=int(c["arch_index"]),
+            hidden=tuple(c["hidden"]),
+            latent_dim=int(c["latent_dim"]),
+            seed=int(c["seed"]),
+            budgets=tuple(tuple(b) for b in c["budgets"]),
+            residual_hidden=tuple(c["residual_hidden"]),
+        )
+
+
+def n_train_points(spec: StudySpec) -> int:
+    """Training parameters of the spec's data (computed from the grid, no data generated)."""
+    d = spec.data
+    if d.problem == "oscillator":
+        return 2
+    import numpy as np
+
+    from mlasdi.problems import vlasov
+
+    return int(
+        np.asarray(vlasov.training_indices(vlasov.parameter_grid(*d.grid), d.train_stride)).size
+    )
+
+
+def trials(spec: StudySpec) -> list[Trial]:
+    """Every trial of the study, in spec order (method, architecture, latent size, seed)."""
+    out = []
+    for m in spec.methods:
+        for a, hidden in enumerate(m.hidden):
+            residual = m.residual_widths(hidden) if m.name == "mlasdi" else ()
+            for r in m.latent_dims:
+                for s in spec.seeds:
+                    out.append(Trial(spec.name, m.name, a, hidden, r, s, m.budgets, residual))
+    return out
+
+
+@dataclass(frozen=True)
+class PlanLine:
+    trial: Trial
+    shared: tuple[int, int, int]
+    naive: tuple[int, int, int]
+
+
+def plan(spec: StudySpec) -> list[PlanLine]:
+    n_state = spec.data.n_state
+    n_snap = n_train_points(spec) * spec.data.n_times
+    return [
+        PlanLine(t, t.shared_cost(n_state, n_snap), t.naive_cost(n_state, n_snap))
+        for t in trials(spec)
+    ]
+
+
+def format_plan(spec: StudySpec) -> str:
+    """The text of ``mlasdi-study plan``; the last line is ``compute_fraction_of_naive=<x>``."""
+    lines = plan(spec)
+    n_train = n_train_points(spec)
+    out = [
+        f"study {spec.name}: {len(lines)} trials, "
+        f"{sum(len(p.trial.budgets) for p in lines)} evaluations; data {spec.data.problem} "
+        f"state {spec.data.n_state}, {n_train} training points x {spec.data.n_times} snapshots",
+        "compute = 6 x n_snapshots x weights trained per iteration (GEMM floor); "
+        "naive = every budget trained from scratch",
+        f"{'trial':<22} {'hidden':<14} {'stage-1 it':>10} {'residual it':>11} "
+        f"{'naive it':>10} {'compute':>10} {'naive':>10}",
+    ]
+    for p in lines:
+        t = p.trial
+        out.append(
+            f"{t.trial_id:<22} {hidden_label(t.hidden):<14} {p.shared[0]:>10} {p.shared[1]:>11} "
+            f"{p.naive[0] + p.naive[1]:>10} {p.shared[2]:>10.3g} {p.naive[2]:>10.3g}"
+        )
+    it_shared = sum(p.shared[0] + p.shared[1] for p in lines)
+    it_naive = sum(p.naive[0] + p.naive[1] for p in lines)
+    c_shared = sum(p.shared[2] for p in lines)
+    c_naive = sum(p.naive[2] for p in lines)
+    for method in sorted({p.trial.method for p in lines}):
+        sub = [p for p in lines if p.trial.method == method]
+        out.append(
+            f"{method}: iterations {sum(p.shared[0] + p.shared[1] for p in sub)} of "
+            f"{sum(p.naive[0] + p.naive[1] for p in sub)} naive, compute "
+            f"{sum(p.shared[2] for p in sub) / sum(p.naive[2] for p in sub):.4f} of naive"
+        )
+    out.append(f"total iterations {it_shared} vs naive {it_naive}")
+    out.append(f"iteration_fraction_of_naive={it_shared / it_naive:.4f}")
+    out.append(f"total compute {c_shared:.4g} vs naive {c_naive:.4g} (FLOP floor)")
+    out.append(f"compute_fraction_of_naive={c_shared / c_naive:.4f}")
+    return "\n".join(out)

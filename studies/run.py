@@ -1,0 +1,276 @@
+"""``mlasdi-study run``: schedule every trial of a spec on Ray Tune and keep the Parquet tidy.
+
+Resume scheme (see docs/studies.md): the rows on disk are the truth. On start the driver reads the
+finished evaluation ids from ``OUT/results`` and launches a fresh Tune experiment with only the
+trials that still have work; each trial skips its finished budgets. A trial that an earlier,
+killed run left mid-stage continues from that run's latest checkpoint of it (found under
+``OUT/tune/``), and a trial whose node is lost within a run is retried by Tune
+(``FailureConfig``) from its last checkpoint. Results files are named by evaluation id, so a
+rewrite replaces instead of duplicating.
+
+Why not ``Tuner.restore``: it resumes from the pickled Tuner (callbacks, param space) of the old
+run, cannot drop trials that are finished, and a checkpoint it hands back may be newer than the
+rows the killed driver wrote. Starting fresh and validating each checkpoint against the rows on disk
+(``TrialRunner._usable_state``) is simpler and never loses or duplicates a row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from studies.plan import Trial, trials
+from studies.results import ResultWriter, finished_evaluations
+from studies.spec import SpecError, StudySpec, check_resources, spec_from_dict, tomllib
+from studies.trial import META_FILE, TrialRunner, load_study_data, run_trial
+
+
+def default_out(spec: StudySpec) -> Path:
+    return Path("results") / spec.name
+
+
+def _check_out(spec: StudySpec, out: Path) -> None:
+    """OUT holds this study or nothing: never mix two specs' rows."""
+    path = out / "spec.toml"
+    if path.is_file():
+        old = spec_from_dict(tomllib.loads(path.read_text()), source=spec.source)
+        if old != spec:
+            raise SpecError(
+                f"{out} holds results of a different spec ({path}); use another --out or delete it"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(spec.to_toml())
+        os.replace(tmp, path)
+
+
+def previous_checkpoints(storage: Path) -> dict[str, str]:
+    """``{trial_id: checkpoint dir}``: the most advanced checkpoint of each trial left by earlier
+    runs under ``storage`` (each checkpoint has a small ``trial_meta.json``)."""
+    best: dict[str, tuple[list[int], float, str]] = {}
+    if not storage.is_dir():
+        return {}
+    for meta_path in storage.glob(f"*/*/checkpoint_*/{META_FILE}"):
+        try:
+            meta = json.loads(meta_path.read_text())
+            key = (list(meta["progress"]), meta_path.stat().st_mtime)
+        except (OSError, ValueError, KeyError):
+            continue
+        trial_id = meta.get("trial_id", "")
+        if trial_id not in best or key > best[trial_id][:2]:
+            best[trial_id] = (*key, str(meta_path.parent))
+    return {k: v[2] for k, v in best.items()}
+
+
+def _local_resources(num_cpus: int | None) -> dict[str, float]:
+    import torch
+
+    return {"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def _slots(spec: StudySpec, todo: list[Trial], nodes: list[dict[str, float]]) -> int:
+    """How many of these trials fit on the cluster at once (for the overhead figure)."""
+    if not todo:
+        return 1
+    need = max((spec.resources.for_hidden(t.hidden) for t in todo), key=lambda r: r["cpu"])
+    fit = 0
+    for node in nodes:
+        per = math.floor(node.get("CPU", 0) / need["cpu"] + 1e-9)
+        if need["gpu"] > 0:
+            per = min(per, math.floor(node.get("GPU", 0) / need["gpu"] + 1e-9))
+        fit += per
+    return max(1, min(fit, len(todo)))
+
+
+def _summary(out: Path, spec: StudySpec) -> str:
+    from analysis.schema import read_results
+
+    try:
+        df = read_results(out)
+    except FileNotFoundError:
+        return f"no results yet in {out / 'results'}"
+    lines = [f"results: {len(df)} rows in {out / 'results'} (+ r(mu) in {out / 'param_errors'})"]
+    counts = df.groupby(["method", "status"]).size()
+    lines.append("status: " + ", ".join(f"{m} {s}: {n}" for (m, s), n in counts.items()))
+    ok = df[df["status"] == "ok"]
+    for method in ("gplasdi", "mlasdi"):
+        sub = ok[ok["method"] == method].sort_values("err_max")
+        if sub.empty:
+            continue
+        lines.append(f"best {method} (lowest max error over the {len(sub)} ok rows):")
+        for _, r in sub.head(3).iterrows():
+            lines.append(
+                f"  {r['evaluation_id']:<24} hidden {r['hidden']:<14} latent {r['latent_dim']} "
+                f"iters {[int(x) for x in r['stage_iters']]}: err_max {r['err_max']:.4f} "
+                f"err_mean {r['err_mean']:.4f} unseen_err_max {r['unseen_err_max']:.4f} "
+                f"params {r['n_model_params']} train {r['train_time_s']:.1f}s"
+            )
+    return "\n".join(lines)
+
+
+def _init_ray(address: str | None, num_cpus: int | None, verbose: int) -> None:
+    import ray
+
+    quiet: dict[str, Any] = {
+        "log_to_driver": verbose >= 2,
+        "logging_level": "ERROR",
+        "include_dashboard": False,
+        "configure_logging": True,
+    }
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        res = _local_resources(num_cpus)
+        ray.init(num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]), **quiet)
+
+
+def _make_callback(writer: ResultWriter, spec: StudySpec, data: Any) -> Any:
+    from ray import tune
+
+    class StudyCallback(tune.Callback):
+        """Writes every evaluation report; a trial Tune gave up on gets ``failed`` rows."""
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+            writer.handle(trial.trial_id, result)
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            t = Trial.from_config(trial.config["trial"])
+            error = getattr(trial, "error_file", None) or "see the Tune trial logs"
+            message = f"trial errored in Ray after retries ({error})"
+
+            def report(metrics: dict[str, Any], state: Any) -> None:
+                writer.handle(trial.trial_id, {**metrics, "compute_s": 0.0})
+
+            done = set(writer.written) | set(finished_evaluations(writer.out))
+            runner = TrialRunner(t, spec, data, frozenset(done), report)
+            runner._report_bad(list(range(len(t.budgets))), "failed", message)
+
+    return StudyCallback()
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    out: Path,
+    address: str | None = None,
+    storage: str | None = None,
+    num_cpus: int | None = None,
+    check: bool = True,
+    verbose: int = 1,
+) -> int:
+    """Run (or finish) a study; returns the exit code (0 when every evaluation has a row)."""
+    t_command = time.perf_counter()
+    out = Path(out).resolve()
+    _check_out(spec, out)
+    if not address and check:
+        check_resources(spec, [_local_resources(num_cpus)], "this machine")
+    all_trials = trials(spec)
+    n_evals = sum(len(t.budgets) for t in all_trials)
+    finished = finished_evaluations(out)
+    todo = [t for t in all_trials if any(e not in finished for e in t.evaluation_ids)]
+    print(
+        f"study {spec.name}: {len(all_trials)} trials, {n_evals} evaluations; "
+        f"{len(finished)} finished on disk, {len(todo)} trials to run; output {out}",
+        flush=True,
+    )
+    if not todo:
+        print(_summary(out, spec))
+        return 0
+
+    t_data = time.perf_counter()
+    data = load_study_data(spec, progress=verbose >= 1)
+    data_s = time.perf_counter() - t_data
+    print(
+        f"data: {data.truth_test.shape[0]} test / {data.U_train.shape[0]} training parameters, "
+        f"{data.U_train.shape[1]} snapshots of {data.n_state} values ({data_s:.1f} s)",
+        flush=True,
+    )
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    import ray
+    from ray import tune
+
+    t_study = time.perf_counter()
+    _init_ray(address, num_cpus, verbose)
+    try:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        if address and check:
+            check_resources(spec, nodes, f"the cluster at {address}")
+        storage_root = storage or str(out / "tune")
+        if "://" not in storage_root:
+            storage_root = str(Path(storage_root).resolve())
+            Path(storage_root).mkdir(parents=True, exist_ok=True)
+            previous = previous_checkpoints(Path(storage_root))
+        else:
+            previous = {}
+        writer = ResultWriter(out, data.params_test, data.is_train)
+        trainable = tune.with_parameters(
+            run_trial, spec=spec, data=data, finished=frozenset(finished), previous=previous
+        )
+
+        def resources(config: dict[str, Any]) -> Any:
+            need = spec.resources.for_hidden(config["trial"]["hidden"])
+            bundle = {"CPU": need["cpu"]}
+            if need["gpu"]:
+                bundle["GPU"] = need["gpu"]
+            return tune.PlacementGroupFactory([bundle])
+
+        # with_resources mutates the function it wraps: wrap the fresh with_parameters object.
+        trainable = tune.with_resources(trainable, resources)
+        # Longest trials first so the last slot does not idle at the end.
+        n_state, n_snap = data.n_state, data.U_train.shape[0] * data.U_train.shape[1]
+        todo.sort(key=lambda t: -t.shared_cost(n_state, n_snap)[2])
+        name = "run-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search([t.to_config() for t in todo])},
+            tune_config=tune.TuneConfig(reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage_root,
+                callbacks=[_make_callback(writer, spec, data)],
+                verbose=verbose,
+                failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        interrupted = False
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            interrupted = True
+        wall = time.perf_counter() - t_study
+        slots = _slots(spec, todo, nodes)
+    finally:
+        ray.shutdown()
+
+    compute = writer.compute_s
+    overhead = (wall - compute / slots) / wall if wall > 0 else float("nan")
+    done_now = finished_evaluations(out, retry_failed=False)
+    missing = [e for t in all_trials for e in t.evaluation_ids if e not in done_now]
+    print(_summary(out, spec))
+    print(
+        f"timing: study wall {wall:.1f} s (ray.init to last result), trial compute "
+        f"{compute:.1f} s over {slots} slot(s); data {data_s:.1f} s; command "
+        f"{time.perf_counter() - t_command:.1f} s",
+    )
+    print(
+        f"ray_overhead_fraction={overhead:.4f}  "
+        "(= (study wall - trial compute / slots) / study wall)",
+        flush=True,
+    )
+    if interrupted or missing:
+        print(
+            f"study incomplete: {len(missing)} of {n_evals} evaluations missing"
+            f"{' (interrupted)' if interrupted else ''}; rerun the same command to finish",
+            file=sys.stderr,
+        )
+        return 130 if interrupted else 1
+    return 0

@@ -1,0 +1,525 @@
+"""Study specs: a TOML file turned into a frozen, validated :class:`StudySpec`.
+
+A spec names the data (problem, resolution, parameter grid), the two methods with their
+architectures, latent sizes and iteration budgets, the seeds, the shared training settings and the
+resources of one trial. Everything is checked here, before Ray starts: unknown keys, latent sizes
+that are not smaller than the state, budgets that do not increase, a data file that is missing and
+may not be generated. Whether the cluster can ever satisfy the resources is checked by
+:func:`check_resources` against the nodes it is given.
+
+``load_spec`` accepts a path or the name of a preset shipped in this directory
+(``vlasov_paper``, ``vlasov_quick``, ``smoke``). See docs/studies.md for the format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlasdi.config import ACTIVATIONS, DTYPES, FD_SCHEMES, ConfigError, GPConfig, from_dict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).resolve().parent
+PRESETS = ("vlasov_paper", "vlasov_quick", "smoke")
+PROBLEMS = ("vlasov", "oscillator")
+VLASOV_N_T = 251  # snapshots 0..5 step 0.02 written by mlasdi.problems.vlasov
+
+
+class SpecError(ValueError):
+    """A study spec is invalid; the message names the key and what is wrong."""
+
+
+def _table(data: Any, where: str, allowed: Sequence[str], required: Sequence[str] = ()) -> dict:
+    if not isinstance(data, Mapping):
+        raise SpecError(f"[{where}] must be a table, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise SpecError(f"unknown key(s) {unknown} in [{where}]; valid keys: {sorted(allowed)}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise SpecError(f"missing key(s) {missing} in [{where}]")
+    return dict(data)
+
+
+def _int(value: Any, where: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpecError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _num(value: Any, where: str, minimum: float = 0.0, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"{where} must be a number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        raise SpecError(f"{where} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+    return float(value)
+
+
+def _choice(value: Any, where: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise SpecError(f"{where} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _int_list(value: Any, where: str, minimum: int = 1) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SpecError(f"{where} must be a non-empty list of integers, got {value!r}")
+    return tuple(_int(v, f"{where}[{i}]", minimum) for i, v in enumerate(value))
+
+
+def hidden_label(hidden: Sequence[int]) -> str:
+    """``(1000, 500, 50)`` -> ``"1000-500-50"`` (the ``hidden`` result column)."""
+    return "-".join(str(w) for w in hidden)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the snapshots come from.
+
+    ``vlasov``: ``mlasdi.problems.vlasov`` at ``nx`` x ``nv``; test parameters on a ``grid`` =
+    [n_T, n_k] grid over T in [0.9, 1.1], k in [1.0, 1.2]; training points every ``train_stride``;
+    every ``time_stride``-th snapshot. The file is generated (cached) when ``generate`` is true.
+    ``oscillator``: the paper's toy at ``nx`` points, ``n_t`` times, ``grid`` = [n_A] amplitudes in
+    [1.0, 1.4], trained on the two end points.
+    """
+
+    problem: str = "vlasov"
+    nx: int = 64
+    nv: int = 64
+    grid: tuple[int, ...] = (21, 21)
+    train_stride: float = 0.05
+    time_stride: int = 1
+    n_t: int = 201
+    periodic_field: bool = False
+    file: str = ""
+    generate: bool = True
+
+    @property
+    def n_state(self) -> int:
+        return self.nx * self.nv if self.problem == "vlasov" else self.nx
+
+    @property
+    def n_times(self) -> int:
+        n = VLASOV_N_T if self.problem == "vlasov" else self.n_t
+        return len(range(0, n, self.time_stride))
+
+    @property
+    def path(self) -> Path:
+        """The snapshot file (vlasov): ``file`` or ``data/vlasov_<nx>x<nv>_<n_T>x<n_k>.h5``."""
+        if self.file:
+            return Path(self.file).expanduser().resolve()
+        name = f"vlasov_{self.nx}x{self.nv}_{self.grid[0]}x{self.grid[1]}.h5"
+        return (Path("data") / name).resolve()
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method's part of the grid.
+
+    ``budgets`` are per-stage iteration counts: ``(s1,)`` for GPLaSDI, ``(s1, s2)`` for mLaSDI.
+    ``residual_hidden`` is ``"mirror"`` (the stage-1 hidden layers reversed, as in the paper) or
+    explicit widths used for every architecture.
+    """
+
+    name: str
+    hidden: tuple[tuple[int, ...], ...]
+    latent_dims: tuple[int, ...]
+    budgets: tuple[tuple[int, ...], ...]
+    residual_hidden: str | tuple[int, ...] = "mirror"
+    residual_kappa: float = 1.0
+    residual_activation: str = "tanh"
+    residual_lr: float = 1e-3
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.budgets[0])
+
+    def residual_widths(self, hidden: Sequence[int]) -> tuple[int, ...]:
+        if self.residual_hidden == "mirror":
+            return tuple(reversed(tuple(hidden)))
+        return tuple(self.residual_hidden)
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """Settings shared by every model of the study (DESIGN.md defaults)."""
+
+    lr: float = 1e-3
+    beta1: float = 0.1
+    beta2: float = 1e-3
+    activation: str = "softplus"
+    fd_scheme: str = "central4"
+    dtype: str = "float32"
+    gp: GPConfig = field(default_factory=GPConfig)
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """Resources of one trial. Trials whose widest hidden layer is <= ``small_width`` request
+    ``small_gpus`` GPUs (a fraction shares a GPU between small networks) instead of ``gpus``."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    small_gpus: float | None = None
+    small_width: int = 0
+
+    def for_hidden(self, hidden: Sequence[int]) -> dict[str, float]:
+        small = self.small_gpus is not None and max(hidden) <= self.small_width
+        gpus = self.small_gpus if small else self.gpus
+        return {"cpu": self.cpus, "gpu": float(gpus or 0.0)}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Execution settings: periodic Tune checkpoints inside a stage, retries, evaluation batch."""
+
+    checkpoint_every: int = 0  # iterations; 0 = only at budgets
+    max_failures: int = 3
+    eval_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    seeds: tuple[int, ...]
+    data: DataSpec
+    methods: tuple[MethodSpec, ...]
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+    source: str = ""  # the path it was read from (not part of the study's identity)
+
+    def method(self, name: str) -> MethodSpec:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as a TOML-ready dict (round-trips through :func:`spec_from_dict`)."""
+        skip = (
+            ("nv", "train_stride", "periodic_field", "file", "generate")
+            if self.data.problem == "oscillator"
+            else ("n_t",)
+        )
+        data = {k: v for k, v in dataclasses.asdict(self.data).items() if k not in skip}
+        data["grid"] = list(self.data.grid)
+        out: dict[str, Any] = {"name": self.name, "seeds": list(self.seeds), "data": data}
+        for m in self.methods:
+            entry: dict[str, Any] = {
+                "hidden": [list(h) for h in m.hidden],
+                "latent_dims": list(m.latent_dims),
+                "budgets": [b[0] for b in m.budgets]
+                if m.name == "gplasdi"
+                else [list(b) for b in m.budgets],
+            }
+            if m.name == "mlasdi":
+                entry["residual_hidden"] = (
+                    m.residual_hidden if m.residual_hidden == "mirror" else list(m.residual_hidden)
+                )
+                entry["residual_kappa"] = m.residual_kappa
+                entry["residual_activation"] = m.residual_activation
+                entry["residual_lr"] = m.residual_lr
+            out[m.name] = entry
+        training = dataclasses.asdict(self.training)
+        out["training"] = training
+        res = {k: v for k, v in dataclasses.asdict(self.resources).items() if v is not None}
+        out["resources"] = res
+        out["run"] = dataclasses.asdict(self.run)
+        return out
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    """Minimal TOML writer for the spec dict (scalars, lists, one level of nested tables)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)  # inf and nan are valid TOML floats
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines: list[str] = []
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    for k, v in data.items():
+        if isinstance(v, Mapping):
+            tables.append((k, v))
+        else:
+            lines.append(f"{k} = {value(v)}")
+    while tables:
+        name, table = tables.pop(0)
+        lines.append(f"\n[{name}]")
+        for k, v in table.items():
+            if isinstance(v, Mapping):
+                tables.append((f"{name}.{k}", v))
+            else:
+                lines.append(f"{k} = {value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def _data_spec(raw: Any) -> DataSpec:
+    keys = [f.name for f in dataclasses.fields(DataSpec)]
+    d = _table(raw, "data", keys, required=["problem"])
+    problem = _choice(d["problem"], "data.problem", PROBLEMS)
+    if problem == "oscillator":
+        for k in ("nv", "train_stride", "periodic_field", "file", "generate"):
+            if k in d:
+                raise SpecError(f"data.{k} does not apply to problem 'oscillator'")
+        d.setdefault("nx", 600)
+        d.setdefault("grid", [3])
+    else:
+        if "n_t" in d:
+            raise SpecError("data.n_t does not apply to problem 'vlasov' (251 snapshots)")
+    for k in ("nx", "nv", "time_stride", "n_t"):
+        if k in d:
+            _int(d[k], f"data.{k}", 2 if k != "time_stride" else 1)
+    grid = _int_list(d.get("grid", [21, 21]), "data.grid", 2)
+    want = 1 if problem == "oscillator" else 2
+    if len(grid) != want:
+        raise SpecError(
+            f"data.grid must have {want} entr{'y' if want == 1 else 'ies'} for {problem}"
+        )
+    d["grid"] = grid
+    if "train_stride" in d:
+        d["train_stride"] = _num(d["train_stride"], "data.train_stride", 0.0, strict=True)
+    for k in ("periodic_field", "generate"):
+        if k in d and not isinstance(d[k], bool):
+            raise SpecError(f"data.{k} must be true or false, got {d[k]!r}")
+    if "file" in d and not isinstance(d["file"], str):
+        raise SpecError(f"data.file must be a path string, got {d['file']!r}")
+    spec = DataSpec(**d)
+    n = VLASOV_N_T if problem == "vlasov" else spec.n_t
+    if spec.n_times < 3:
+        raise SpecError(
+            f"data.time_stride = {spec.time_stride} leaves {spec.n_times} of {n} snapshots; "
+            "need at least 3"
+        )
+    if problem == "vlasov" and not spec.generate and not spec.path.is_file():
+        raise SpecError(
+            f"data file {spec.path} does not exist (data.generate = false); generate it with "
+            f"'mlasdi data vlasov' or set data.generate = true"
+        )
+    return spec
+
+
+def _budgets(raw: Any, where: str, n_stages: int) -> tuple[tuple[int, ...], ...]:
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise SpecError(f"{where} must be a non-empty list, got {raw!r}")
+    budgets: list[tuple[int, ...]] = []
+    for i, b in enumerate(raw):
+        if n_stages == 1:
+            budgets.append((_int(b, f"{where}[{i}]"),))
+        else:
+            if not isinstance(b, (list, tuple)) or len(b) != n_stages:
+                raise SpecError(
+                    f"{where}[{i}] must be [stage-1 iterations, stage-2 iterations], got {b!r}"
+                )
+            budgets.append(tuple(_int(x, f"{where}[{i}][{j}]") for j, x in enumerate(b)))
+    for a, b in zip(budgets, budgets[1:], strict=False):
+        if b <= a:
+            shown = [list(x) if n_stages > 1 else x[0] for x in budgets]
+            raise SpecError(
+                f"{where} must be strictly increasing"
+                + (" (by stage-1, then stage-2 iterations)" if n_stages > 1 else "")
+                + f", got {shown}"
+            )
+    return tuple(budgets)
+
+
+def _method_spec(name: str, raw: Any, n_state: int) -> MethodSpec:
+    keys = ["hidden", "latent_dims", "budgets"]
+    if name == "mlasdi":
+        keys += ["residual_hidden", "residual_kappa", "residual_activation", "residual_lr"]
+    d = _table(raw, name, keys, required=["hidden", "latent_dims", "budgets"])
+    if not isinstance(d["hidden"], (list, tuple)) or not d["hidden"]:
+        raise SpecError(f"{name}.hidden must be a non-empty list of lists of widths")
+    hidden = tuple(_int_list(h, f"{name}.hidden[{i}]") for i, h in enumerate(d["hidden"]))
+    if len(set(hidden)) != len(hidden):
+        raise SpecError(f"{name}.hidden lists an architecture twice: {[list(h) for h in hidden]}")
+    latents = _int_list(d["latent_dims"], f"{name}.latent_dims")
+    if len(set(latents)) != len(latents):
+        raise SpecError(f"{name}.latent_dims has duplicates: {list(latents)}")
+    for r in latents:
+        if r >= n_state:
+            raise SpecError(
+                f"{name}.latent_dims: latent size {r} must be smaller than the state size {n_state}"
+            )
+    budgets = _budgets(d["budgets"], f"{name}.budgets", 1 if name == "gplasdi" else 2)
+    extra: dict[str, Any] = {}
+    if name == "mlasdi":
+        rh = d.get("residual_hidden", "mirror")
+        if rh != "mirror":
+            rh = _int_list(rh, "mlasdi.residual_hidden")
+        extra["residual_hidden"] = rh
+        if "residual_kappa" in d:
+            extra["residual_kappa"] = _num(d["residual_kappa"], "mlasdi.residual_kappa", 0, True)
+        if "residual_lr" in d:
+            extra["residual_lr"] = _num(d["residual_lr"], "mlasdi.residual_lr", 0, True)
+        if "residual_activation" in d:
+            extra["residual_activation"] = _choice(
+                d["residual_activation"], "mlasdi.residual_activation", ACTIVATIONS
+            )
+    return MethodSpec(name, hidden, latents, budgets, **extra)
+
+
+def _training_spec(raw: Any) -> TrainingSpec:
+    keys = [f.name for f in dataclasses.fields(TrainingSpec)]
+    d = _table(raw, "training", keys)
+    for k in ("lr",):
+        if k in d:
+            d[k] = _num(d[k], f"training.{k}", 0, strict=True)
+    for k in ("beta1", "beta2"):
+        if k in d:
+            d[k] = _num(d[k], f"training.{k}", 0)
+    if "activation" in d:
+        _choice(d["activation"], "training.activation", ACTIVATIONS)
+    if "fd_scheme" in d:
+        _choice(d["fd_scheme"], "training.fd_scheme", FD_SCHEMES)
+    if "dtype" in d:
+        _choice(d["dtype"], "training.dtype", DTYPES)
+    try:
+        d["gp"] = from_dict(GPConfig, d.get("gp"), where="training.gp")
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+    return TrainingSpec(**d)
+
+
+def _resource_spec(raw: Any) -> ResourceSpec:
+    keys = [f.name for f in dataclasses.fields(ResourceSpec)]
+    d = _table(raw, "resources", keys)
+    if "cpus" in d:
+        d["cpus"] = _num(d["cpus"], "resources.cpus", 0, strict=True)
+    for k in ("gpus", "small_gpus"):
+        if k in d:
+            d[k] = _num(d[k], f"resources.{k}", 0)
+            if d[k] > 1 and d[k] != int(d[k]):
+                raise SpecError(f"resources.{k}: a fraction of a GPU must be < 1, got {d[k]}")
+    if "small_width" in d:
+        d["small_width"] = _int(d["small_width"], "resources.small_width", 0)
+    return ResourceSpec(**d)
+
+
+def _run_spec(raw: Any) -> RunSpec:
+    keys = [f.name for f in dataclasses.fields(RunSpec)]
+    d = _table(raw, "run", keys)
+    if "checkpoint_every" in d:
+        d["checkpoint_every"] = _int(d["checkpoint_every"], "run.checkpoint_every", 0)
+    if "max_failures" in d:
+        d["max_failures"] = _int(d["max_failures"], "run.max_failures", 0)
+    if "eval_batch_size" in d:
+        d["eval_batch_size"] = _int(d["eval_batch_size"], "run.eval_batch_size")
+    return RunSpec(**d)
+
+
+TOP_KEYS = ("name", "seeds", "data", "gplasdi", "mlasdi", "training", "resources", "run")
+
+
+def spec_from_dict(raw: Mapping[str, Any], *, source: str = "") -> StudySpec:
+    """Validate a parsed spec (see the module docstring); raises :class:`SpecError`."""
+    d = _table(raw, "top level", TOP_KEYS, required=["name", "data"])
+    name = d["name"]
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise SpecError(f"name must be a non-empty string of letters, digits, - _ ., got {name!r}")
+    seeds = _int_list(d.get("seeds", [0]), "seeds", 0)
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"seeds has duplicates: {list(seeds)}")
+    data = _data_spec(d["data"])
+    methods = tuple(_method_spec(m, d[m], data.n_state) for m in ("gplasdi", "mlasdi") if m in d)
+    if not methods:
+        raise SpecError("a study needs at least one of the tables [gplasdi] and [mlasdi]")
+    return StudySpec(
+        name=name,
+        seeds=seeds,
+        data=data,
+        methods=methods,
+        training=_training_spec(d.get("training", {})),
+        resources=_resource_spec(d.get("resources", {})),
+        run=_run_spec(d.get("run", {})),
+        source=source,
+    )
+
+
+def resolve_spec_path(path_or_name: str | Path) -> Path:
+    """A spec file path, or the preset of that name shipped with ``studies``."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path.resolve()
+    name = str(path_or_name)
+    if name.removesuffix(".toml") in PRESETS and path.parent == Path("."):
+        return PRESET_DIR / f"{name.removesuffix('.toml')}.toml"
+    raise SpecError(f"no spec file {path} (and no preset of that name; presets: {list(PRESETS)})")
+
+
+def load_spec(path_or_name: str | Path) -> StudySpec:
+    """Read and validate a study spec file or preset name."""
+    path = resolve_spec_path(path_or_name)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return spec_from_dict(raw, source=str(path))
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+
+
+def smoke_spec(spec: StudySpec) -> StudySpec:
+    """A seconds-long version of ``spec`` (``--smoke``): first architecture and latent size of
+    each method, one seed, two tiny budgets, a coarse grid."""
+    methods = []
+    for m in spec.methods:
+        budgets = ((20,), (40,)) if m.name == "gplasdi" else ((20, 20), (20, 40))
+        methods.append(
+            dataclasses.replace(
+                m, hidden=m.hidden[:1], latent_dims=m.latent_dims[:1], budgets=budgets
+            )
+        )
+    data = spec.data
+    if data.problem == "vlasov":
+        data = dataclasses.replace(
+            data, nx=16, nv=16, grid=(5, 5), time_stride=max(data.time_stride, 10), file=""
+        )
+    return dataclasses.replace(
+        spec,
+        name=f"{spec.name}-smoke",
+        seeds=spec.seeds[:1],
+        data=data,
+        methods=tuple(methods),
+        run=dataclasses.replace(spec.run, checkpoint_every=0),
+        resources=dataclasses.replace(spec.resources, gpus=0.0, small_gpus=None),
+    )
+
+
+def check_resources(spec: StudySpec, nodes: Sequence[Mapping[str, float]], where: str) -> None:
+    """Raise SpecError when some trial's request fits on none of ``nodes`` (resource dicts with
+    ``CPU``/``GPU`` keys)."""
+    for m in spec.methods:
+        for h in m.hidden:
+            need = spec.resources.for_hidden(h)
+            fits = any(
+                n.get("CPU", 0) >= need["cpu"] - 1e-9 and n.get("GPU", 0) >= need["gpu"] - 1e-9
+                for n in nodes
+            )
+            if not fits:
+                have = [{"CPU": n.get("CPU", 0), "GPU": n.get("GPU", 0)} for n in nodes]
+                raise SpecError(
+                    f"{m.name} hidden {hidden_label(h)} asks for {need['cpu']:g} CPU and "
+                    f"{need['gpu']:g} GPU per trial, which no node of {where} can provide "
+                    f"(nodes: {have}); lower [resources] or use a bigger cluster"
+                )
