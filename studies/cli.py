@@ -85,6 +85,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         "-v", "--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune verbosity"
     )
     run.set_defaults(handler=_run)
+
+    from studies.budget import add_budget_command
+
+    add_budget_command(sub)
     return parser, sub
 
 
