@@ -1,0 +1,471 @@
+"""The study harness: spec validation, plan numbers, cluster.yaml, trial outcomes, runs on Ray.
+
+Ray runs (smoke end to end, resume, the kill test, the multi-node Cluster test) use the oscillator
+at a tiny size; every file goes to tmp_path.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.schema import read_param_errors, read_results
+from mlasdi.train import DivergenceError
+from studies import trial as trial_module
+from studies.cli import main
+from studies.plan import format_plan, plan, trials
+from studies.spec import (
+    PRESETS,
+    SpecError,
+    check_resources,
+    load_spec,
+    smoke_spec,
+    spec_from_dict,
+    tomllib,
+)
+from studies.trial import TrialRunner, load_study_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _base() -> dict:
+    return {
+        "name": "t",
+        "seeds": [0],
+        "data": {"problem": "oscillator", "nx": 40, "n_t": 21, "grid": [3]},
+        "gplasdi": {"hidden": [[12]], "latent_dims": [2], "budgets": [10, 20]},
+        "mlasdi": {"hidden": [[8]], "latent_dims": [2], "budgets": [[10, 10], [10, 20]]},
+        "training": {"gp": {"n_restarts": 0}},
+    }
+
+
+def _write_spec(path: Path, raw: dict) -> Path:
+    from studies.spec import dump_toml
+
+    path.write_text(dump_toml(raw))
+    return path
+
+
+# ----- spec validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load_and_round_trip(name):
+    spec = load_spec(name)
+    again = spec_from_dict(tomllib.loads(spec.to_toml()), source=spec.source)
+    assert again == spec
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda r: r.update(colour=1), "unknown key(s) ['colour'] in [top level]"),
+        (lambda r: r["gplasdi"].update(hiden=[[3]]), "unknown key(s) ['hiden'] in [gplasdi]"),
+        (lambda r: r["data"].update(nv=3), "data.nv does not apply to problem 'oscillator'"),
+        (lambda r: r["training"]["gp"].update(n_restart=1), "unknown key(s) ['n_restart']"),
+        (
+            lambda r: r["mlasdi"].update(latent_dims=[2, 40]),
+            "latent size 40 must be smaller than the state size 40",
+        ),
+        (lambda r: r["gplasdi"].update(budgets=[20, 10]), "gplasdi.budgets must be strictly"),
+        (lambda r: r["gplasdi"].update(budgets=[10, 10]), "gplasdi.budgets must be strictly"),
+        (
+            lambda r: r["mlasdi"].update(budgets=[[10, 20], [10, 10]]),
+            "mlasdi.budgets must be strictly increasing (by stage-1, then stage-2",
+        ),
+        (lambda r: r["mlasdi"].update(budgets=[10, 20]), "mlasdi.budgets[0] must be [stage-1"),
+        (lambda r: r["data"].update(problem="burgers"), "data.problem must be one of"),
+        (lambda r: r.pop("gplasdi") and r.pop("mlasdi"), "at least one of the tables"),
+        (
+            lambda r: (
+                r["resources"].update(gpus=1.5)
+                if "resources" in r
+                else r.update(resources={"gpus": 1.5})
+            ),
+            "a fraction of a GPU must be < 1",
+        ),
+    ],
+)
+def test_bad_specs_are_rejected_with_clear_errors(edit, needle):
+    raw = _base()
+    edit(raw)
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(raw)
+    assert needle in str(info.value)
+
+
+def test_missing_data_file_is_an_error(tmp_path):
+    raw = _base()
+    raw["data"] = {
+        "problem": "vlasov",
+        "nx": 8,
+        "nv": 8,
+        "generate": False,
+        "file": str(tmp_path / "absent.h5"),
+    }
+    with pytest.raises(SpecError, match=r"absent.h5 does not exist \(data.generate = false\)"):
+        spec_from_dict(raw)
+
+
+def test_unsatisfiable_resources_fail_before_ray_starts(tmp_path, capsys):
+    raw = _base()
+    raw["resources"] = {"cpus": 1, "gpus": 1}
+    spec = _write_spec(tmp_path / "gpu.toml", raw)
+    start = time.perf_counter()
+    code = main(["run", str(spec), "--out", str(tmp_path / "out"), "--num-cpus", "2"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "asks for 1 CPU and 1 GPU per trial, which no node of this machine" in err
+    assert time.perf_counter() - start < 5  # no Ray started
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    with pytest.raises(SpecError, match="no node of the cluster"):
+        check_resources(spec_from_dict(raw), [{"CPU": 8.0, "GPU": 0.0}], "the cluster")
+    check_resources(spec_from_dict(raw), [{"CPU": 1.0, "GPU": 1.0}], "the cluster")
+
+
+def test_unknown_preset_and_bad_toml(tmp_path, capsys):
+    assert main(["plan", "no_such_study"]) == 2
+    assert "presets: ['vlasov_paper'" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [")
+    assert main(["plan", str(bad)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+# ----- plan ---------------------------------------------------------------------------------
+
+
+def test_vlasov_paper_is_table_1():
+    spec = load_spec("vlasov_paper")
+    g, m = spec.method("gplasdi"), spec.method("mlasdi")
+    assert m.hidden == ((50,), (500,), (1000,), (500, 50), (1000, 500, 50))
+    assert g.hidden == tuple(tuple(w * 3 // 2 for w in h) for h in m.hidden)
+    assert g.latent_dims == m.latent_dims == (4, 5, 6, 7)
+    assert g.budgets == ((25000,), (50000,), (75000,), (100000,))
+    assert m.budgets == ((25000, 25000), (25000, 50000), (50000, 50000), (75000, 25000))
+    assert (spec.data.nx, spec.data.nv, spec.data.grid) == (64, 64, (21, 21))
+    assert (spec.training.lr, spec.training.beta1, spec.training.beta2) == (1e-3, 0.1, 1e-3)
+    assert m.residual_widths((1000, 500, 50)) == (50, 500, 1000)
+
+
+def test_vlasov_paper_plan_numbers(capsys):
+    spec = load_spec("vlasov_paper")
+    lines = plan(spec)
+    assert len(lines) == 40 and sum(len(p.trial.budgets) for p in lines) == 160
+    it = sum(p.shared[0] + p.shared[1] for p in lines) / sum(p.naive[0] + p.naive[1] for p in lines)
+    compute = sum(p.shared[2] for p in lines) / sum(p.naive[2] for p in lines)
+    # GPLaSDI 100k of 250k iterations per trial; mLaSDI stage 1 75k + residual 50k+50k+25k
+    # of naive 175k + 150k.
+    assert it == pytest.approx((20 * 100_000 + 20 * 200_000) / (20 * 250_000 + 20 * 325_000))
+    assert compute <= 0.5
+    assert main(["plan", "vlasov_paper"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"compute_fraction_of_naive={compute:.4f}"
+    assert f"iteration_fraction_of_naive={it:.4f}" in out
+    assert any(line.startswith("mlasdi-a4-l7-s0") for line in out)
+
+
+def test_schedule_shares_residual_runs():
+    spec = load_spec("vlasov_paper")
+    t = next(t for t in trials(spec) if t.method == "mlasdi")
+    assert t.schedule() == [(25000, 50000, [0, 1]), (50000, 50000, [2]), (75000, 25000, [3])]
+    assert t.schedule([1, 3]) == [(25000, 50000, [1]), (75000, 25000, [3])]
+    g = next(t for t in trials(spec) if t.method == "gplasdi")
+    assert g.schedule([2, 3]) == [(75000, 0, [2]), (100000, 0, [3])]
+    assert t.trial_id == "mlasdi-a0-l4-s0" and t.evaluation_id(3) == "mlasdi-a0-l4-s0/b3"
+
+
+def test_cluster_yaml_validates_against_ray_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    yaml = pytest.importorskip("yaml")
+    import ray
+
+    schema_path = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
+    schema = json.loads(schema_path.read_text())
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    jsonschema.validate(config, schema)
+    setup = " ".join(config["setup_commands"])
+    assert "pip install -e ~/mlasdi" in setup
+    assert config["available_node_types"]["gpu_worker"]["resources"]["GPU"] >= 1
+
+
+# ----- one trial, without Ray ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    spec = spec_from_dict(_base())
+    return spec, load_study_data(spec)
+
+
+def _run_trial(spec, data, t, finished=frozenset(), state=None):
+    reports = []
+    # States are live references to the trainer tensors (Tune serialises them at once): copy.
+    TrialRunner(
+        t, spec, data, finished, lambda m, s: reports.append((m, copy.deepcopy(s))), state
+    ).run()
+    return reports
+
+
+def _rows(reports):
+    return {m["evaluation_id"]: json.loads(m["payload"]) for m, _ in reports if m["kind"] == "eval"}
+
+
+def test_trial_reports_every_budget_and_resumes_exactly(tiny):
+    spec, data = tiny
+    for t in trials(spec):
+        reports = _run_trial(spec, data, t)
+        rows = _rows(reports)
+        assert sorted(rows) == t.evaluation_ids
+        for eid, p in rows.items():
+            row = p["row"]
+            assert row["status"] == "ok" and np.isfinite(row["err_max"])
+            assert row["n_model_params"] == t.n_model_params(row["budget_index"], data.n_state)
+            assert len(p["param_err"]) == data.params_test.shape[0]
+            assert row["train_time_s"] == pytest.approx(sum(row["stage_times_s"]))
+            assert row["err_max"] == pytest.approx(max(p["param_err"]))
+        # Resume from the checkpoint taken at the first evaluation: identical later numbers.
+        state = reports[0][1]
+        again = _rows(_run_trial(spec, data, t, state=state))
+        assert sorted(again) == t.evaluation_ids[1:]
+        for eid in again:
+            np.testing.assert_allclose(
+                again[eid]["param_err"], rows[eid]["param_err"], rtol=0, atol=1e-6
+            )
+        # Finished on disk: nothing runs.
+        assert _run_trial(spec, data, t, finished=frozenset(t.evaluation_ids)) == []
+
+
+def test_divergence_and_failure_rows(tiny, monkeypatch):
+    spec, data = tiny
+    g, m = trials(spec)
+
+    def diverge(*args, **kwargs):
+        raise DivergenceError("loss is not finite at iteration 10: loss=nan")
+
+    monkeypatch.setattr(trial_module, "residual_stage_data", diverge)
+    rows = _rows(_run_trial(spec, data, m))
+    assert {r["row"]["status"] for r in rows.values()} == {"diverged"}
+    assert all("loss is not finite" in r["row"]["message"] for r in rows.values())
+    assert all(math.isnan(x) for r in rows.values() for x in r["param_err"])
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero in the GP")
+
+    monkeypatch.setattr(trial_module, "stage1_rom", broken)
+    rows = _rows(_run_trial(spec, data, g))
+    assert len(rows) == 2
+    assert {r["row"]["message"] for r in rows.values()} == {
+        "ZeroDivisionError: division by zero in the GP"
+    }
+    assert {r["row"]["status"] for r in rows.values()} == {"failed"}
+
+
+# ----- Ray runs -----------------------------------------------------------------------------
+
+
+def _result_values(out: Path) -> dict[str, list[float]]:
+    df = read_param_errors(out)
+    return {
+        eid: g.sort_values("param_index")["err"].tolist() for eid, g in df.groupby("evaluation_id")
+    }
+
+
+def test_smoke_run_end_to_end_and_rerun_is_a_no_op(tmp_path, capsys):
+    out = tmp_path / "smoke"
+    assert main(["run", "smoke", "--out", str(out), "-v", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "ray_overhead_fraction=" in text and "best mlasdi" in text and "best gplasdi" in text
+    df = read_results(out)
+    spec = load_spec("smoke")
+    ids = [e for t in trials(spec) for e in t.evaluation_ids]
+    assert sorted(df["evaluation_id"]) == sorted(ids)
+    assert set(df["status"]) == {"ok"} and set(df["method"]) == {"gplasdi", "mlasdi"}
+    assert df.attrs["read_info"].n_duplicates_dropped == 0
+    assert (df["study"] == "smoke").all() and (df["device"] == "cpu").all()
+    errors = read_param_errors(out)
+    assert len(errors) == 3 * len(ids)
+    files = sorted(p.name for p in (out / "results").glob("*.parquet"))
+    assert files == sorted(f"{e.replace('/', '__')}.parquet" for e in ids)
+    # Every file carries the one explicit schema (null-typed columns would break the dataset).
+    from studies.results import RESULT_SCHEMA
+
+    assert all(pq.read_schema(p) == RESULT_SCHEMA for p in (out / "results").glob("*.parquet"))
+    assert (out / "spec.toml").is_file()
+    # Rerun: nothing to do, no Ray, no new rows.
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "results").glob("*.parquet")}
+    assert main(["run", "smoke", "--out", str(out)]) == 0
+    assert "4 finished on disk, 0 trials to run" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (out / "results").glob("*.parquet")} == mtimes
+    # Another spec cannot write into the same directory.
+    assert main(["run", "smoke", "--smoke", "--out", str(out)]) == 2
+    assert "holds results of a different spec" in capsys.readouterr().err
+
+
+def _kill_spec(tmp_path: Path) -> Path:
+    raw = _base()
+    raw["name"] = "killtest"
+    raw["data"] = {"problem": "oscillator", "nx": 60, "n_t": 31, "grid": [3]}
+    raw["gplasdi"] = {"hidden": [[12], [16]], "latent_dims": [2, 3], "budgets": [150, 300]}
+    raw["mlasdi"] = {
+        "hidden": [[8], [12]],
+        "latent_dims": [2, 3],
+        "budgets": [[150, 150], [150, 300], [300, 150]],
+    }
+    raw["run"] = {"checkpoint_every": 50}
+    return _write_spec(tmp_path / "killtest.toml", raw)
+
+
+def _cli(*args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from studies.cli import main; sys.exit(main())",
+        *args,
+    ]
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        p, pp = map(int, line.split())
+        children.setdefault(pp, []).append(p)
+    found, stack = [], [pid]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            found.append(c)
+            stack.append(c)
+    return found
+
+
+@pytest.mark.slow
+def test_sigkill_driver_then_rerun_matches_an_uninterrupted_run(tmp_path):
+    spec_path = _kill_spec(tmp_path)
+    n_evals = sum(len(t.budgets) for t in trials(load_spec(spec_path)))
+    reference = tmp_path / "reference"
+    subprocess.run(
+        _cli("run", str(spec_path), "--out", str(reference), "-v", "0"),
+        check=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+
+    out = tmp_path / "killed"
+    driver = subprocess.Popen(
+        _cli("run", str(spec_path), "--out", str(out), "-v", "0"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list((out / "results").glob("*.parquet"))) < 3:
+        time.sleep(0.2)
+    ray_processes = _descendants(driver.pid)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    time.sleep(2)
+    for pid in ray_processes:  # the local Ray this driver started, if it outlived it
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    before = {p.name for p in (out / "results").glob("*.parquet")}
+    assert 3 <= len(before) < n_evals
+    log_lines_before = (out / "trials.jsonl").read_text().count("\n")
+
+    done = subprocess.run(
+        _cli("run", str(spec_path), "--out", str(out), "-v", "0"),
+        cwd=tmp_path,
+        timeout=900,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(x) for x in (out / "trials.jsonl").read_text().splitlines()]
+    rerun = [r["evaluation_id"] for r in records[log_lines_before:] if r["kind"] == "eval"]
+    finished_before = {n.removesuffix(".parquet").replace("__", "/") for n in before}
+    assert not finished_before & set(rerun), "a finished evaluation was recomputed"
+    df = read_results(out)
+    assert len(df) == n_evals and df["evaluation_id"].is_unique
+    assert df.attrs["read_info"].n_duplicates_dropped == 0
+    assert len(list((out / "results").glob("*.parquet"))) == n_evals
+    ref, got = _result_values(reference), _result_values(out)
+    assert sorted(ref) == sorted(got)
+    for eid in ref:
+        np.testing.assert_allclose(got[eid], ref[eid], rtol=0, atol=1e-6, err_msg=eid)
+
+
+@pytest.mark.slow
+def test_multi_node_cluster_with_a_lost_worker(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from studies.run import run_study
+
+    raw = json.loads(json.dumps(_base()))
+    raw["name"] = "cluster"
+    raw["gplasdi"] = {"hidden": [[12], [16]], "latent_dims": [2, 3], "budgets": [100, 200]}
+    raw["mlasdi"] = {
+        "hidden": [[8], [12]],
+        "latent_dims": [2, 3],
+        "budgets": [[100, 100], [100, 200]],
+    }
+    raw["resources"] = {"cpus": 1, "gpus": 0.5}
+    raw["run"] = {"checkpoint_every": 50, "max_failures": 4}
+    spec = spec_from_dict(raw)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    out = tmp_path / "out"
+    removed: list[str] = []
+
+    def remove_a_worker() -> None:
+        log = out / "trials.jsonl"
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if log.is_file() and log.read_text().count('"kind": "eval"') >= 2:
+                break
+            time.sleep(0.2)
+        removed.append(workers[0].unique_id)
+        cluster.remove_node(workers[0], allow_graceful=False)
+
+    killer = threading.Thread(target=remove_a_worker, daemon=True)
+    try:
+        killer.start()
+        code = run_study(spec, out=out, address=cluster.address, verbose=0)
+        killer.join(timeout=60)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+    assert code == 0 and removed
+    df = read_results(out)
+    ids = [e for t in trials(spec) for e in t.evaluation_ids]
+    assert sorted(df["evaluation_id"]) == sorted(ids) and df["evaluation_id"].is_unique
+    assert set(df["status"]) == {"ok"}
+    records = [json.loads(x) for x in (out / "trials.jsonl").read_text().splitlines()]
+    used = {r["node_id"] for r in records}
+    worker_ids = {w.unique_id for w in workers}
+    assert used <= worker_ids, "a GPU trial ran on the head node"
+    assert len(used) == 2  # spread over both workers (before one was lost)
+    assert (df["device"] == "cpu").all()  # Ray assigned a GPU, torch has no CUDA: CPU fallback
+
+
+def test_smoke_flag_shrinks_any_spec():
+    spec = smoke_spec(load_spec("vlasov_paper"))
+    assert len(trials(spec)) == 2
+    assert (spec.data.nx, spec.data.nv, spec.data.grid) == (16, 16, (5, 5))
+    assert "compute_fraction_of_naive=" in format_plan(spec).splitlines()[-1]
