@@ -229,7 +229,7 @@ def test_trial_reports_every_budget_and_resumes_exactly(tiny):
         reports = _run_trial(spec, data, t)
         rows = _rows(reports)
         assert sorted(rows) == t.evaluation_ids
-        for eid, p in rows.items():
+        for p in rows.values():
             row = p["row"]
             assert row["status"] == "ok" and np.isfinite(row["err_max"])
             assert row["n_model_params"] == t.n_model_params(row["budget_index"], data.n_state)
