@@ -713,9 +713,13 @@ def _drive(
         import ray
 
         if not ray.is_initialized():
-            from studies.run import _init_ray
-
-            _init_ray(address, num_cpus, 1)
+            quiet = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
+            if address:
+                ray.init(address=address, **quiet)
+            else:
+                # "local": a new instance even when another Ray runs on this machine (ray.init()
+                # alone would join it through /tmp/ray/ray_current_cluster).
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **quiet)
         total = ray.cluster_resources().get("CPU", 1.0)
         slots = max(1, int(total // max(cpus["cpu"], 1e-9)))
         Actor = ray.remote(num_cpus=cpus["cpu"], num_gpus=cpus["gpu"], max_restarts=0)(TrialWorker)

@@ -1,0 +1,334 @@
+"""The Optuna budget search (studies/budget.py) on the smoke preset (oscillator, seconds)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from analysis.schema import read_budget_trials
+from studies import budget as B
+from studies.cli import main as study_main
+from studies.spec import load_spec
+
+SMOKE_BUDGET = 400  # four 100-iteration report points; stages of 100 iterations
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return load_spec("smoke")
+
+
+# --- search space and arguments ---------------------------------------------------------------
+
+
+def test_stage_iters_round_clamp_and_sum():
+    assert B.stage_iters(2000, 1, 0.3, 0.5, 100) == (2000,)
+    assert B.stage_iters(2000, 2, 0.7, 0.5, 100) == (1400, 600)
+    assert B.stage_iters(2000, 3, 0.5, 0.5, 100) == (1000, 500, 500)
+    assert B.stage_iters(2000, 3, 0.9, 0.2, 100) == (1800, 100, 100)  # 0.2 x 200 -> 100 minimum
+    assert B.stage_iters(300, 3, 0.9, 0.8, 100) == (100, 100, 100)
+    assert B.stage_iters(1050, 2, 0.5, 0.5, 100) == (500, 550)  # the last stage takes the rest
+    with pytest.raises(B.BudgetError, match="cannot give 3 stages"):
+        B.stage_iters(250, 3, 0.5, 0.5, 100)
+
+
+def test_setup_steps_and_stage_limit():
+    setup = B.SearchSetup("s", 2000, (30,), 4, 0, 0)
+    assert setup.steps == (500, 1000, 1500, 2000)
+    assert setup.stage_limit == 3
+    assert B.SearchSetup("s", 250, (30,), 4, 0, 0).stage_limit == 2
+    cand = setup.candidate(2, 0.7, 0.5, 3.0, 2.0)
+    assert cand == B.Candidate((1400, 600), 3.0, (60,))
+
+
+def test_validation_split_prefers_interior_points():
+    T, K = np.meshgrid(np.linspace(0.9, 1.1, 5), np.linspace(1.0, 1.2, 5), indexing="ij")
+    grid = np.stack([T.ravel(), K.ravel()], axis=1)
+    fit, val = B.validation_split(grid, fraction=0.2, seed=0)
+    assert len(val) == 5 and len(fit) == 20
+    assert sorted(np.r_[fit, val].tolist()) == list(range(25))
+    inner = (grid[val] > [0.9, 1.0]) & (grid[val] < [1.1, 1.2])
+    assert inner.all()  # all 5 from the 3 x 3 interior
+    again = B.validation_split(grid, fraction=0.2, seed=0)[1]
+    assert np.array_equal(val, again)
+    # 3 x 3: the centre, then an edge midpoint; never a corner
+    g3 = grid.reshape(5, 5, 2)[::2, ::2].reshape(-1, 2)
+    _, v3 = B.validation_split(g3, fraction=0.2, seed=0)
+    assert len(v3) == 2 and 4 in v3.tolist()
+    assert not set(v3.tolist()) & {0, 2, 6, 8}
+    # the oscillator's two training points: one held out, one trained on
+    fit2, val2 = B.validation_split(np.array([[1.0], [1.4]]))
+    assert len(fit2) == 1 and len(val2) == 1
+
+
+def test_budget_smaller_than_min_stage_is_rejected_before_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    rc = study_main(["budget", "smoke", "--budget", "50", "--out", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--budget 50 is smaller than the minimum stage size 100" in err
+    assert not out.exists()
+    assert time.perf_counter() - start < 5
+
+
+def test_bad_arch_and_latent_are_rejected(smoke):
+    with pytest.raises(B.BudgetError, match="--arch-index 3 is out of range"):
+        B.check_arguments(smoke, 400, n_trials=2, arch_index=3)
+    with pytest.raises(B.BudgetError, match="--latent-dim 7 is not one of"):
+        B.check_arguments(smoke, 400, n_trials=2, latent_dim=7)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://nouser@127.0.0.1:1/nodb", "cannot open Optuna storage postgresql://"),
+        (
+            "sqlite:////nonexistent-dir/sub/optuna.db",
+            "directory /nonexistent-dir/sub does not exist",
+        ),
+        ("optuna.db", "must be a database URL"),
+    ],
+)
+def test_unreachable_storage_is_a_clear_error_before_work(tmp_path, capsys, url, reason):
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    rc = study_main(["budget", "smoke", "--budget", "400", "--out", str(out), "--storage", url])
+    assert rc == 2
+    assert reason in capsys.readouterr().err
+    assert not out.exists()
+    assert time.perf_counter() - start < 15
+
+
+# --- one trial ---------------------------------------------------------------------------------
+
+
+def test_worker_reports_at_steps_and_matches_fit_rom(smoke):
+    """The worker's final value is fit_rom + evaluate on the held-out points, exactly."""
+    from mlasdi.data import SnapshotSet
+    from mlasdi.rom import evaluate, fit_rom
+
+    data, val = B.search_data(smoke, 0.2, 0)
+    assert val.tolist() == [0] or val.tolist() == [1]
+    setup = B.SearchSetup("smoke", SMOKE_BUDGET, (20,), 3, 0, 0, val_index=tuple(val))
+    cand = setup.candidate(3, 0.5, 0.5, 2.0, 1.0)
+    assert cand.stage_iters == (200, 100, 100)
+    worker = B.TrialWorker(smoke, setup, data)
+    worker.start(cand)
+    reports = []
+    while not (reports and reports[-1]["done"]):
+        reports.append(worker.advance())
+    assert [r["step"] for r in reports] == [100, 200, 300, 400]
+    assert all(r["status"] == "ok" for r in reports)
+    config = B.rom_config(smoke, setup, cand)
+    fit = SnapshotSet(
+        params=data.params_fit,
+        times=data.times,
+        snapshots=data.U_fit,
+        param_names=("A",),
+    )
+    rom = fit_rom(fit, config, device="cpu").rom
+    errors = evaluate(rom, data.params_val, data.truth_val)
+    assert reports[-1]["value"] == pytest.approx(float(errors[-1].max()), rel=1e-6)
+    assert reports[1]["value"] == pytest.approx(float(errors[0].max()), rel=1e-6)  # stage 1
+
+
+# --- searches ---------------------------------------------------------------------------------
+
+
+def _complete(out: Path) -> pd.DataFrame:
+    t = pd.read_csv(out / "trials.csv")
+    return t[t["state"] == "COMPLETE"].sort_values("number").reset_index(drop=True)
+
+
+def test_tiny_search_on_ray_writes_outputs(smoke, tmp_path):
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
+    try:
+        out = tmp_path / "search"
+        summary = B.run_search(smoke, SMOKE_BUDGET, n_trials=3, out=out, log=lambda _: None)
+    finally:
+        ray.shutdown()
+    for name in ("optuna.db", "trials.csv", "best_spec.toml", "best_config.json", "history.png"):
+        assert (out / name).is_file(), name
+    trials = read_budget_trials(out)
+    assert len(trials) == 3 and set(trials["state"]) == {"COMPLETE"}
+    for col in ("number", "state", "value_0", "duration_s", "params_n_stages", "params_kappa"):
+        assert col in trials.columns
+    assert np.all(np.isfinite(trials["value_0"])) and np.all(trials["value_0"] > 0)
+    assert (trials["duration_s"] > 0).all()
+    best = trials.loc[trials["value_0"].idxmin()]
+    assert summary["best"]["number"] == best["number"]
+    assert summary["best"]["values"][0] == pytest.approx(best["value_0"])
+    spec = load_spec(out / "best_spec.toml")
+    iters = [int(x) for x in str(best["stage_iters"]).split("-")]
+    assert sum(iters) == SMOKE_BUDGET
+    method = spec.methods[0]
+    assert method.name == ("gplasdi" if len(iters) == 1 else "mlasdi")
+    assert list(method.budgets[0]) == iters
+    assert spec.data == smoke.data and list(method.hidden[0]) == [20]
+
+
+def test_rerun_resumes_and_keeps_finished_trials(smoke, tmp_path):
+    out = tmp_path / "search"
+    B.run_search(smoke, SMOKE_BUDGET, n_trials=2, out=out, use_ray=False, log=lambda _: None)
+    first = _complete(out)
+    assert len(first) == 2
+    summary = B.run_search(
+        smoke, SMOKE_BUDGET, n_trials=4, out=out, use_ray=False, log=lambda _: None
+    )
+    second = _complete(out)
+    assert len(second) == 4
+    cols = ["number", "value_0", "params_n_stages", "params_stage1_share", "params_kappa"]
+    pd.testing.assert_frame_equal(second.loc[:1, cols], first[cols])
+    # the resumed sampler does not replay the first run's draws
+    assert not np.isclose(
+        second["params_kappa"][2:].to_numpy()[:, None], first["params_kappa"].to_numpy()
+    ).any()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name=f"budget-smoke-{SMOKE_BUDGET}", storage=storage)
+    assert len(study.trials) == 4
+    # fANOVA importances over the 4 trials, normalised, drawn
+    imp = summary["importance"]
+    assert set(imp) <= {"n_stages", "stage1_share", "stage2_share", "kappa", "residual_width_mult"}
+    assert math.isclose(sum(imp.values()), 1.0, rel_tol=1e-6)
+    assert (out / "importance.png").is_file()
+    # asking for fewer than are done runs nothing
+    B.run_search(smoke, SMOKE_BUDGET, n_trials=3, out=out, use_ray=False, log=lambda _: None)
+    assert len(_complete(out)) == 4
+
+
+def test_other_settings_in_the_same_storage_are_rejected(smoke, tmp_path):
+    out = tmp_path / "search"
+    B.run_search(smoke, SMOKE_BUDGET, n_trials=1, out=out, use_ray=False, log=lambda _: None)
+    with pytest.raises(B.BudgetError, match="other settings .*max_stages"):
+        B.run_search(
+            smoke,
+            SMOKE_BUDGET,
+            n_trials=2,
+            out=out,
+            max_stages=2,
+            use_ray=False,
+            log=lambda _: None,
+        )
+
+
+def test_trial_left_running_by_a_dead_driver_is_requeued(smoke, tmp_path):
+    out = tmp_path / "search"
+    B.run_search(smoke, SMOKE_BUDGET, n_trials=1, out=out, use_ray=False, log=lambda _: None)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name=f"budget-smoke-{SMOKE_BUDGET}", storage=storage)
+    # What a SIGKILLed driver leaves: a RUNNING trial owned by a process that no longer exists.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = study.ask(
+        {
+            "n_stages": optuna.distributions.IntDistribution(1, 3),
+            "stage1_share": optuna.distributions.FloatDistribution(0.2, 0.9),
+            "stage2_share": optuna.distributions.FloatDistribution(0.2, 0.8),
+            "kappa": optuna.distributions.FloatDistribution(0.1, 30.0, log=True),
+            "residual_width_mult": optuna.distributions.CategoricalDistribution(B.WIDTH_MULTS),
+        }
+    )
+    orphan.set_user_attr("driver", {"host": os.uname().nodename, "pid": dead.pid})
+    orphan.set_user_attr("heartbeat", time.time())
+    logs: list[str] = []
+    summary = B.run_search(smoke, SMOKE_BUDGET, n_trials=2, out=out, use_ray=False, log=logs.append)
+    assert summary["recovered"] == 1
+    assert any("left running by a dead driver" in line for line in logs)
+    trials = pd.read_csv(out / "trials.csv").sort_values("number")
+    assert trials["state"].tolist() == ["COMPLETE", "FAIL", "COMPLETE"]
+    retry = trials.iloc[2]
+    assert retry["retry_of"] == orphan.number
+    assert retry["params_kappa"] == pytest.approx(orphan.params["kappa"])
+    assert retry["params_n_stages"] == orphan.params["n_stages"]
+
+
+def test_multi_objective_writes_pareto(smoke, tmp_path):
+    out = tmp_path / "mo"
+    summary = B.run_search(
+        smoke,
+        SMOKE_BUDGET,
+        n_trials=3,
+        out=out,
+        multi_objective=True,
+        use_ray=False,
+        log=lambda _: None,
+    )
+    trials = read_budget_trials(out)
+    assert {"value_0", "value_1", "pareto"} <= set(trials.columns)
+    assert (trials["value_1"] > 0).all()
+    assert (out / "pareto.png").is_file()
+    front = trials[trials["pareto"]]
+    assert len(front) >= 1
+    # no trial dominates a Pareto trial
+    for _, p in front.iterrows():
+        dominated = (trials["value_0"] <= p["value_0"]) & (trials["value_1"] <= p["value_1"])
+        dominated &= (trials["value_0"] < p["value_0"]) | (trials["value_1"] < p["value_1"])
+        assert not dominated.any()
+    assert summary["best"]["values"][0] == pytest.approx(front["value_0"].min())
+
+
+# --- kill and rerun ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_loses_no_trial(tmp_path):
+    out = tmp_path / "search"
+    cmd = [
+        sys.executable,
+        "-m",
+        "studies.cli",
+        "budget",
+        "smoke",
+        "--budget",
+        "800",
+        "--trials",
+        "6",
+        "--out",
+        str(out),
+        "--num-cpus",
+        "2",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # kill once two trials have finished (others are running)
+        lines.append(line)
+        if sum(line.startswith("trial ") for line in lines) >= 2:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name="budget-smoke-800", storage=storage)
+    before = {t.number: t.values for t in study.trials if t.state.name == "COMPLETE"}
+    assert len(before) >= 2
+    running = [t for t in study.trials if t.state.name == "RUNNING"]
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    study = optuna.load_study(study_name="budget-smoke-800", storage=storage)
+    after = {t.number: t for t in study.trials}
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after.values()) == 6
+    for number, values in before.items():
+        assert after[number].values == values
+    for t in running:
+        assert after[t.number].state.name == "FAIL"
+        retries = [u for u in after.values() if u.user_attrs.get("retry_of") == t.number]
+        assert len(retries) == 1 and retries[0].params == t.params
