@@ -316,6 +316,7 @@ def test_sigkill_then_rerun_loses_no_trial(tmp_path):
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stdout.close()
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
     study = optuna.load_study(study_name="budget-smoke-800", storage=storage)
     before = {t.number: t.values for t in study.trials if t.state.name == "COMPLETE"}
@@ -323,6 +324,7 @@ def test_sigkill_then_rerun_loses_no_trial(tmp_path):
     running = [t for t in study.trials if t.state.name == "RUNNING"]
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
+    print("".join(lines), rerun.stdout, sep="\n--- rerun ---\n")
     study = optuna.load_study(study_name="budget-smoke-800", storage=storage)
     after = {t.number: t for t in study.trials}
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after.values()) == 6
