@@ -429,6 +429,7 @@ def test_multi_node_cluster_with_a_lost_worker(tmp_path):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
+    head_id, worker_ids = cluster.head_node.node_id, {w.node_id for w in workers}
     out = tmp_path / "out"
     removed: list[str] = []
 
@@ -439,7 +440,7 @@ def test_multi_node_cluster_with_a_lost_worker(tmp_path):
             if log.is_file() and log.read_text().count('"kind": "eval"') >= 2:
                 break
             time.sleep(0.2)
-        removed.append(workers[0].unique_id)
+        removed.append(workers[0].node_id)
         cluster.remove_node(workers[0], allow_graceful=False)
 
     killer = threading.Thread(target=remove_a_worker, daemon=True)
@@ -458,8 +459,8 @@ def test_multi_node_cluster_with_a_lost_worker(tmp_path):
     assert set(df["status"]) == {"ok"}
     records = [json.loads(x) for x in (out / "trials.jsonl").read_text().splitlines()]
     used = {r["node_id"] for r in records}
-    worker_ids = {w.unique_id for w in workers}
-    assert used <= worker_ids, "a GPU trial ran on the head node"
+    assert head_id not in used, "a GPU trial ran on the head node"
+    assert used <= worker_ids
     assert len(used) == 2  # spread over both workers (before one was lost)
     assert (df["device"] == "cpu").all()  # Ray assigned a GPU, torch has no CUDA: CPU fallback
 
