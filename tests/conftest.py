@@ -1,9 +1,16 @@
 """Shared, tiny, seeded fixtures (grids of 16-64 points, a few parameters)."""
 
+import os
+
+# One OpenBLAS thread, set before numpy/scipy load it. The GP hyperparameter fits (L-BFGS-B on 2-3
+# points, thousands of tiny BLAS calls) run 5-20x slower with 2 BLAS threads on a busy 2-core
+# machine (measured: the 110 coefficient GPs of 'mlasdi fit' 31 s vs 4.4 s; threadpoolctl limits
+# set later were not enough). Results do not depend on it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from mlasdi.config import (
     AutoencoderConfig,
@@ -20,15 +27,6 @@ def _seed_and_threads():
     # Seed 1234 for every test; each test that needs its own RNG states its seed explicitly.
     torch.manual_seed(1234)
     yield
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _single_threaded_blas():
-    # The GP hyperparameter fits (L-BFGS-B on 2-3 points) run ~6x slower when numpy/scipy's
-    # OpenBLAS uses 2 threads on a busy machine; one thread keeps the suite fast. Results do not
-    # depend on it.
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 # --- the multiscale oscillator on a tiny grid: 3 amplitudes x 33 times x 64 points -------------

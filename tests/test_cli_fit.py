@@ -1,0 +1,118 @@
+"""``mlasdi fit`` end to end on the paper's oscillator (600 x 201), with tiny iteration budgets."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mlasdi import cli
+from mlasdi.cli import main
+from mlasdi.config import GPConfig, to_dict
+from mlasdi.problems import oscillator
+from mlasdi.rom import MultiStageROM, evaluate
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _no_gp_restarts(n_stages, iters, seed):
+    """The paper's configuration with GP restarts off: its 110 coefficient GPs x 5 likelihood
+    optimisations dominate a 30-iteration run (30-90 s on a busy 2-core machine)."""
+    config = ORIGINAL_CONFIG(n_stages, iters, seed)
+    return dataclasses.replace(config, gp=dataclasses.replace(config.gp, n_restarts=0))
+
+
+ORIGINAL_CONFIG = cli.oscillator_config
+
+
+@pytest.fixture(scope="module")
+def fit_dir(tmp_path_factory):
+    """OUT of ``mlasdi fit --iters 30,30 --quiet`` (2 stages, seed 0), run once for this module."""
+    out = tmp_path_factory.mktemp("fit")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "oscillator_config", _no_gp_restarts)
+        assert main(["fit", "--iters", "30,30", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_fit_writes_metrics_with_the_documented_schema(fit_dir):
+    metrics = json.loads((fit_dir / "metrics.json").read_text())
+    assert metrics["problem"] == "oscillator"
+    assert metrics["seed"] == 0
+    assert metrics["config"] == to_dict(_no_gp_restarts(2, [30, 30], 0))
+    assert metrics["config"]["autoencoder"]["hidden"] == [200, 20]
+    assert len(metrics["stage_times_s"]) == 2 and all(t > 0 for t in metrics["stage_times_s"])
+    entries = metrics["parameters"]
+    assert [e["params"] for e in entries] == [[1.0], [1.2], [1.4]]
+    split = {e["params"][0]: e["split"] for e in entries}
+    assert split == {1.0: "train", 1.2: "test", 1.4: "train"}
+    for entry in entries:
+        assert len(entry["err_by_stage"]) == 2
+        assert all(math.isfinite(e) and e > 0 for e in entry["err_by_stage"])
+    with np.load(fit_dir / "loss_history.npz", allow_pickle=False) as histories:
+        assert histories["stage1"].shape == (30, 4) and histories["stage2"].shape == (30, 1)
+
+
+def test_fit_draws_the_figures(fit_dir):
+    for name in ("error_vs_time.png", "snapshots.png", "loss_history.png"):
+        data = (fit_dir / name).read_bytes()
+        assert data[:8] == PNG_SIGNATURE, name
+        assert len(data) > 1000, name
+
+
+def test_saved_rom_reproduces_the_recorded_errors(fit_dir):
+    rom = MultiStageROM.load(fit_dir / "rom", device="cpu")
+    assert rom.n_stages == 2
+    data = oscillator.snapshot_set()
+    errors = evaluate(rom, data.params, data.flat_snapshots()).max(-1)  # [n_stages, n_mu]
+    recorded = [
+        e["err_by_stage"] for e in json.loads((fit_dir / "metrics.json").read_text())["parameters"]
+    ]
+    np.testing.assert_allclose(errors.T, recorded, rtol=1e-6)
+
+
+def test_bad_iters_text_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--iters", "10,x", "--out", "unused"])
+    assert exit_info.value.code == 2
+    assert "--iters must look like 10000,10000, got '10,x'" in capsys.readouterr().err
+
+
+def test_non_positive_iters_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--iters", "10,0", "--out", "unused"])
+    assert exit_info.value.code == 2
+    assert "--iters must be positive" in capsys.readouterr().err
+
+
+def test_iters_must_match_the_number_of_stages(capsys, tmp_path):
+    assert main(["fit", "--stages", "2", "--iters", "100", "--out", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "mlasdi: error: --iters gives 1 budgets for --stages 2" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("stages", ["0", "-1"])
+def test_non_positive_stages_is_a_clear_error(capsys, tmp_path, stages):
+    # Without --iters, --stages 0 gives zero budgets and must fail with a message, not a traceback.
+    try:
+        code = main(["fit", "--stages", stages, "--out", str(tmp_path), "--quiet"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code not in (0, None)
+    assert "--stages" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fit_with_the_default_configuration(tmp_path):
+    # Unpatched (GP with 4 restarts); run with -m slow.
+    assert main(["fit", "--iters", "20,20", "--out", str(tmp_path), "--quiet", "--no-figures"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["gp"] == to_dict(GPConfig())
+    assert not (tmp_path / "error_vs_time.png").exists()
+    rom = MultiStageROM.load(tmp_path / "rom", device="cpu")
+    data = oscillator.snapshot_set()
+    errors = evaluate(rom, data.params, data.flat_snapshots()).max(-1)
+    recorded = [e["err_by_stage"] for e in metrics["parameters"]]
+    np.testing.assert_allclose(errors.T, recorded, rtol=1e-6)
