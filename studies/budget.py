@@ -988,7 +988,8 @@ def plot_pareto(table: Any) -> Any:
     rest = t[~t["pareto"].astype(bool)]
     front = t[t["pareto"].astype(bool)].sort_values("value_1")
     ax.scatter(rest["value_1"], rest["value_0"], s=18, color="#999999", label="trial")
-    ax.plot(front["value_1"], front["value_0"], "o-", color="#D55E00", label="Pareto front")
+    ax.step(front["value_1"], front["value_0"], where="post", color="#D55E00")
+    ax.scatter(front["value_1"], front["value_0"], s=24, color="#D55E00", label="Pareto front")
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("validation err_max")
     v = t["value_0"].to_numpy(float)
