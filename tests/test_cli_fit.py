@@ -1,38 +1,24 @@
 """``mlasdi fit`` end to end on the paper's oscillator (600 x 201), with tiny iteration budgets."""
 
-import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
 
-from mlasdi import cli
-from mlasdi.cli import main
-from mlasdi.config import GPConfig, to_dict
+from mlasdi.cli import main, oscillator_config
+from mlasdi.config import to_dict
 from mlasdi.problems import oscillator
 from mlasdi.rom import MultiStageROM, evaluate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _no_gp_restarts(n_stages, iters, seed):
-    """The paper's configuration with GP restarts off: its 110 coefficient GPs x 5 likelihood
-    optimisations dominate a 30-iteration run (30-90 s on a busy 2-core machine)."""
-    config = ORIGINAL_CONFIG(n_stages, iters, seed)
-    return dataclasses.replace(config, gp=dataclasses.replace(config.gp, n_restarts=0))
-
-
-ORIGINAL_CONFIG = cli.oscillator_config
-
-
 @pytest.fixture(scope="module")
 def fit_dir(tmp_path_factory):
     """OUT of ``mlasdi fit --iters 30,30 --quiet`` (2 stages, seed 0), run once for this module."""
     out = tmp_path_factory.mktemp("fit")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli, "oscillator_config", _no_gp_restarts)
-        assert main(["fit", "--iters", "30,30", "--out", str(out), "--quiet"]) == 0
+    assert main(["fit", "--iters", "30,30", "--out", str(out), "--quiet"]) == 0
     return out
 
 
@@ -40,7 +26,7 @@ def test_fit_writes_metrics_with_the_documented_schema(fit_dir):
     metrics = json.loads((fit_dir / "metrics.json").read_text())
     assert metrics["problem"] == "oscillator"
     assert metrics["seed"] == 0
-    assert metrics["config"] == to_dict(_no_gp_restarts(2, [30, 30], 0))
+    assert metrics["config"] == to_dict(oscillator_config(2, [30, 30], 0))
     assert metrics["config"]["autoencoder"]["hidden"] == [200, 20]
     assert len(metrics["stage_times_s"]) == 2 and all(t > 0 for t in metrics["stage_times_s"])
     entries = metrics["parameters"]
@@ -102,17 +88,3 @@ def test_non_positive_stages_is_a_clear_error(capsys, tmp_path, stages):
         code = exc.code
     assert code not in (0, None)
     assert "--stages" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_fit_with_the_default_configuration(tmp_path):
-    # Unpatched (GP with 4 restarts); run with -m slow.
-    assert main(["fit", "--iters", "20,20", "--out", str(tmp_path), "--quiet", "--no-figures"]) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["config"]["gp"] == to_dict(GPConfig())
-    assert not (tmp_path / "error_vs_time.png").exists()
-    rom = MultiStageROM.load(tmp_path / "rom", device="cpu")
-    data = oscillator.snapshot_set()
-    errors = evaluate(rom, data.params, data.flat_snapshots()).max(-1)
-    recorded = [e["err_by_stage"] for e in metrics["parameters"]]
-    np.testing.assert_allclose(errors.T, recorded, rtol=1e-6)
