@@ -574,13 +574,6 @@ def _running_elsewhere(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
-class _LocalHandle:
-    """In-process stand-in for a Ray actor handle (``workers=0``): tests and debugging."""
-
-    def __init__(self, worker: TrialWorker) -> None:
-        self.worker = worker
-
-
 def run_search(
     spec: StudySpec,
     budget: int,
