@@ -210,6 +210,14 @@ def test_load_snapshot_set_indices_in_any_order(tmp_path):
         _assert_same_set(load_snapshot_set(path, indices=indices), data.subset(indices))
 
 
+def test_load_snapshot_set_repeated_indices_like_subset(tmp_path):
+    # SnapshotSet.subset accepts repeated indices; reading the same rows from disk must too
+    # (e.g. a bootstrap resample of parameters).
+    data = _grid_set(seed=10, n_mu=4)
+    path = save_snapshot_set(tmp_path / "set.h5", data)
+    _assert_same_set(load_snapshot_set(path, indices=[2, 0, 2]), data.subset([2, 0, 2]))
+
+
 def test_load_snapshot_set_rejects_missing_and_foreign_files(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_snapshot_set(tmp_path / "nope.h5")
