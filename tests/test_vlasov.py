@@ -188,21 +188,36 @@ def test_weno5_fifth_order_on_smooth_periodic_advection():
     assert errors[-1] < 3e-8
 
 
+@pytest.mark.parametrize("lf_rows", [None, 8])
 @pytest.mark.parametrize("periodic_field", [False, True])
-def test_fast_rhs_equals_straightforward_reference_bitwise(periodic_field):
+def test_fast_rhs_equals_straightforward_reference_bitwise(periodic_field, lf_rows):
     nx, nv = 16, 16
     params = np.array([[1.0, 1.0], [0.9, 1.13], [1.1, 1.2]])
     u = _perturbed_state(params, nx, nv, seed=0)
-    rhs = vlasov._RightHandSide(nx, nv, periodic_field, torch.device("cpu"))
+    rhs = vlasov._RightHandSide(nx, nv, periodic_field, torch.device("cpu"), lf_rows=lf_rows)
     ut = torch.from_numpy(u)
     E = vlasov.electric_field(ut, 14.0 / nv)
     # make E cross zero inside and vanish exactly at one node (both interface branches are hit)
     E = E + 0.02 * torch.sign(E[:, :1])
     E[:, 5] = 0.0
-    fast, lo, hi = rhs(ut, E)
+    fast, lo, hi, n_mixed = rhs(ut, E)
+    if lf_rows is not None:
+        assert 3 <= int(n_mixed) <= lf_rows
     ref, ref_lo, ref_hi = reference_rhs(u, E.numpy(), periodic_field)
     assert np.array_equal(fast.numpy(), ref)
     assert np.array_equal(lo.numpy(), ref_lo) and np.array_equal(hi.numpy(), ref_hi)
+
+
+def test_too_many_lax_friedrichs_rows_fall_back_to_the_dense_flux():
+    nx, nv = 16, 16
+    stepper = vlasov._Stepper(VlasovSettings(nx=nx, nv=nv), torch.device("cpu"), compile=False)
+    assert stepper.rhs_eager.lf_rows == 8
+    u = _perturbed_state(np.array([[1.0, 1.0], [1.1, 1.2]]), nx, nv, seed=3)
+    E = torch.from_numpy(0.3 * (-1.0) ** np.arange(nx) * np.ones((2, 1)))  # every row is mixed
+    k, lo, hi = stepper._rhs(torch.from_numpy(u), E)
+    assert stepper.fallbacks == 1
+    ref, ref_lo, ref_hi = reference_rhs(u, E.numpy(), False)
+    assert np.array_equal(k.numpy(), ref) and np.array_equal(hi.numpy(), ref_hi)
 
 
 def test_hypar_field_ghosts_differ_from_periodic_field_only_at_the_x_ends():
@@ -212,8 +227,8 @@ def test_hypar_field_ghosts_differ_from_periodic_field_only_at_the_x_ends():
     u = torch.roll(u, nx // 4, dims=1)
     E = vlasov.electric_field(u, 14.0 / nv)
     assert bool((E[:, :2] * E[:, -2:].flip(-1) > 0).all())
-    hypar, _, _ = vlasov._RightHandSide(nx, nv, False, torch.device("cpu"))(u, E)
-    clean, _, _ = vlasov._RightHandSide(nx, nv, True, torch.device("cpu"))(u, E)
+    hypar = vlasov._RightHandSide(nx, nv, False, torch.device("cpu"))(u, E)[0]
+    clean = vlasov._RightHandSide(nx, nv, True, torch.device("cpu"))(u, E)[0]
     differs = (hypar != clean).any(dim=-1)[0].numpy()
     assert differs[0] and differs[-1]
     assert not differs[2:-2].any()
@@ -226,7 +241,7 @@ def test_compiled_rhs_equals_eager():
     settings = VlasovSettings(nx=nx, nv=nv)
     compiled = vlasov._Stepper(settings, torch.device("cpu"), compile=True)
     E = vlasov.electric_field(u, 14.0 / nv)
-    for a, b in zip(compiled.rhs(u, E), compiled.rhs_eager(u, E), strict=True):
+    for a, b in zip(compiled.rhs(u, E)[:3], compiled.rhs_eager(u, E)[:3], strict=True):
         # inductor may rewrite c / x as c * (1 / x): agreement to round-off, not bit for bit
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * float(b.abs().max()))
 
