@@ -56,6 +56,8 @@ def oscillator_config(n_stages: int, iters: list[int], seed: int) -> ROMConfig:
 def _fit(args: argparse.Namespace) -> int:
     from mlasdi.experiment import run_fit
 
+    if args.stages < 1:
+        raise ValueError(f"--stages must be >= 1, got {args.stages}")
     if args.iters is None:
         args.iters = [10_000] * args.stages
     if len(args.iters) != args.stages:

@@ -180,6 +180,9 @@ class SnapshotFileWriter:
                 handle.attrs.get("settings") == settings_json
                 and handle["params"].shape == params.shape
                 and np.array_equal(handle["params"][...], params)
+                and np.array_equal(handle["times"][...], np.asarray(times, dtype=np.float64))
+                and handle["snapshots"].shape == (params.shape[0], len(times), *grid_shape)
+                and handle["snapshots"].dtype == np.dtype(dtype)
             )
             if not same:
                 handle.close()
@@ -293,12 +296,12 @@ def load_snapshot_set(
             params = handle["params"][...]
         else:
             idx = np.asarray(indices, dtype=np.int64)
-            order = np.argsort(idx)
-            rows = np.empty(
-                (idx.size, *handle["snapshots"].shape[1:]), dtype=handle["snapshots"].dtype
-            )
-            rows[order] = handle["snapshots"][np.sort(idx)]
-            snapshots = rows
+            n_mu = handle["params"].shape[0]
+            if idx.size and (idx.min() < -n_mu or idx.max() >= n_mu):
+                raise DataError(f"indices out of range for {n_mu} parameters: {idx.tolist()}")
+            # h5py reads only strictly increasing indices: read each once, then reorder.
+            unique, inverse = np.unique(idx % n_mu, return_inverse=True)
+            snapshots = handle["snapshots"][unique][inverse]
             params = handle["params"][...][idx]
         coord_names = json.loads(handle.attrs.get("coord_names", "[]"))
         coords = {name: handle[f"coords/{name}"][...] for name in coord_names}

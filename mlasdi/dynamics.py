@@ -135,6 +135,7 @@ def integrate_rk4(
 
     Shapes as :func:`integrate_expm`; computed in z0's dtype.
     """
+    A, b = A.to(z0.dtype), b.to(z0.dtype)
     h = (times[1] - times[0]).item() / substeps
     out = [z0]
     z = z0
