@@ -1,4 +1,4 @@
-"""Vlasov-Poisson full-order solver: exact answers, physics checks and the snapshot-file contract."""
+"""Vlasov-Poisson full-order solver: exact answers, physics checks, the snapshot-file contract."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def _interface_flux_ref(fc, uc, eig_l, eig_r, eig_tm_l, eig_tm_r, eig_tp_l, eig_
 
 
 def reference_rhs(u: np.ndarray, E: np.ndarray, periodic_field: bool):
-    """du/dt [B, nx, nv] and the v-boundary fluxes, straight from HyPar's rules (4 WENOs/direction)."""
+    """du/dt [B, nx, nv] and the v-boundary fluxes straight from HyPar's rules (4 WENOs per axis)"""
     B, nx, nv = u.shape
     dx, dv = 2 * math.pi / nx, 14.0 / nv
     v = -7.0 + 14.0 * np.arange(nv) / nv
@@ -348,6 +348,13 @@ def test_batch_results_equal_one_by_one_results():
     # a padded last batch (batch_size 2 for 3 parameters) changes nothing either
     padded = vlasov.solve(params, **TINY, progress=False, compile=False, batch_size=2)
     assert np.array_equal(padded.snapshots, batch.snapshots)
+
+
+def test_worker_processes_give_the_same_snapshots():
+    params = np.array([[1.0, 1.0], [0.9, 1.2], [1.1, 1.05]])
+    here = vlasov.solve(params, **TINY, progress=False, compile=False, batch_size=2)
+    pooled = vlasov.solve(params, **TINY, progress=False, compile=False, batch_size=2, workers=2)
+    assert np.array_equal(pooled.snapshots, here.snapshots)
 
 
 def test_solve_returns_a_complete_snapshot_set():

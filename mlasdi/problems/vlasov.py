@@ -7,14 +7,16 @@ Problem (x in [0, 2 pi) periodic, v in [-7, 7), t in (0, 5])::
 
 The scheme is the one HyPar (Ghosh et al.) runs for this case, reproduced operation by operation:
 
-* finite-difference nodes ``x_i = 2 pi i / N_x`` and ``v_j = -7 + 14 j / N_v`` (so ``v_{N_v/2} = 0``);
-* classical RK4 (``dt = 0.005``, 1000 steps, a snapshot every 4 steps: 251 snapshots at ``t = 0.02 n``);
-  E is recomputed from every stage value;
-* E from the spectral solve of ``rho - mean(rho)``: ``E_hat_m = -i rho_hat_m / m`` with ``m`` the integer bin number
-  (``numpy.fft.fftfreq(N) * N``), ``E_hat_0 = 0``. The x-period is therefore 2 pi: ``cos(k x)`` with
-  ``k != 1`` has a jump at ``x = 0``, exactly as in the paper's data;
-* conservative finite differences with WENO5-JS (``eps = 1e-6``, ``p = 2``, linear weights 0.1/0.6/0.3)
-  applied separately to the point flux ``c u`` and to ``u``, left- and right-biased, 3 ghost points;
+* finite-difference nodes ``x_i = 2 pi i / N_x`` and ``v_j = -7 + 14 j / N_v``
+  (so ``v_{N_v/2} = 0``);
+* classical RK4 (``dt = 0.005``, 1000 steps, a snapshot every 4 steps: 251 snapshots at
+  ``t = 0.02 n``); E is recomputed from every stage value;
+* E from the spectral solve of ``rho - mean(rho)``: ``E_hat_m = -i rho_hat_m / m`` with ``m`` the
+  integer bin number (``numpy.fft.fftfreq(N) * N``), ``E_hat_0 = 0``. The x-period is therefore
+  2 pi: ``cos(k x)`` with ``k != 1`` has a jump at ``x = 0``, exactly as in the paper's data;
+* conservative finite differences with WENO5-JS (``eps = 1e-6``, ``p = 2``, linear weights
+  0.1/0.6/0.3) applied separately to the point flux ``c u`` and to ``u``, left- and right-biased,
+  3 ghost points;
 * HyPar's interface rule: with the wave speeds of the two points beside an interface and of their
   transverse neighbours all positive, take the left-biased flux; all negative, the right-biased one;
   otherwise local Lax-Friedrichs ``(f_L + f_R - max|c| (u_R - u_L)) / 2``;
@@ -25,23 +27,27 @@ The scheme is the one HyPar (Ghosh et al.) runs for this case, reproduced operat
   the run; that is the reference behaviour).
 
 Layout: a batch of parameters is one float64 tensor ``u: [batch, N_x, N_v]``; snapshot sets are
-``[n_mu, n_t, N_x, N_v]`` (axis order t, x, v after the parameter axis). The state vector used by the
-ROMs is :func:`mlasdi.data.flatten_grid` of that, x fastest: ``vec = U[n].T.reshape(-1)`` (HyPar's
-and the paper's order).
+``[n_mu, n_t, N_x, N_v]`` (axis order t, x, v after the parameter axis). The state vector used by
+the ROMs is :func:`mlasdi.data.flatten_grid` of that, x fastest: ``vec = U[n].T.reshape(-1)``
+(HyPar's and the paper's order).
 
-Speed: the right-hand side is one fused kernel (``torch.compile``) per batch shape. Along x the sign
-of the wave speed ``v`` is known per column, so away from ``v = 0`` only one biased reconstruction of
-the flux is computed (the upwind stencil is selected per column); the few Lax-Friedrichs columns get
-all four. Along v the sign of E changes every stage, so all four reconstructions are computed and
-the interface rule selects per row (no data-dependent shapes, no host synchronisation on GPU).
+Speed: the right-hand side is one fused kernel (``torch.compile``) per batch shape. Along x the
+sign of the wave speed ``v`` is known per column, so away from ``v = 0`` only one biased
+reconstruction of the flux is computed (the upwind stencil is selected per column); the few
+Lax-Friedrichs columns get all four. Along v the sign of E changes every stage: each row gets the
+reconstruction oriented by the sign of E, and the rows that need Lax-Friedrichs get all four --
+on CPU through a gather of a bounded number of rows per parameter (with an exact dense fallback
+when more rows need it), on GPU densely (no data-dependent shapes, no host synchronisation).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -152,7 +158,7 @@ class VlasovSettings:
                 "interface_flux": "hypar-upwind-llf",
                 "v_boundary": "dirichlet-0",
                 "field_solver": "fft",
-                "layout": "snapshots[mu, t, x, v]; state vector x fastest (vec = U[n].T.reshape(-1))",
+                "layout": "snapshots[mu, t, x, v]; state vector x fastest: U[n].T.reshape(-1)",
             }
         )
         return out
@@ -190,7 +196,7 @@ def training_indices(
     k_range: tuple[float, float] = (1.0, 1.2),
     atol: float = 1e-8,
 ) -> np.ndarray:
-    """Indices into ``params`` [n, 2] of the training sub-grid ``{start, start + stride, ..., end}^2``.
+    """Indices into ``params`` [n, 2] of the training sub-grid ``{start, ..., end}^2``, step stride.
 
     The default is the paper's 5 x 5 training set. Matching is to ``atol`` (robust to round-off);
     every sub-grid point must be present in ``params``.
@@ -268,8 +274,9 @@ def weno5(
     """WENO5-JS interface value from a 5-point stencil ordered from far upwind to far downwind.
 
     For the left-biased value at ``j+1/2`` pass ``(f_{j-2}, f_{j-1}, f_j, f_{j+1}, f_{j+2})``; for
-    the right-biased one at ``j-1/2`` pass ``(f_{j+2}, f_{j+1}, f_j, f_{j-1}, f_{j-2})``. Jiang & Shu
-    (1996) weights with eps = 1e-6, p = 2; the arithmetic follows HyPar's operation order.
+    the right-biased one at ``j-1/2`` pass ``(f_{j+2}, f_{j+1}, f_j, f_{j-1}, f_{j-2})``.
+    Jiang & Shu (1996) weights with eps = 1e-6, p = 2; the arithmetic follows HyPar's operation
+    order.
     """
     d1 = m3 - 2 * m2 + m1
     e1 = m3 - 4 * m2 + 3 * m1
@@ -324,7 +331,7 @@ _FIELD_MATRICES: dict[tuple[int, str], torch.Tensor] = {}
 
 
 def electric_field(u: torch.Tensor, dv: float) -> torch.Tensor:
-    """E [batch, N_x] from u [batch, N_x, N_v]: ``dE/dx = rho - mean(rho)`` on the 2 pi-periodic grid.
+    """E [batch, N_x] from u [batch, N_x, N_v]: ``dE/dx = rho - mean(rho)``, 2 pi-periodic in x.
 
     ``rho_i = sum_j u_ij dv``; ``E_hat_m = -i rho_hat_m / m`` with ``m`` the integer bin number
     (Nyquist bin ``m = -N/2``), ``E_hat_0 = 0`` (HyPar's spectral solve). The transform pair is
@@ -562,9 +569,50 @@ def _auto_batch_size(n_mu: int, settings: VlasovSettings, device: torch.device) 
             avail = 4 * _BATCH_BYTES_CPU
         budget = min(_BATCH_BYTES_CPU, avail / 4)
         cap = max(1, _CPU_CELLS_PER_BATCH // cells)
-    size = int(max(1, min(cap, budget // bytes_per_param, n_mu)))
-    n_batches = -(-n_mu // size)
-    return -(-n_mu // n_batches)  # equal batches: the last one needs the least padding
+    return int(max(1, min(cap, budget // bytes_per_param, n_mu)))
+
+
+def _run_batch(
+    stepper: _Stepper,
+    params: np.ndarray,
+    settings: VlasovSettings,
+    device: torch.device,
+    progress: Callable[[int], object] | None,
+) -> np.ndarray:
+    """Snapshots [len(params), n_t, N_x, N_v] (float64, host) for one batch."""
+    x, v = phase_space_grid(settings.nx, settings.nv)
+    u0 = torch.from_numpy(initial_condition(params, x, v, settings.perturbation)).to(device)
+    out = torch.empty(
+        (params.shape[0], settings.n_times, settings.nx, settings.nv),
+        dtype=torch.float64,
+        device=device,
+    )
+    with torch.no_grad():
+        stepper.run(u0, out, progress)
+    return out.cpu().numpy()
+
+
+_WORKER_STEPPERS: dict[tuple, _Stepper] = {}
+
+
+def _worker_init() -> None:
+    # one thread per worker process: a process per core scales without OpenMP barriers, which
+    # stall badly when the cores are shared with other work
+    torch.set_num_threads(1)
+
+
+def _worker_batch(params: np.ndarray, settings: VlasovSettings, compile: bool) -> np.ndarray:
+    key = (settings, compile)
+    if key not in _WORKER_STEPPERS:
+        _WORKER_STEPPERS[key] = _Stepper(settings, torch.device("cpu"), compile)
+    return _run_batch(_WORKER_STEPPERS[key], params, settings, torch.device("cpu"), None)
+
+
+def _default_workers(device: torch.device, n_batches: int) -> int:
+    if device.type != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, n_batches))
 
 
 def _solve_batches(
@@ -575,23 +623,40 @@ def _solve_batches(
     batch_size: int | None,
     compile: bool | None,
     progress: bool,
+    workers: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(indices, snapshots [len(indices), n_t, N_x, N_v])`` batch by batch (float64, host).
 
     Every batch has the same shape (the last is padded by repeating its last parameter), so a
-    compiled right-hand side is built once.
+    compiled right-hand side is built once (per worker). On CPU, compiled runs with several batches
+    use one single-threaded worker process per core (``workers``; batches arrive in completion
+    order); otherwise the batches run in this process.
     """
     n_mu = params.shape[0]
-    size = batch_size if batch_size is not None else _auto_batch_size(n_mu, settings, device)
-    if size < 1:
-        raise ValueError(f"batch_size must be positive, got {size}")
-    size = min(size, n_mu)
     if compile is None:
         work = n_mu * settings.nx * settings.nv * settings.n_steps
         compile = device.type == "cuda" or work >= _COMPILE_MIN_CELL_STEPS
-    stepper = _Stepper(settings, device, compile)
-    x, v = phase_space_grid(settings.nx, settings.nv)
+    if workers is None:
+        workers = 1
+        if compile and batch_size is None:
+            size = _auto_batch_size(n_mu, settings, device)
+            workers = _default_workers(device, -(-n_mu // size))
+    if workers > 1 and device.type != "cpu":
+        raise ValueError("worker processes are for CPU runs only")
+    size = batch_size if batch_size is not None else _auto_batch_size(n_mu, settings, device)
+    if size < 1:
+        raise ValueError(f"batch_size must be positive, got {size}")
+    if workers > 1 and batch_size is None:
+        # keep the batches in flight (each worker's buffer, its pickled copy, the parent's copy)
+        # within the memory budget: several batches per worker
+        size = -(-size // 2)
+    size = min(size, n_mu)
     n_batches = -(-n_mu // size)
+    size = -(-n_mu // n_batches)  # equal batches: the last one needs the least padding
+    batches = []
+    for b in range(n_batches):
+        idx = np.arange(b * size, min((b + 1) * size, n_mu))
+        batches.append((idx, np.concatenate([idx, np.full(size - idx.size, idx[-1])])))
     bar = tqdm(
         total=n_batches * settings.n_steps,
         desc=f"vlasov {settings.nx}x{settings.nv}",
@@ -599,25 +664,34 @@ def _solve_batches(
         disable=not progress,
         leave=False,
     )
-    with bar, torch.no_grad():
-        for b in range(n_batches):
-            idx = np.arange(b * size, min((b + 1) * size, n_mu))
-            padded = np.concatenate([idx, np.full(size - idx.size, idx[-1])])
-            u0 = initial_condition(params[padded], x, v, settings.perturbation)
-            u0 = torch.from_numpy(u0).to(device)
-            out = torch.empty(
-                (size, settings.n_times, settings.nx, settings.nv),
-                dtype=torch.float64,
-                device=device,
-            )
-            stepper.run(u0, out, bar.update)
-            snaps = out[: idx.size].cpu().numpy()
-            del out
-            if not np.all(np.isfinite(snaps)):
-                raise FloatingPointError(
-                    f"the solution became NaN/Inf for parameters {idx.tolist()}"
-                )
-            yield idx, snaps
+    with bar:
+        if workers <= 1:
+            stepper = _Stepper(settings, device, compile)
+            for idx, padded in batches:
+                snaps = _run_batch(stepper, params[padded], settings, device, bar.update)
+                yield idx, _checked(snaps[: idx.size], idx)
+            return
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+            pending = {
+                pool.submit(_worker_batch, params[padded], settings, compile): idx
+                for idx, padded in batches
+            }
+            try:
+                for future in as_completed(pending):
+                    idx = pending.pop(future)
+                    snaps = future.result()
+                    bar.update(settings.n_steps)
+                    yield idx, _checked(snaps[: idx.size], idx)
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+def _checked(snaps: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(snaps)):
+        raise FloatingPointError(f"the solution became NaN/Inf for parameters {idx.tolist()}")
+    return snaps
 
 
 def _times(settings: VlasovSettings) -> np.ndarray:
@@ -638,6 +712,7 @@ def solve(
     batch_size: int | None = None,
     progress: bool = True,
     compile: bool | None = None,
+    workers: int | None = None,
 ) -> SnapshotSet:
     """Solve for every row (T, k) of ``params`` [n_mu, 2] and return the snapshots in memory.
 
@@ -650,6 +725,8 @@ def solve(
     progress : show a tqdm progress bar.
     compile : fuse the right-hand side with ``torch.compile`` (default: when the run is big enough
         to repay the compile time, and always on CUDA). Eager and compiled agree to round-off.
+    workers : CPU worker processes, one thread each (default: one per core for compiled runs with
+        several batches, else 1). Results do not depend on it.
 
     Returns
     -------
@@ -663,7 +740,13 @@ def solve(
     dev = _resolve_device(device)
     snapshots = np.empty((params.shape[0], settings.n_times, nx, nv), dtype=np.float64)
     for idx, snaps in _solve_batches(
-        params, settings, device=dev, batch_size=batch_size, compile=compile, progress=progress
+        params,
+        settings,
+        device=dev,
+        batch_size=batch_size,
+        compile=compile,
+        progress=progress,
+        workers=workers,
     ):
         snapshots[idx] = snaps
     x, v = phase_space_grid(nx, nv)
@@ -704,6 +787,7 @@ def generate_snapshot_file(
     device: str | torch.device = "auto",
     progress: bool = True,
     compile: bool | None = None,
+    workers: int | None = None,
     **solver_settings: Any,
 ) -> Path:
     """Generate the snapshot set for ``params`` into the HDF5 file ``path`` (cached, resumable).
@@ -716,7 +800,7 @@ def generate_snapshot_file(
       written.
 
     ``solver_settings`` are the remaining :class:`VlasovSettings` fields (dt, n_steps, save_every,
-    perturbation). Layout: see the module docstring and :mod:`mlasdi.data`.
+    perturbation); ``batch_size``, ``device``, ``compile`` and ``workers`` as in :func:`solve`. Layout: see the module docstring and :mod:`mlasdi.data`.
     """
     unknown = set(solver_settings) - {"dt", "n_steps", "save_every", "perturbation"}
     if unknown:
@@ -760,6 +844,7 @@ def generate_snapshot_file(
                 batch_size=batch_size,
                 compile=compile,
                 progress=progress,
+                workers=workers,
             ):
                 writer.write(todo[idx], snaps)
         return writer.finish()
