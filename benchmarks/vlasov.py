@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         size_mb = out.stat().st_size / 2**20
     cell_updates = params.shape[0] * nx * nv * n_steps * 4
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # worker processes (one per core): the largest child's peak; the total is at most
+    # parent + workers * child
+    child_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"parameters: {params.shape[0]}  grid: {nx} x {nv}  steps: {n_steps}")
     print(
         f"device: {vlasov._resolve_device(args.device)}  torch threads: {torch.get_num_threads()}"
@@ -62,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"file size: {size_mb:.1f} MiB")
     print(f"wall time (compile included): {wall:.1f} s")
     print(f"cell-updates per second: {cell_updates / wall:.3e}")
-    print(f"peak RSS: {peak_rss_mb:.0f} MiB")
+    print(
+        f"peak RSS: {peak_rss_mb:.0f} MiB (this process), {child_rss_mb:.0f} MiB (largest worker)"
+    )
     name = "vlasov_smoke_wall_s" if args.smoke else "vlasov_441_wall_s"
     print(f"{name}={wall:.2f}")
     return 0
