@@ -235,6 +235,8 @@ def test_hypar_field_ghosts_differ_from_periodic_field_only_at_the_x_ends():
 
 
 @pytest.mark.slow
+# importing inductor touches torch.jit.script_method (deprecated inside torch itself)
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")
 def test_compiled_rhs_equals_eager():
     nx, nv = 16, 16
     u = torch.from_numpy(_perturbed_state(np.array([[1.0, 1.0], [0.95, 1.1]]), nx, nv, seed=2))
