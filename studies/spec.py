@@ -502,7 +502,7 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
         data=data,
         methods=tuple(methods),
         run=dataclasses.replace(spec.run, checkpoint_every=0),
-        resources=dataclasses.replace(spec.resources, gpus=0.0, small_gpus=None),
+        resources=ResourceSpec(cpus=min(spec.resources.cpus, 1.0)),
     )
 
 
