@@ -114,6 +114,14 @@ class Candidate:
     def n_stages(self) -> int:
         return len(self.stage_iters)
 
+    @property
+    def key(self) -> tuple:
+        """What determines the trained model: kappa and widths only matter with residual stages
+        (every one-stage candidate of a budget is the same model)."""
+        if self.n_stages == 1:
+            return (self.stage_iters,)
+        return (self.stage_iters, round(self.kappa, 12), self.residual_hidden)
+
 
 @dataclass(frozen=True)
 class SearchSetup:
@@ -724,19 +732,39 @@ def _drive(
             return TrialWorker(spec, setup, data, threads)
         return Actor.remote(spec, setup, data_ref, threads)
 
+    # Training is deterministic: a candidate equal to a completed trial's (e.g. any second
+    # one-stage trial) is told that trial's result instead of being trained again.
+    cache: dict[tuple, Any] = {}  # key -> FrozenTrial
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if set(t.params) >= {"n_stages", "stage1_share", "stage2_share", "kappa"}:
+            cache.setdefault(candidate_of(setup, t.params).key, t)
     idle = [new_worker() for _ in range(slots)]
     running: dict[Any, tuple[Any, Any, Candidate, float]] = {}  # ref -> (trial, worker, ...)
     launched = told = 0
     last_beat = time.time()
 
     def launch() -> None:
-        nonlocal launched
+        nonlocal launched, told
         trial = study.ask()
         cand = setup.suggest(trial)
         trial.set_user_attr("driver", driver)
         trial.set_user_attr("heartbeat", time.time())
         trial.set_user_attr("stage_iters", list(cand.stage_iters))
         trial.set_user_attr("residual_hidden", list(cand.residual_hidden))
+        launched += 1
+        same = cache.get(cand.key)
+        if same is not None:
+            for k in ("train_time_s", "val_err_max", "status", "message"):
+                if k in same.user_attrs:
+                    trial.set_user_attr(k, same.user_attrs[k])
+            trial.set_user_attr("same_as", same.number)
+            study.tell(trial, same.values if setup.multi_objective else same.values[0])
+            log(
+                f"trial {trial.number} stages {list(cand.stage_iters)}: same model as trial "
+                f"{same.number}, val err_max {same.values[0]:.4g} (not retrained)"
+            )
+            told += 1
+            return
         worker = idle.pop()
         if ray is None:
             worker.start(cand)
@@ -744,7 +772,6 @@ def _drive(
         else:
             worker.start.remote(cand)  # actor calls run in submission order
             running[worker.advance.remote()] = (trial, worker, cand, time.time())
-        launched += 1
 
     def finish(
         trial: Any, cand: Candidate, result: dict[str, Any] | None, t0: float, error: str = ""
@@ -770,7 +797,8 @@ def _drive(
                 if setup.multi_objective:
                     t = result["train_time_s"]
                     values = [result["value"], t if math.isfinite(t) else math.inf]
-                study.tell(trial, values)
+                frozen = study.tell(trial, values)
+                cache.setdefault(cand.key, frozen)
                 what = f"val err_max {result['value']:.4g} ({result['status']})"
             log(
                 f"trial {trial.number} stages {list(cand.stage_iters)} kappa {cand.kappa:.3g} "
@@ -797,6 +825,8 @@ def _drive(
                 for trial, *_ in running.values():
                     trial.set_user_attr("heartbeat", time.time())
                 last_beat = time.time()
+            if not running:
+                continue  # every launch of this round was answered from the cache
             if ray is None:
                 key = next(iter(running))
                 trial, worker, cand, t0 = running[key]
@@ -877,6 +907,7 @@ def trials_table(study: Any) -> Any:
         row["status"] = ua.get("status", "")
         row["message"] = ua.get("message", "")
         row["retry_of"] = ua.get("retry_of", -1)
+        row["same_as"] = ua.get("same_as", -1)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -261,6 +261,29 @@ def test_trial_left_running_by_a_dead_driver_is_requeued(smoke, tmp_path):
     assert retry["params_n_stages"] == orphan.params["n_stages"]
 
 
+def test_a_candidate_equal_to_a_finished_one_is_not_retrained(smoke, tmp_path):
+    out = tmp_path / "search"
+    B.run_search(smoke, SMOKE_BUDGET, n_trials=1, out=out, use_ray=False, log=lambda _: None)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name=f"budget-smoke-{SMOKE_BUDGET}", storage=storage)
+    one_stage = {
+        "n_stages": 1,
+        "stage1_share": 0.5,
+        "stage2_share": 0.5,
+        "residual_width_mult": 1.0,
+    }
+    study.enqueue_trial({**one_stage, "kappa": 1.0})
+    study.enqueue_trial({**one_stage, "kappa": 7.0})  # kappa is unused with one stage
+    logs: list[str] = []
+    B.run_search(smoke, SMOKE_BUDGET, n_trials=3, out=out, use_ray=False, log=logs.append)
+    t = pd.read_csv(out / "trials.csv").sort_values("number").reset_index(drop=True)
+    assert t["state"].tolist() == ["COMPLETE"] * 3
+    assert t["stage_iters"].tolist()[1:] == ["400", "400"]
+    assert t.loc[2, "same_as"] == 1 and t.loc[1, "same_as"] == -1
+    assert t.loc[2, "value_0"] == t.loc[1, "value_0"]
+    assert any("same model as trial 1" in line for line in logs)
+
+
 def test_multi_objective_writes_pareto(smoke, tmp_path):
     out = tmp_path / "mo"
     summary = B.run_search(
