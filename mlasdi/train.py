@@ -56,13 +56,15 @@ class _LinearMSE(torch.autograd.Function):
     """mean((h W^T + b - Y)^2) with the output never materialised twice (see linear_mse_loss)."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, neg_target):  # type: ignore[override]
+    def forward(ctx, h, weight, bias, neg_target, out):  # type: ignore[override]
         # One GEMM writes the difference d = h W^T + b - Y directly: -Y is the accumulator
-        # (beta = 1) and the bias rides along as an extra input column of ones.
+        # (beta = 1) and the bias rides along as an extra input column of ones. d goes to the
+        # caller's persistent buffer: a fresh [N, n_state] tensor every iteration costs more in
+        # page faults than the GEMM itself on CPU.
         ones = torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)
         h1 = torch.cat([h, ones], dim=1)
         weight_bias = torch.cat([weight, bias[:, None]], dim=1)
-        d = torch.addmm(neg_target, h1, weight_bias.T)
+        d = torch.addmm(neg_target, h1, weight_bias.T, out=out)
         ctx.save_for_backward(h1, weight_bias, d)
         return torch.dot(d.view(-1), d.view(-1)) / d.numel()
 
@@ -72,11 +74,16 @@ class _LinearMSE(torch.autograd.Function):
         scale = grad_loss * (2.0 / d.numel())
         grad_h = (d @ weight_bias[:, :-1]) * scale
         grad_weight_bias = (d.T @ h1) * scale
-        return grad_h, grad_weight_bias[:, :-1], grad_weight_bias[:, -1], None
+        return grad_h, grad_weight_bias[:, :-1], grad_weight_bias[:, -1], None, None
 
 
-def linear_mse_loss(h: torch.Tensor, layer: nn.Linear, neg_target: torch.Tensor) -> torch.Tensor:
+def linear_mse_loss(
+    h: torch.Tensor, layer: nn.Linear, neg_target: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     """MSE(layer(h), Y) given ``neg_target`` = -Y, fused for large outputs.
+
+    ``out`` (shaped like ``neg_target``) receives layer(h) - Y and is kept for the backward pass,
+    so it must not be reused before ``backward`` has run.
 
     Equal to ``mse_loss(layer(h), Y)`` in exact arithmetic. The output layer of a decoder maps
     [N, k] to [N, n_state] with n_state >> k; the naive form streams the [N, n_state] tensor about
@@ -84,7 +91,7 @@ def linear_mse_loss(h: torch.Tensor, layer: nn.Linear, neg_target: torch.Tensor)
     bias-gradient sum). Here it is written once by a GEMM, read once by a dot product and twice by
     the backward GEMMs, and the 2/N gradient scale is applied to the small results.
     """
-    return _LinearMSE.apply(h, layer.weight, layer.bias, neg_target)
+    return _LinearMSE.apply(h, layer.weight, layer.bias, neg_target, out)
 
 
 def make_adam(
@@ -230,6 +237,7 @@ class Stage1Trainer(FullBatchTrainer):
         self.n_train, self.n_t, self.n_state = U.shape
         self.U_flat = U.reshape(-1, self.n_state)
         self.neg_U_flat = -self.U_flat
+        self._difference = torch.empty_like(self.U_flat)
 
     @classmethod
     def create(
@@ -256,7 +264,7 @@ class Stage1Trainer(FullBatchTrainer):
         z = model.encode(self.U_flat)
         *hidden_layers, output_layer = model.decoder
         reconstruction = linear_mse_loss(
-            nn.Sequential(*hidden_layers)(z), output_layer, self.neg_U_flat
+            nn.Sequential(*hidden_layers)(z), output_layer, self.neg_U_flat, self._difference
         )
         Z = z.view(self.n_train, self.n_t, -1)
         dZdt = time_derivative(Z, self.dt, self.config.fd_scheme)
@@ -287,6 +295,7 @@ class ResidualTrainer(FullBatchTrainer):
         self.config = config
         self.Z_flat = Z.reshape(-1, Z.shape[-1]).detach()
         self.neg_target_flat = -target.reshape(-1, target.shape[-1])
+        self._difference = torch.empty_like(self.neg_target_flat)
 
     @classmethod
     def create(
@@ -310,6 +319,9 @@ class ResidualTrainer(FullBatchTrainer):
     def loss_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
         *hidden_layers, output_layer = self.model
         loss = linear_mse_loss(
-            nn.Sequential(*hidden_layers)(self.Z_flat), output_layer, self.neg_target_flat
+            nn.Sequential(*hidden_layers)(self.Z_flat),
+            output_layer,
+            self.neg_target_flat,
+            self._difference,
         )
         return loss, loss.reshape(1)
