@@ -128,7 +128,9 @@ def _init_ray(address: str | None, num_cpus: int | None, verbose: int) -> None:
         ray.init(address=address, **quiet)
     else:
         res = _local_resources(num_cpus)
-        ray.init(num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]), **quiet)
+        # "local": start a new instance even when another Ray runs on this machine (plain
+        # ray.init() joins it through /tmp/ray/ray_current_cluster and then rejects num_cpus).
+        ray.init(address="local", num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]), **quiet)
 
 
 def _make_callback(writer: ResultWriter, spec: StudySpec, data: Any) -> Any:
