@@ -351,6 +351,7 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+# Slow tier: 43 s on a quiet machine, 6 min with the cores shared by other jobs.
 @pytest.mark.slow
 def test_sigkill_driver_then_rerun_matches_an_uninterrupted_run(tmp_path):
     spec_path = _kill_spec(tmp_path)
@@ -408,7 +409,7 @@ def test_sigkill_driver_then_rerun_matches_an_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(got[eid], ref[eid], rtol=0, atol=1e-6, err_msg=eid)
 
 
-@pytest.mark.slow
+# Fast tier: 15 s on a quiet machine, 106 s with the cores shared by other jobs (load 8).
 def test_multi_node_cluster_with_a_lost_worker(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
@@ -432,6 +433,7 @@ def test_multi_node_cluster_with_a_lost_worker(tmp_path):
     head_id, worker_ids = cluster.head_node.node_id, {w.node_id for w in workers}
     out = tmp_path / "out"
     removed: list[str] = []
+    removed_at: list[float] = []
 
     def remove_a_worker() -> None:
         log = out / "trials.jsonl"
@@ -441,6 +443,7 @@ def test_multi_node_cluster_with_a_lost_worker(tmp_path):
                 break
             time.sleep(0.2)
         removed.append(workers[0].node_id)
+        removed_at.append(time.time())
         cluster.remove_node(workers[0], allow_graceful=False)
 
     killer = threading.Thread(target=remove_a_worker, daemon=True)
@@ -462,6 +465,10 @@ def test_multi_node_cluster_with_a_lost_worker(tmp_path):
     assert head_id not in used, "a GPU trial ran on the head node"
     assert used <= worker_ids
     assert len(used) == 2  # spread over both workers (before one was lost)
+    after = [r for r in records if r["kind"] == "eval" and r["time"] > removed_at[0]]
+    assert len(after) >= len(ids) // 2, "the node was removed too late to test anything"
+    # Work went on on the surviving worker (a report in flight at removal may still name the other).
+    assert worker_ids - {removed[0]} <= {r["node_id"] for r in after}
     assert (df["device"] == "cpu").all()  # Ray assigned a GPU, torch has no CUDA: CPU fallback
 
 
