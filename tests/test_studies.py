@@ -477,3 +477,22 @@ def test_smoke_flag_shrinks_any_spec():
     assert len(trials(spec)) == 2
     assert (spec.data.nx, spec.data.nv, spec.data.grid) == (16, 16, (5, 5))
     assert "compute_fraction_of_naive=" in format_plan(spec).splitlines()[-1]
+
+
+def test_a_trial_ray_gave_up_on_gets_failed_rows(tiny, tmp_path):
+    from types import SimpleNamespace
+
+    from studies.results import ResultWriter
+    from studies.run import _make_callback
+
+    spec, data = tiny
+    t = trials(spec)[1]
+    writer = ResultWriter(tmp_path, data.params_test, data.is_train)
+    callback = _make_callback(writer, spec, data)
+    fake = SimpleNamespace(trial_id="abc_00001", config={"trial": t.to_config()}, error_file=None)
+    callback.on_trial_error(0, [], fake)
+    df = read_results(tmp_path)
+    assert sorted(df["evaluation_id"]) == t.evaluation_ids
+    assert set(df["status"]) == {"failed"}
+    assert df["message"].str.startswith("trial errored in Ray after retries").all()
+    assert df["err_max"].isna().all() and len(read_param_errors(tmp_path)) == 2 * 3
