@@ -132,6 +132,7 @@ class ResultWriter:
             "node_id": result.get("node_id", ""),
             "host": result.get("host", ""),
             "compute_s": float(result.get("compute_s", 0.0)),
+            "resumed_at": int(result.get("resumed_at", 0)),
         }
         if kind == "eval":
             payload = json.loads(result["payload"])

@@ -190,6 +190,7 @@ class TrialRunner:
         self.stage1: Stage1Trainer | None = None
         self.residual: tuple[int, ResidualTrainer] | None = None
         self.every = spec.run.checkpoint_every
+        self.resumed_at = 0  # stage-1 iteration restored from a checkpoint (0: from scratch)
 
     # ----- configuration of one evaluated model ------------------------------------------------
     def rom_config(self, budget: tuple[int, ...]) -> ROMConfig:
@@ -240,6 +241,7 @@ class TrialRunner:
             "node_id": self.node_id,
             "host": self.host,
             "compute_s": now - self.last_report,
+            "resumed_at": self.resumed_at,
         }
         base.update(metrics)
         self.report_fn(base, self._state() if checkpoint else None)
@@ -394,6 +396,7 @@ class TrialRunner:
         saved, saved_residual = self._usable_state(schedule)
         if saved is not None:
             self.stage1.load_state_dict(saved)
+            self.resumed_at = self.stage1.iteration
         for s1, s2_top, indices in schedule:
             self._train_to(self.stage1, s1)
             start = time.perf_counter()

@@ -238,7 +238,9 @@ def test_trial_reports_every_budget_and_resumes_exactly(tiny):
             assert row["err_max"] == pytest.approx(max(p["param_err"]))
         # Resume from the checkpoint taken at the first evaluation: identical later numbers.
         state = reports[0][1]
-        again = _rows(_run_trial(spec, data, t, state=state))
+        resumed = _run_trial(spec, data, t, state=state)
+        assert resumed[0][0]["resumed_at"] == t.budgets[0][0]
+        again = _rows(resumed)
         assert sorted(again) == t.evaluation_ids[1:]
         for eid in again:
             np.testing.assert_allclose(
@@ -399,6 +401,8 @@ def test_sigkill_driver_then_rerun_matches_an_uninterrupted_run(tmp_path):
     rerun = [r["evaluation_id"] for r in records[log_lines_before:] if r["kind"] == "eval"]
     finished_before = {n.removesuffix(".parquet").replace("__", "/") for n in before}
     assert not finished_before & set(rerun), "a finished evaluation was recomputed"
+    # Trials the kill caught mid-stage continued from the killed run's checkpoints.
+    assert any(r["resumed_at"] > 0 for r in records[log_lines_before:])
     df = read_results(out)
     assert len(df) == n_evals and df["evaluation_id"].is_unique
     assert df.attrs["read_info"].n_duplicates_dropped == 0
