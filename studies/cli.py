@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
 
     spec = _spec(args)
     out = Path(args.out) if args.out else default_out(spec)
-    return run_study(
+    code = run_study(
         spec,
         out=out,
         address=args.address,
@@ -43,6 +43,19 @@ def _run(args: argparse.Namespace) -> int:
         check=not args.no_resource_check,
         verbose=args.verbose,
     )
+    if code == 0 and not args.no_report:
+        _report(out)
+    return code
+
+
+def _report(out: Path) -> None:
+    """The analysis of a finished study (the same as ``mlasdi-analyze OUT --out OUT/report``)."""
+    from analysis.report import analyze, headline_sentence, write_report
+
+    analysis = analyze(out)
+    path = write_report(analysis, out / "report")
+    print(f"report: {path}")
+    print(headline_sentence(analysis))
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
@@ -76,6 +89,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default all)"
     )
     run.add_argument("--smoke", action="store_true", help="a seconds-long version of SPEC (CI)")
+    run.add_argument(
+        "--no-report", action="store_true", help="skip the analysis report (OUT/report)"
+    )
     run.add_argument(
         "--no-resource-check",
         action="store_true",
