@@ -107,6 +107,10 @@ class MultiStageROM:
         )
 
     def _tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(array, np.ndarray) and not array.flags.writeable:
+            # A read-only (e.g. shared-memory) array: copy the batch rather than alias memory
+            # torch assumes writable.
+            array = np.array(array)
         return torch.as_tensor(array).to(device=self.device, dtype=self.dtype)
 
     def coefficients(self, params: np.ndarray, *, sample_seed: int | None = None) -> torch.Tensor:
@@ -286,6 +290,11 @@ def residual_stage_data(
     return Z, residual / scale, scale
 
 
+def residual_stage_seed(seed: int, stage: int) -> int:
+    """Seed of the decoder of residual stage ``stage`` (2, 3, ...) of a ROM seeded with ``seed``."""
+    return seed + stage - 1
+
+
 @dataclass
 class FitResult:
     """What :func:`fit_rom` returns: the ROM and per-stage training times and loss histories."""
@@ -332,7 +341,9 @@ def fit_rom(
     for k, stage in enumerate(config.residual_stages, start=2):
         start = time.perf_counter()
         Z, target, scale = residual_stage_data(rom, U, train.params)
-        residual = ResidualTrainer.create(Z, target, stage, seed=config.seed + k - 1)
+        residual = ResidualTrainer.create(
+            Z, target, stage, seed=residual_stage_seed(config.seed, k)
+        )
         residual.train(stage.iters, checkpoints=checkpoints.get(k, ()), callback=callback_for(k))
         rom = rom.with_stage(freeze(residual.model), scale)  # type: ignore[arg-type]
         stage_times.append(time.perf_counter() - start)

@@ -9,6 +9,7 @@ exactly (:meth:`FullBatchTrainer.state_dict`).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -189,13 +190,18 @@ class FullBatchTrainer:
         return dict(zip(self.term_names, self._history[-1][-1].tolist(), strict=True))
 
     def state_dict(self) -> dict[str, object]:
-        """Everything needed to resume training exactly (model, optimiser, iteration)."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "iteration": self.iteration,
-            "elapsed_s": self.elapsed_s,
-        }
+        """Everything needed to resume training exactly (model, optimiser, iteration).
+
+        A snapshot: deep copies, unaffected by further training.
+        """
+        return copy.deepcopy(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "iteration": self.iteration,
+                "elapsed_s": self.elapsed_s,
+            }
+        )
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]

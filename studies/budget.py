@@ -375,7 +375,13 @@ class TrialWorker:
     def _stages(self, cand: Candidate) -> Iterator[dict[str, Any]]:
         import torch
 
-        from mlasdi.rom import freeze, residual_stage_data, stage1_rom, torch_dtype
+        from mlasdi.rom import (
+            freeze,
+            residual_stage_data,
+            residual_stage_seed,
+            stage1_rom,
+            torch_dtype,
+        )
         from mlasdi.train import ResidualTrainer, Stage1Trainer
         from studies.trial import _shared_tensor
 
@@ -422,7 +428,9 @@ class TrialWorker:
             start = time.perf_counter()
             Z, target, scale = residual_stage_data(rom, U, d.params_fit)
             overhead += time.perf_counter() - start
-            residual = ResidualTrainer.create(Z, target, stage, seed=config.seed + k - 1)
+            residual = ResidualTrainer.create(
+                Z, target, stage, seed=residual_stage_seed(config.seed, k)
+            )
             end = offset + stage.iters
             for step in [s for s in steps if offset < s <= end]:
                 residual.train(step - offset)

@@ -49,6 +49,7 @@ from mlasdi.rom import (
     evaluate,
     freeze,
     residual_stage_data,
+    residual_stage_seed,
     resolve_device,
     stage1_rom,
     torch_dtype,
@@ -305,15 +306,12 @@ class TrialRunner:
     def _evaluate(self, i: int, rom: MultiStageROM, stage_times: list[float]) -> None:
         start = time.perf_counter()
         try:
-            with warnings.catch_warnings():
-                # evaluate() wraps the read-only shared truth array without copying it.
-                warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
-                errors = evaluate(
-                    rom,
-                    self.data.params_test,
-                    self.data.truth_test,
-                    batch_size=self.spec.run.eval_batch_size,
-                )
+            errors = evaluate(
+                rom,
+                self.data.params_test,
+                self.data.truth_test,
+                batch_size=self.spec.run.eval_batch_size,
+            )
         except DivergenceError as exc:
             self._report_bad([i], "diverged", str(exc))
             return
@@ -434,8 +432,9 @@ class TrialRunner:
         Z, target, scale = residual_stage_data(rom, U, self.data.params_train)
         setup = time.perf_counter() - start
         config = self.rom_config((s1, s2_top)).residual_stages[0]
-        # Stage k is seeded with seed + k - 1, as in mlasdi.rom.fit_rom.
-        trainer = ResidualTrainer.create(Z, target, config, seed=self.trial.seed + 1)
+        trainer = ResidualTrainer.create(
+            Z, target, config, seed=residual_stage_seed(self.trial.seed, 2)
+        )
         if saved is not None and int(saved["s1"]) == s1:
             trainer.load_state_dict(saved["trainer"])
         self.residual = (s1, trainer)
