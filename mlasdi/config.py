@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 ACTIVATIONS = ("softplus", "tanh", "relu", "sigmoid", "elu", "gelu", "silu", "sin")
 FD_SCHEMES = ("central2", "central4", "forward1")
 INTEGRATORS = ("expm", "rk4")
+LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "float64")
 
 
@@ -64,6 +65,7 @@ class Stage1Config:
 
     iters: int = 10_000
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     beta1: float = 0.1
     beta2: float = 1e-3
     fd_scheme: str = "central4"
@@ -74,6 +76,10 @@ class Stage1Config:
             f"stage1.iters must be > 0, got {self.iters!r}",
         )
         _check(self.lr > 0, f"stage1.lr must be > 0, got {self.lr!r}")
+        _check(
+            self.lr_schedule in LR_SCHEDULES,
+            f"stage1.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}",
+        )
         _check(self.beta1 >= 0 and self.beta2 >= 0, "stage1.beta1 and stage1.beta2 must be >= 0")
         _check(
             self.fd_scheme in FD_SCHEMES,
@@ -92,6 +98,7 @@ class ResidualStageConfig:
     kappa: float = 1.0
     iters: int = 10_000
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     activation: str = "tanh"
 
     def __post_init__(self) -> None:
@@ -103,6 +110,10 @@ class ResidualStageConfig:
             f"residual.iters must be > 0, got {self.iters!r}",
         )
         _check(self.lr > 0, f"residual.lr must be > 0, got {self.lr!r}")
+        _check(
+            self.lr_schedule in LR_SCHEDULES,
+            f"residual.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}",
+        )
         _check(
             self.activation in ACTIVATIONS,
             f"residual.activation must be one of {ACTIVATIONS}, got {self.activation!r}",

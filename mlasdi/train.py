@@ -10,6 +10,7 @@ exactly (:meth:`FullBatchTrainer.state_dict`).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from torch import nn
 from mlasdi.config import ResidualStageConfig, Stage1Config
 from mlasdi.dynamics import fit_affine, library, time_derivative
 from mlasdi.nn import Autoencoder, ResidualDecoder
+
+COSINE_FLOOR = 1e-2  # a cosine schedule ends at this fraction of the initial learning rate
 
 
 class DivergenceError(RuntimeError):
@@ -112,10 +115,15 @@ class FullBatchTrainer:
 
     term_names: tuple[str, ...] = ("loss",)
 
-    def __init__(self, model: nn.Module, lr: float, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, device: torch.device, config: Stage1Config | ResidualStageConfig
+    ) -> None:
         self.model = model
         self.device = device
-        self.optimizer = make_adam(list(model.parameters()), lr, device)
+        self.optimizer = make_adam(list(model.parameters()), config.lr, device)
+        self.lr = config.lr
+        self.lr_schedule = config.lr_schedule
+        self.schedule_iters = config.iters
         self.iteration = 0
         self.elapsed_s = 0.0
         self._history: list[torch.Tensor] = []
@@ -124,7 +132,23 @@ class FullBatchTrainer:
         """(total loss, stacked terms [n_terms]) for the current parameters."""
         raise NotImplementedError
 
+    def learning_rate(self, iteration: int) -> float:
+        """Learning rate of step ``iteration`` (0-based).
+
+        ``cosine`` decays from lr to lr / 100 over ``schedule_iters`` steps. Note that a cosine
+        run evaluated before its end is not the model a shorter cosine run would give, so studies
+        that share checkpoints between budgets use ``constant``.
+        """
+        if self.lr_schedule == "constant":
+            return self.lr
+        floor = self.lr * COSINE_FLOOR
+        progress = min(iteration / self.schedule_iters, 1.0)
+        return floor + 0.5 * (self.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
     def step(self) -> torch.Tensor:
+        if self.lr_schedule != "constant":
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
         loss, terms = self.loss_terms()
         loss.backward()
@@ -237,7 +261,7 @@ class Stage1Trainer(FullBatchTrainer):
         model: Autoencoder,
         config: Stage1Config,
     ) -> None:
-        super().__init__(model, config.lr, U.device)
+        super().__init__(model, U.device, config)
         self.config = config
         self.dt = float(dt)
         self.n_train, self.n_t, self.n_state = U.shape
@@ -297,7 +321,7 @@ class ResidualTrainer(FullBatchTrainer):
         model: ResidualDecoder,
         config: ResidualStageConfig,
     ) -> None:
-        super().__init__(model, config.lr, target.device)
+        super().__init__(model, target.device, config)
         self.config = config
         self.Z_flat = Z.reshape(-1, Z.shape[-1]).detach()
         self.neg_target_flat = -target.reshape(-1, target.shape[-1])

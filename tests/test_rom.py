@@ -345,3 +345,23 @@ def test_residual_trainer_fits_and_is_seeded():
     trainer.train(50)
     history = trainer.history
     assert history.shape == (50, 1) and float(history[-1, 0]) < 0.9 * float(history[0, 0])
+
+
+def test_cosine_schedule_endpoints_and_resume():
+    """lr(0) = lr, lr(T/2) = (lr + lr/100) / 2, lr(T) = lr / 100; resume keeps the schedule."""
+    torch.manual_seed(3)
+    Z = torch.randn(2, 9, 3, dtype=torch.float64)
+    target = torch.randn(2, 9, 16, dtype=torch.float64)
+    config = ResidualStageConfig(hidden=(8,), iters=40, lr=2e-3, lr_schedule="cosine")
+    trainer = ResidualTrainer.create(Z, target, config, seed=5)
+    assert trainer.learning_rate(0) == pytest.approx(2e-3, rel=1e-15)
+    assert trainer.learning_rate(20) == pytest.approx((2e-3 + 2e-5) / 2, rel=1e-12)
+    assert trainer.learning_rate(40) == pytest.approx(2e-5, rel=1e-12)
+    straight = ResidualTrainer.create(Z, target, config, seed=5)
+    straight.train(40)
+    trainer.train(20)
+    resumed = ResidualTrainer.create(Z, target, config, seed=5)
+    resumed.load_state_dict(trainer.state_dict())
+    resumed.train(40)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
