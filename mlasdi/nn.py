@@ -70,6 +70,12 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.widths = tuple(int(w) for w in widths)
 
+    def __getitem__(self, index: int | slice) -> nn.Module:
+        # nn.Sequential rebuilds a slice with this class's constructor, whose arguments differ.
+        if isinstance(index, slice):
+            return nn.Sequential(*list(self)[index])
+        return super().__getitem__(index)
+
 
 class Autoencoder(nn.Module):
     """Stage 1: encoder ``n_state -> hidden -> latent`` and mirrored decoder.

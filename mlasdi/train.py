@@ -292,9 +292,9 @@ class Stage1Trainer(FullBatchTrainer):
     def loss_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
         model: Autoencoder = self.model  # type: ignore[assignment]
         z = model.encode(self.U_flat)
-        *hidden_layers, output_layer = model.decoder
+        decoder = model.decoder
         reconstruction = linear_mse_loss(
-            nn.Sequential(*hidden_layers)(z), output_layer, self.neg_U_flat, self._difference
+            decoder[:-1](z), decoder[-1], self.neg_U_flat, self._difference
         )
         Z = z.view(self.n_train, self.n_t, -1)
         dZdt = time_derivative(Z, self.dt, self.config.fd_scheme)
@@ -347,11 +347,8 @@ class ResidualTrainer(FullBatchTrainer):
         return cls(Z, target, model, config)
 
     def loss_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        *hidden_layers, output_layer = self.model
+        decoder = self.model
         loss = linear_mse_loss(
-            nn.Sequential(*hidden_layers)(self.Z_flat),
-            output_layer,
-            self.neg_target_flat,
-            self._difference,
+            decoder[:-1](self.Z_flat), decoder[-1], self.neg_target_flat, self._difference
         )
         return loss, loss.reshape(1)

@@ -365,3 +365,12 @@ def test_cosine_schedule_endpoints_and_resume():
     resumed.train(40)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_mlp_slices_are_plain_sequentials_sharing_the_layers():
+    model = Autoencoder(12, (6,), 2)
+    head = model.decoder[:-1]
+    assert isinstance(head, torch.nn.Sequential) and len(head) == 2
+    assert head[0] is model.decoder[0]
+    z = torch.randn(3, 2)
+    assert torch.equal(model.decoder[-1](head(z)), model.decode(z))
