@@ -286,45 +286,20 @@ def search_data(spec: StudySpec, val_fraction: float, seed: int) -> tuple[Search
 
 def rom_config(spec: StudySpec, setup: SearchSetup, cand: Candidate) -> Any:
     """The :class:`~mlasdi.config.ROMConfig` of a candidate (spec training settings)."""
-    from mlasdi.config import AutoencoderConfig, ResidualStageConfig, ROMConfig, Stage1Config
-
-    tr = spec.training
-    m = spec.method("mlasdi") if any(x.name == "mlasdi" for x in spec.methods) else None
-    residual = tuple(
-        ResidualStageConfig(
-            hidden=cand.residual_hidden,
-            kappa=cand.kappa,
-            iters=iters,
-            lr=m.residual_lr if m else 1e-3,
-            activation=m.residual_activation if m else "tanh",
-        )
-        for iters in cand.stage_iters[1:]
-    )
-    return ROMConfig(
-        autoencoder=AutoencoderConfig(
-            hidden=setup.hidden, latent_dim=setup.latent_dim, activation=tr.activation
-        ),
-        stage1=Stage1Config(
-            iters=cand.stage_iters[0],
-            lr=tr.lr,
-            beta1=tr.beta1,
-            beta2=tr.beta2,
-            fd_scheme=tr.fd_scheme,
-        ),
-        residual_stages=residual,
-        gp=tr.gp,
-        dtype=tr.dtype,
+    return spec.rom_config(
+        hidden=setup.hidden,
+        latent_dim=setup.latent_dim,
         seed=setup.seed,
+        stage_iters=cand.stage_iters,
+        residual_hidden=cand.residual_hidden,
+        residual_kappa=cand.kappa,
     )
 
 
 def _evaluate_max(rom: Any, params: np.ndarray, truth: np.ndarray) -> float:
     from mlasdi.rom import evaluate
 
-    with warnings.catch_warnings():
-        # evaluate() wraps the read-only shared truth array without copying it.
-        warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
-        errors = evaluate(rom, params, truth)
+    errors = evaluate(rom, params, truth)
     value = float(errors[-1].max())
     return value if math.isfinite(value) else math.inf
 
@@ -713,6 +688,8 @@ def _drive(
     """
     from optuna.trial import TrialState
 
+    from studies.trial import last_line
+
     cpus = spec.resources.for_hidden(setup.hidden)
     threads = max(1, int(cpus["cpu"]))
     driver = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -843,7 +820,7 @@ def _drive(
                 except Exception as exc:
                     del running[key]
                     idle.append(worker)
-                    finish(trial, cand, None, t0, error=_last_line(exc))
+                    finish(trial, cand, None, t0, error=last_line(exc))
                     continue
                 if on_result(trial, result):
                     del running[key]
@@ -858,7 +835,7 @@ def _drive(
                 except Exception as exc:
                     ray.kill(worker)  # its state is unknown: replace it
                     idle.append(new_worker())
-                    finish(trial, cand, None, t0, error=_last_line(exc))
+                    finish(trial, cand, None, t0, error=last_line(exc))
                     continue
                 if on_result(trial, result):
                     idle.append(worker)
@@ -869,18 +846,6 @@ def _drive(
         if ray is not None:
             for worker in idle + [w for _, w, _, _ in running.values()]:
                 ray.kill(worker)
-
-
-def _last_line(exc: BaseException) -> str:
-    import traceback
-
-    lines = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
-    return lines[-1] if lines else type(exc).__name__
-
-
-# --------------------------------------------------------------------------------------------
-# Outputs
-# --------------------------------------------------------------------------------------------
 
 
 def trials_table(study: Any) -> Any:

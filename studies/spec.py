@@ -21,7 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlasdi.config import ACTIVATIONS, DTYPES, FD_SCHEMES, ConfigError, GPConfig, from_dict
+from mlasdi.config import (
+    ACTIVATIONS,
+    DTYPES,
+    FD_SCHEMES,
+    AutoencoderConfig,
+    ConfigError,
+    GPConfig,
+    ResidualStageConfig,
+    ROMConfig,
+    Stage1Config,
+    from_dict,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -203,6 +214,51 @@ class StudySpec:
             if m.name == name:
                 return m
         raise KeyError(name)
+
+    def rom_config(
+        self,
+        *,
+        hidden: Sequence[int],
+        latent_dim: int,
+        seed: int,
+        stage_iters: Sequence[int],
+        residual_hidden: Sequence[int] = (),
+        residual_kappa: float | None = None,
+    ) -> ROMConfig:
+        """The ROMConfig of one model of this study: the shared training settings, stage-1
+        ``hidden``/``latent_dim``, and one residual stage per entry of ``stage_iters[1:]`` with the
+        mLaSDI section's residual settings (``residual_kappa`` overrides its kappa)."""
+        tr = self.training
+        mlasdi = next((m for m in self.methods if m.name == "mlasdi"), None)
+        defaults = ResidualStageConfig()
+        residual = tuple(
+            ResidualStageConfig(
+                hidden=tuple(residual_hidden),
+                kappa=residual_kappa
+                if residual_kappa is not None
+                else (mlasdi.residual_kappa if mlasdi else defaults.kappa),
+                iters=iters,
+                lr=mlasdi.residual_lr if mlasdi else defaults.lr,
+                activation=mlasdi.residual_activation if mlasdi else defaults.activation,
+            )
+            for iters in stage_iters[1:]
+        )
+        return ROMConfig(
+            autoencoder=AutoencoderConfig(
+                hidden=tuple(hidden), latent_dim=latent_dim, activation=tr.activation
+            ),
+            stage1=Stage1Config(
+                iters=stage_iters[0],
+                lr=tr.lr,
+                beta1=tr.beta1,
+                beta2=tr.beta2,
+                fd_scheme=tr.fd_scheme,
+            ),
+            residual_stages=residual,
+            gp=tr.gp,
+            dtype=tr.dtype,
+            seed=seed,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as a TOML-ready dict (round-trips through :func:`spec_from_dict`)."""

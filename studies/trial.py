@@ -18,6 +18,7 @@ study goes on.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import math
@@ -36,10 +37,7 @@ import torch
 
 import mlasdi
 from mlasdi.config import (
-    AutoencoderConfig,
-    ResidualStageConfig,
     ROMConfig,
-    Stage1Config,
     to_dict,
 )
 from mlasdi.data import SnapshotSet
@@ -159,9 +157,10 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _last_line(exc: BaseException) -> str:
-    lines = traceback.format_exception_only(type(exc), exc)
-    return "".join(lines).strip().splitlines()[-1]
+def last_line(exc: BaseException) -> str:
+    """The last line of an exception's traceback text (the ``message`` of a failed row)."""
+    lines = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
 
 
 class TrialRunner:
@@ -195,30 +194,13 @@ class TrialRunner:
 
     # ----- configuration of one evaluated model ------------------------------------------------
     def rom_config(self, budget: tuple[int, ...]) -> ROMConfig:
-        t, tr = self.trial, self.spec.training
-        stages = ()
-        if len(budget) > 1:
-            m = self.spec.method("mlasdi")
-            stages = (
-                ResidualStageConfig(
-                    hidden=t.residual_hidden,
-                    kappa=m.residual_kappa,
-                    iters=budget[1],
-                    lr=m.residual_lr,
-                    activation=m.residual_activation,
-                ),
-            )
-        return ROMConfig(
-            autoencoder=AutoencoderConfig(
-                hidden=t.hidden, latent_dim=t.latent_dim, activation=tr.activation
-            ),
-            stage1=Stage1Config(
-                iters=budget[0], lr=tr.lr, beta1=tr.beta1, beta2=tr.beta2, fd_scheme=tr.fd_scheme
-            ),
-            residual_stages=stages,
-            gp=tr.gp,
-            dtype=tr.dtype,
+        t = self.trial
+        return self.spec.rom_config(
+            hidden=t.hidden,
+            latent_dim=t.latent_dim,
             seed=t.seed,
+            stage_iters=budget,
+            residual_hidden=t.residual_hidden if len(budget) > 1 else (),
         )
 
     # ----- reporting ---------------------------------------------------------------------------
@@ -353,7 +335,7 @@ class TrialRunner:
             if type(exc).__module__.startswith("ray"):
                 raise  # Ray's own (session ended, actor killed): let Tune handle it
             status = "diverged" if isinstance(exc, DivergenceError) else "failed"
-            message = str(exc) if status == "diverged" else _last_line(exc)
+            message = str(exc) if status == "diverged" else last_line(exc)
             self._report_bad(pending, status, message)
 
     def _usable_state(
@@ -443,15 +425,9 @@ class TrialRunner:
             if trainer.iteration > s2:
                 continue  # cannot happen for a consistent checkpoint; never train backwards
             self._train_to(trainer, s2)
-            decoder = freeze(_copy_module(trainer.model))
+            decoder = freeze(copy.deepcopy(trainer.model))
             model = rom.with_stage(decoder, scale)
             self._evaluate(i, model, [stage1_time, setup + trainer.elapsed_s])
-
-
-def _copy_module(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(module)
 
 
 def _tune_reporter(trial_id: str) -> Callable[[dict[str, Any], dict[str, Any] | None], None]:
