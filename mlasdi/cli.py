@@ -127,8 +127,8 @@ def draw_fit_figures(report, data, out: Path) -> None:
         ]
         i = test[0]
         truth = data.flat_snapshots()[i]
-        Z = report.rom.latent_trajectories(data.params[i : i + 1], truth[None, 0])
-        stages = [p[0].cpu().numpy() for p in report.rom.decode_by_stage(Z)]
+        Z = report.fit.rom.latent_trajectories(data.params[i : i + 1], truth[None, 0])
+        stages = [p[0].cpu().numpy() for p in report.fit.rom.decode_by_stage(Z)]
         picks = np.linspace(0, len(data.times) - 1, 4).astype(int)
         fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 3.2), sharey=True)
         for ax, t in zip(axes, picks, strict=True):

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from mlasdi import __version__
 from mlasdi.config import ROMConfig, to_dict
 from mlasdi.data import SnapshotSet
-from mlasdi.rom import FitResult, MultiStageROM, evaluate, fit_rom, resolve_device
+from mlasdi.rom import FitResult, evaluate, fit_rom, resolve_device
 from mlasdi.train import CheckpointReport
 
 PROGRESS_EVERY = 500
@@ -28,10 +28,10 @@ PROGRESS_EVERY = 500
 
 @dataclass
 class FitReport:
-    """The summary written to metrics.json, the ROM, and per-time errors [n_stages, n_mu, n_t]."""
+    """The summary written to metrics.json, the fit (ROM, stage times, loss histories) and
+    per-time errors [n_stages, n_mu, n_t]."""
 
     summary: dict[str, Any]
-    rom: MultiStageROM
     errors: np.ndarray
     fit: FitResult
 
@@ -110,4 +110,4 @@ def run_fit(
         out / "loss_history.npz",
         **{f"stage{k}": h.numpy() for k, h in enumerate(fit.loss_histories, 1)},
     )
-    return FitReport(summary=summary, rom=fit.rom, errors=errors, fit=fit)
+    return FitReport(summary=summary, errors=errors, fit=fit)
