@@ -33,21 +33,21 @@ def arch_labels(usable: pd.DataFrame) -> dict[int, str]:
     return labels
 
 
+# The columns that identify a model in every per-model table.
+MODEL_KEYS = [
+    "method",
+    "evaluation_id",
+    "arch_index",
+    "latent_dim",
+    "budget_index",
+    "seed",
+    "hidden",
+]
+
+
 def error_time_table(usable: pd.DataFrame) -> pd.DataFrame:
     """Figure 2 data: one row per usable model with training time and min/mean/max error."""
-    cols = [
-        "method",
-        "evaluation_id",
-        "arch_index",
-        "latent_dim",
-        "budget_index",
-        "seed",
-        "hidden",
-        "train_time_s",
-        "err_min",
-        "err_mean",
-        "err_max",
-    ]
+    cols = [*MODEL_KEYS, "train_time_s", "err_min", "err_mean", "err_max"]
     return (
         usable[cols].sort_values(["method", "train_time_s"], kind="stable").reset_index(drop=True)
     )

@@ -218,20 +218,7 @@ def _write_csvs(a: Analysis, tables_dir: Path) -> dict[str, Path]:
         "share_below_threshold": a.share,
         "method_summary": a.summary,
         "best_models": a.best[
-            [
-                "method",
-                "evaluation_id",
-                "arch_index",
-                "latent_dim",
-                "budget_index",
-                "seed",
-                "hidden",
-                "err_max",
-                "err_mean",
-                "err_min",
-                "train_time_s",
-                "n_model_params",
-            ]
+            [*D.MODEL_KEYS, "err_max", "err_mean", "err_min", "train_time_s", "n_model_params"]
         ],
         "pairs": a.pairing.pairs,
         "unpaired": a.pairing.unpaired,
