@@ -12,6 +12,7 @@ branch residual stages from stage-1 checkpoints without retraining.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import time
@@ -165,10 +166,7 @@ class MultiStageROM:
         if not 1 <= n_stages <= self.n_stages:
             raise ValueError(f"n_stages must be in 1..{self.n_stages}, got {n_stages}")
         Z = self.latent_trajectories(params, u0, sample_seed=sample_seed)
-        for stage, prediction in enumerate(self.decode_by_stage(Z), start=1):
-            if stage == n_stages:
-                return prediction
-        raise AssertionError("unreachable")
+        return next(itertools.islice(self.decode_by_stage(Z), n_stages - 1, None))
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``config.json``, ``weights.pt`` (state dicts) and ``gp.npz``; no pickle."""
