@@ -1,16 +1,20 @@
 """The trials of a study and what each trains (pure: no Ray, no torch, no data).
 
-One trial per (method, architecture, latent size, seed). A trial trains stage 1 once, to its
-largest stage-1 budget, and evaluates on the way:
+One trial per (method, architecture, latent size, seed). Its budgets (per-stage iteration counts,
+the same number of stages for each) form a prefix tree, trained as one :class:`Run` per node:
 
-* GPLaSDI: one evaluation at each stage-1 budget.
-* mLaSDI: at each distinct stage-1 budget it branches ONE residual run from that stage-1
-  checkpoint, trained to the largest stage-2 budget paired with it, evaluating at each stage-2
-  budget on the way; (25k, 25k) and (25k, 50k) share a residual run.
+* stage 1 runs once, to its largest budget;
+* for every distinct prefix ``(s1, ..., sk)`` that some budget continues, ONE stage-(k+1) run is
+  branched from the stage-k model at that prefix and trained to the largest next-stage count of
+  the budgets sharing the prefix;
+* every run stops at each count a budget needs on the way. GPLaSDI is evaluated at each stage-1
+  budget; mLaSDI (25k, 25k) and (25k, 50k) share a residual run, and (10k, 5k, 5k) and
+  (10k, 5k, 8k) share their stage-2 model and a stage-3 run.
 
 Compute is counted as the GEMM floor of an iteration, ``6 x n_snapshots x weights trained`` (a
 forward and backward pass over every training snapshot): stage 1 trains encoder + decoder, a
-residual stage only its decoder. The naive count trains every (budget) configuration from scratch.
+residual stage only its decoder (every residual stage has the same widths). The naive count
+trains every budget's stages from scratch.
 """
 
 from __future__ import annotations
@@ -25,6 +29,25 @@ from studies.spec import StudySpec, hidden_label
 def mlp_weights(widths: Sequence[int]) -> int:
     """Weights + biases of a fully connected network ``widths[0] -> ... -> widths[-1]``."""
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of stage ``len(prefix) + 1``, branched from the model trained to
+    ``prefix`` (``()``: stage 1, from scratch); it stops at ``stops`` (iterations of this stage,
+    ascending) on the way to the budgets ``indices``."""
+
+    prefix: tuple[int, ...]
+    stops: tuple[int, ...]
+    indices: tuple[int, ...]
+
+    @property
+    def stage(self) -> int:
+        return len(self.prefix) + 1
+
+    @property
+    def until(self) -> int:
+        return self.stops[-1]
 
 
 @dataclass(frozen=True)
@@ -60,51 +83,40 @@ class Trial:
 
     def n_model_params(self, budget_index: int, n_state: int) -> int:
         """Parameters of the networks used at prediction (== MultiStageROM.n_model_params)."""
-        n = self.stage1_weights(n_state)
-        if len(self.budgets[budget_index]) > 1:
-            n += self.residual_weights(n_state)
-        return n
+        n_residual = len(self.budgets[budget_index]) - 1
+        return self.stage1_weights(n_state) + n_residual * self.residual_weights(n_state)
 
-    def schedule(self, pending: Sequence[int] | None = None) -> list[tuple[int, int, list[int]]]:
-        """``[(stage-1 stop, residual iterations or 0, budget indices evaluated there), ...]``.
+    def schedule(self, pending: Sequence[int] | None = None) -> list[Run]:
+        """The runs that train the budgets in ``pending`` (default all), in the order they start:
+        stage 1 first, each branch right after its parent stops at the branch point
+        (lexicographic order of the prefixes)."""
+        todo = sorted(range(len(self.budgets)) if pending is None else pending)
+        prefixes = sorted({self.budgets[i][:k] for i in todo for k in range(len(self.budgets[i]))})
+        runs = []
+        for prefix in prefixes:
+            indices = tuple(i for i in todo if self.budgets[i][: len(prefix)] == prefix)
+            stops = tuple(sorted({self.budgets[i][len(prefix)] for i in indices}))
+            runs.append(Run(prefix, stops, indices))
+        return runs
 
-        Only budgets in ``pending`` (default all) are scheduled; stage 1 runs to the largest
-        pending stage-1 budget, and each distinct stage-1 budget with a pending mLaSDI evaluation
-        gets one residual run to the largest pending stage-2 budget.
-        """
-        todo = range(len(self.budgets)) if pending is None else sorted(pending)
-        by_s1: dict[int, list[int]] = {}
-        for i in todo:
-            by_s1.setdefault(self.budgets[i][0], []).append(i)
-        plan = []
-        for s1 in sorted(by_s1):
-            idx = by_s1[s1]
-            s2 = max((self.budgets[i][1] for i in idx), default=0) if self.method == "mlasdi" else 0
-            plan.append((s1, s2, idx))
-        return plan
+    def _cost(self, stage1: int, residual: int, n_state: int, n_snapshots: int) -> int:
+        return (
+            6
+            * n_snapshots
+            * (stage1 * self.stage1_weights(n_state) + residual * self.residual_weights(n_state))
+        )
 
     def shared_cost(self, n_state: int, n_snapshots: int) -> tuple[int, int, int]:
         """(stage-1 iterations, residual iterations, compute) of this trial's schedule."""
-        plan = self.schedule()
-        s1 = plan[-1][0]
-        s2 = sum(p[1] for p in plan)
-        compute = (
-            6
-            * n_snapshots
-            * (s1 * self.stage1_weights(n_state) + s2 * self.residual_weights(n_state))
-        )
-        return s1, s2, compute
+        stage1, *residual = self.schedule()
+        s1, s_res = stage1.until, sum(run.until for run in residual)
+        return s1, s_res, self._cost(s1, s_res, n_state, n_snapshots)
 
     def naive_cost(self, n_state: int, n_snapshots: int) -> tuple[int, int, int]:
-        """The same for training every budget configuration from scratch."""
+        """The same for training every budget's stages from scratch."""
         s1 = sum(b[0] for b in self.budgets)
-        s2 = sum(b[1] for b in self.budgets if len(b) > 1)
-        compute = (
-            6
-            * n_snapshots
-            * (s1 * self.stage1_weights(n_state) + s2 * self.residual_weights(n_state))
-        )
-        return s1, s2, compute
+        s_res = sum(sum(b[1:]) for b in self.budgets)
+        return s1, s_res, self._cost(s1, s_res, n_state, n_snapshots)
 
     def to_config(self) -> dict[str, Any]:
         """The JSON-ready description a Tune trial receives."""

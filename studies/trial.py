@@ -1,13 +1,17 @@
-"""One study trial: train stage 1 once, evaluate at every budget, branch residual stages.
+"""One study trial: train the prefix tree of its budgets once, evaluating at every budget.
 
 :func:`run_trial` is the Ray Tune function trainable. It receives its :class:`~studies.plan.Trial`
 description in ``config["trial"]`` and, through ``tune.with_parameters``, the spec, the shared
 :class:`StudyData` (put in the object store once by the driver, read zero-copy by every trial on a
-node) and the evaluation ids already finished on disk. Each evaluation is one ``tune.report`` with
+node) and the evaluation ids already finished on disk. It trains the runs of
+:meth:`~studies.plan.Trial.schedule` depth first: a run stops at each count a budget needs, and at
+each stop the branches that start there are trained to their ends before the run goes on, so the
+budgets are evaluated in their (lexicographic) order. Each evaluation is one ``tune.report`` with
 the result row (JSON) and r(mu) for every test parameter; the driver-side
 :class:`~studies.results.ResultWriter` turns it into Parquet. Every evaluation report, and one every
-``run.checkpoint_every`` iterations, carries a Tune checkpoint (trainer state dicts and the
-evaluations done) so that a trial restarted after a lost node resumes where it was.
+``run.checkpoint_every`` iterations, carries a Tune checkpoint (the state dicts of the live
+trainers, one per stage of the branch being trained, and the evaluations done) so that a trial
+restarted after a lost node resumes where it was.
 
 Outcomes: a NaN/Inf loss, a residual with nothing left to fit or predicted latent trajectories that
 blow up raise :class:`~mlasdi.train.DivergenceError`; the affected evaluations are reported with
@@ -52,8 +56,8 @@ from mlasdi.rom import (
     stage1_rom,
     torch_dtype,
 )
-from mlasdi.train import DivergenceError, ResidualTrainer, Stage1Trainer
-from studies.plan import Trial
+from mlasdi.train import DivergenceError, FullBatchTrainer, ResidualTrainer, Stage1Trainer
+from studies.plan import Run, Trial
 from studies.spec import StudySpec, hidden_label
 
 STATE_FILE = "trial_state.pt"
@@ -187,8 +191,8 @@ class TrialRunner:
         self.node_id = _node_id()
         self.host = socket.gethostname()
         self.last_report = time.perf_counter()
-        self.stage1: Stage1Trainer | None = None
-        self.residual: tuple[int, ResidualTrainer] | None = None
+        # The live trainers of the branch being trained, stage 1 first: (prefix, trainer).
+        self.stack: list[tuple[tuple[int, ...], FullBatchTrainer]] = []
         self.every = spec.run.checkpoint_every
         self.resumed_at = 0  # stage-1 iteration restored from a checkpoint (0: from scratch)
 
@@ -205,12 +209,13 @@ class TrialRunner:
 
     # ----- reporting ---------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"done": sorted(self.done)}
-        if self.stage1 is not None:
-            state["stage1"] = self.stage1.state_dict()
-        if self.residual is not None:
-            state["residual"] = {"s1": self.residual[0], "trainer": self.residual[1].state_dict()}
-        return state
+        return {
+            "done": sorted(self.done),
+            "stages": [
+                {"prefix": list(prefix), "trainer": trainer.state_dict()}
+                for prefix, trainer in self.stack
+            ],
+        }
 
     def _emit(self, metrics: dict[str, Any], checkpoint: bool) -> None:
         now = time.perf_counter()
@@ -315,15 +320,16 @@ class TrialRunner:
         self._report_row(i, self._row(i, status, message, **values), [float(x) for x in r])
 
     # ----- training ----------------------------------------------------------------------------
-    def _train_to(self, trainer: Any, until: int) -> None:
+    def _train_to(self, trainer: FullBatchTrainer, until: int) -> None:
         """Train to ``until``, reporting a checkpoint every ``run.checkpoint_every`` iterations."""
-        while trainer.iteration < until:
+        while True:
             stop = until
             if self.every:
                 stop = min(until, (trainer.iteration // self.every + 1) * self.every)
-            trainer.train(stop)
-            if stop < until:
-                self._emit({}, checkpoint=True)
+            trainer.train(stop)  # raises rather than train backwards past an evaluation
+            if stop == until:
+                return
+            self._emit({}, checkpoint=True)
 
     def run(self) -> None:
         pending = [i for i in range(len(self.trial.budgets)) if i not in self.done]
@@ -338,96 +344,112 @@ class TrialRunner:
             message = str(exc) if status == "diverged" else last_line(exc)
             self._report_bad(pending, status, message)
 
-    def _usable_state(
-        self, schedule: list[tuple[int, int, list[int]]]
-    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """The saved stage-1 and residual states if they can continue ``schedule``.
+    def _usable_state(self, pending: list[int]) -> dict[tuple[int, ...], dict[str, Any]]:
+        """The saved trainer states by prefix, if they can continue the ``pending`` budgets.
 
-        A state that is past a pending evaluation (a checkpoint newer than the rows on disk) is
-        not used: training restarts from scratch, which is deterministic, rather than skipping an
-        evaluation or training backwards.
+        A saved branch stands at the iteration counts of its trainers, stage 1 first, and can go
+        on to exactly the budgets not lexicographically before those counts. A state past a
+        pending budget (a checkpoint newer than the rows on disk) is not used: training restarts
+        from scratch, which is deterministic, rather than skipping an evaluation or training
+        backwards.
         """
-        stage1 = self.state.get("stage1")
-        if stage1 is None or int(stage1["iteration"]) > schedule[0][0]:
-            return None, None
-        residual = self.state.get("residual")
-        if residual is not None:
-            s1, _, indices = schedule[0]
-            first_s2 = min(self.trial.budgets[i][1] for i in indices)
-            consistent = (
-                int(residual["s1"]) == s1
-                and int(stage1["iteration"]) == s1
-                and int(residual["trainer"]["iteration"]) <= first_s2
-            )
-            if not consistent:
-                residual = None
-        return stage1, residual
+        stages = self.state.get("stages", [])
+        position = tuple(int(s["trainer"]["iteration"]) for s in stages)
+        if not stages or position > min(self.trial.budgets[i] for i in pending):
+            return {}
+        return {tuple(int(x) for x in s["prefix"]): s["trainer"] for s in stages}
 
     def _run(self, pending: list[int]) -> None:
-        t, tr, data = self.trial, self.spec.training, self.data
+        t, data = self.trial, self.data
         U = _shared_tensor(data.U_train, self.device, self.dtype)
-        dt_ = float(data.times[1] - data.times[0])
-        schedule = t.schedule(pending)
-        top = schedule[-1][0]
-        s1_config = self.rom_config((top,)).stage1
-        self.stage1 = Stage1Trainer.create(
-            U, dt_, t.hidden, t.latent_dim, tr.activation, s1_config, t.seed
+        stage1, *branches = t.schedule(pending)
+        trainer = Stage1Trainer.create(
+            U,
+            float(data.times[1] - data.times[0]),
+            t.hidden,
+            t.latent_dim,
+            self.spec.training.activation,
+            self.rom_config((stage1.until,)).stage1,
+            t.seed,
         )
-        saved, saved_residual = self._usable_state(schedule)
-        if saved is not None:
-            self.stage1.load_state_dict(saved)
-            self.resumed_at = self.stage1.iteration
-        for s1, s2_top, indices in schedule:
-            self._train_to(self.stage1, s1)
-            start = time.perf_counter()
-            try:
-                rom = stage1_rom(
-                    self.stage1.model, U, data.params_train, data.times, self.rom_config((s1,))
-                )  # type: ignore[arg-type]
-            except DivergenceError as exc:
-                self._report_bad(indices, "diverged", str(exc))
-                continue
-            stage1_time = self.stage1.elapsed_s + time.perf_counter() - start
-            if t.method == "gplasdi":
-                for i in indices:
-                    self._evaluate(i, rom, [stage1_time])
-                continue
-            try:
-                self._branch(s1, s2_top, indices, rom, U, stage1_time, saved_residual)
-            except DivergenceError as exc:
-                self._report_bad(indices, "diverged", str(exc))
-            self.residual = None
-            saved_residual = None
+        saved = self._usable_state(pending)
+        if () in saved:
+            trainer.load_state_dict(saved[()])
+            self.resumed_at = trainer.iteration
 
-    def _branch(
+        def build() -> MultiStageROM:
+            config = self.rom_config((trainer.iteration,))
+            return stage1_rom(trainer.model, U, data.params_train, data.times, config)  # type: ignore[arg-type]
+
+        tree = _Tree(U, {run.prefix: run for run in branches}, saved)
+        self._grow(tree, stage1, trainer, build, 0.0, [])
+
+    def _grow(
         self,
-        s1: int,
-        s2_top: int,
-        indices: list[int],
-        rom: MultiStageROM,
-        U: torch.Tensor,
-        stage1_time: float,
-        saved: dict[str, Any] | None,
+        tree: _Tree,
+        run: Run,
+        trainer: FullBatchTrainer,
+        build: Callable[[], MultiStageROM],
+        setup_s: float,
+        earlier_times: list[float],
     ) -> None:
-        """One residual run from the stage-1 checkpoint at ``s1`` to ``s2_top`` iterations."""
+        """Train ``run`` through its stops; at each, build the model trained so far, evaluate the
+        budget that ends there and grow the branches that start there.
+
+        A divergence while training ends the run (its budgets are reported ``diverged``); one
+        while building the model at a stop or starting a branch there, the budgets below that stop.
+        """
+        self.stack.append((run.prefix, trainer))
+        try:
+            for count in run.stops:
+                try:
+                    self._train_to(trainer, count)
+                except DivergenceError as exc:
+                    self._report_bad(list(run.indices), "diverged", str(exc))
+                    return
+                here = (*run.prefix, count)
+                below = [i for i in run.indices if self.trial.budgets[i][: len(here)] == here]
+                try:
+                    start = time.perf_counter()
+                    rom = build()
+                    stage_time = setup_s + trainer.elapsed_s + time.perf_counter() - start
+                    times = [*earlier_times, stage_time]
+                    for i in below:
+                        if self.trial.budgets[i] == here:
+                            self._evaluate(i, rom, times)
+                    if here in tree.runs:
+                        self._branch(tree, tree.runs[here], rom, times)
+                except DivergenceError as exc:
+                    self._report_bad(below, "diverged", str(exc))
+        finally:
+            self.stack.pop()
+
+    def _branch(self, tree: _Tree, run: Run, rom: MultiStageROM, times: list[float]) -> None:
+        """Start the residual ``run`` from ``rom``, the model trained to ``run.prefix``."""
         start = time.perf_counter()
-        Z, target, scale = residual_stage_data(rom, U, self.data.params_train)
+        Z, target, scale = residual_stage_data(rom, tree.U, self.data.params_train)
         setup = time.perf_counter() - start
-        config = self.rom_config((s1, s2_top)).residual_stages[0]
+        config = self.rom_config((*run.prefix, run.until)).residual_stages[-1]
         trainer = ResidualTrainer.create(
-            Z, target, config, seed=residual_stage_seed(self.trial.seed, 2)
+            Z, target, config, seed=residual_stage_seed(self.trial.seed, run.stage)
         )
-        if saved is not None and int(saved["s1"]) == s1:
-            trainer.load_state_dict(saved["trainer"])
-        self.residual = (s1, trainer)
-        for i in sorted(indices, key=lambda i: self.trial.budgets[i][1]):
-            s2 = self.trial.budgets[i][1]
-            if trainer.iteration > s2:
-                continue  # cannot happen for a consistent checkpoint; never train backwards
-            self._train_to(trainer, s2)
-            decoder = freeze(copy.deepcopy(trainer.model))
-            model = rom.with_stage(decoder, scale)
-            self._evaluate(i, model, [stage1_time, setup + trainer.elapsed_s])
+        if run.prefix in tree.saved:
+            trainer.load_state_dict(tree.saved[run.prefix])
+
+        def build() -> MultiStageROM:
+            return rom.with_stage(freeze(copy.deepcopy(trainer.model)), scale)  # type: ignore[arg-type]
+
+        self._grow(tree, run, trainer, build, setup, times)
+
+
+@dataclass
+class _Tree:
+    """What the runs of one trial share: the training snapshots on the device, the branches by
+    prefix and the saved trainer states by prefix."""
+
+    U: torch.Tensor
+    runs: dict[tuple[int, ...], Run]
+    saved: dict[tuple[int, ...], dict[str, Any]]
 
 
 def _tune_reporter(trial_id: str) -> Callable[[dict[str, Any], dict[str, Any] | None], None]:
@@ -447,14 +469,10 @@ def _tune_reporter(trial_id: str) -> Callable[[dict[str, Any], dict[str, Any] | 
 
 
 def state_progress(state: dict[str, Any]) -> list[int]:
-    """Sort key of a trial state: (evaluations done, stage-1 iteration, residual s1, iteration)."""
-    residual = state.get("residual")
-    return [
-        len(state.get("done", [])),
-        int(state["stage1"]["iteration"]) if "stage1" in state else 0,
-        int(residual["s1"]) if residual else 0,
-        int(residual["trainer"]["iteration"]) if residual else 0,
-    ]
+    """Sort key of a trial state: evaluations done, then the iteration of each live trainer
+    (stage 1 first), which orders a branch after its parent and before the parent's next stop."""
+    stages = state.get("stages", [])
+    return [len(state.get("done", [])), *(int(s["trainer"]["iteration"]) for s in stages)]
 
 
 def load_state(directory: str | Path) -> dict[str, Any] | None:

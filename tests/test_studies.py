@@ -25,7 +25,7 @@ from analysis.schema import read_param_errors, read_results
 from mlasdi.train import DivergenceError
 from studies import trial as trial_module
 from studies.cli import main
-from studies.plan import format_plan, plan, trials
+from studies.plan import Run, format_plan, plan, trials
 from studies.spec import (
     PRESETS,
     SpecError,
@@ -180,10 +180,19 @@ def test_vlasov_paper_plan_numbers(capsys):
 def test_schedule_shares_residual_runs():
     spec = load_spec("vlasov_paper")
     t = next(t for t in trials(spec) if t.method == "mlasdi")
-    assert t.schedule() == [(25000, 50000, [0, 1]), (50000, 50000, [2]), (75000, 25000, [3])]
-    assert t.schedule([1, 3]) == [(25000, 50000, [1]), (75000, 25000, [3])]
+    assert t.schedule() == [
+        Run((), (25000, 50000, 75000), (0, 1, 2, 3)),
+        Run((25000,), (25000, 50000), (0, 1)),
+        Run((50000,), (50000,), (2,)),
+        Run((75000,), (25000,), (3,)),
+    ]
+    assert t.schedule([1, 3]) == [
+        Run((), (25000, 75000), (1, 3)),
+        Run((25000,), (50000,), (1,)),
+        Run((75000,), (25000,), (3,)),
+    ]
     g = next(t for t in trials(spec) if t.method == "gplasdi")
-    assert g.schedule([2, 3]) == [(75000, 0, [2]), (100000, 0, [3])]
+    assert g.schedule([2, 3]) == [Run((), (75000, 100000), (2, 3))]
     assert t.trial_id == "mlasdi-a0-l4-s0" and t.evaluation_id(3) == "mlasdi-a0-l4-s0/b3"
 
 
