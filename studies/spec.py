@@ -136,7 +136,8 @@ class DataSpec:
 class MethodSpec:
     """One method's part of the grid.
 
-    ``budgets`` are per-stage iteration counts: ``(s1,)`` for GPLaSDI, ``(s1, s2)`` for mLaSDI.
+    ``budgets`` are per-stage iteration counts: ``(s1,)`` for GPLaSDI, ``(s1, ..., sn)`` with the
+    same n >= 2 for every mLaSDI budget.
     ``residual_hidden`` is ``"mirror"`` (the stage-1 hidden layers reversed, as in the paper) or
     explicit widths used for every architecture.
     """
@@ -374,25 +375,33 @@ def _data_spec(raw: Any) -> DataSpec:
     return spec
 
 
-def _budgets(raw: Any, where: str, n_stages: int) -> tuple[tuple[int, ...], ...]:
+def _budgets(raw: Any, where: str, one_stage: bool) -> tuple[tuple[int, ...], ...]:
+    """One-stage budgets are integers; multi-stage ones lists of n >= 2 per-stage counts, the
+    same n for every budget."""
     if not isinstance(raw, (list, tuple)) or not raw:
         raise SpecError(f"{where} must be a non-empty list, got {raw!r}")
     budgets: list[tuple[int, ...]] = []
     for i, b in enumerate(raw):
-        if n_stages == 1:
+        if one_stage:
             budgets.append((_int(b, f"{where}[{i}]"),))
-        else:
-            if not isinstance(b, (list, tuple)) or len(b) != n_stages:
-                raise SpecError(
-                    f"{where}[{i}] must be [stage-1 iterations, stage-2 iterations], got {b!r}"
-                )
-            budgets.append(tuple(_int(x, f"{where}[{i}][{j}]") for j, x in enumerate(b)))
+            continue
+        if not isinstance(b, (list, tuple)) or len(b) < 2:
+            raise SpecError(
+                f"{where}[{i}] must be a list of at least 2 per-stage iteration counts "
+                f"[stage 1, stage 2, ...], got {b!r}"
+            )
+        if budgets and len(b) != len(budgets[0]):
+            raise SpecError(
+                f"{where}[{i}] has {len(b)} stages but {where}[0] has {len(budgets[0])}: every "
+                f"budget of a method has the same number of stages, got {list(raw)!r}"
+            )
+        budgets.append(tuple(_int(x, f"{where}[{i}][{j}]") for j, x in enumerate(b)))
     for a, b in zip(budgets, budgets[1:], strict=False):
         if b <= a:
-            shown = [list(x) if n_stages > 1 else x[0] for x in budgets]
+            shown = [x[0] for x in budgets] if one_stage else [list(x) for x in budgets]
             raise SpecError(
                 f"{where} must be strictly increasing"
-                + (" (by stage-1, then stage-2 iterations)" if n_stages > 1 else "")
+                + ("" if one_stage else " (by stage-1, then stage-2, ... iterations)")
                 + f", got {shown}"
             )
     return tuple(budgets)
@@ -416,7 +425,7 @@ def _method_spec(name: str, raw: Any, n_state: int) -> MethodSpec:
             raise SpecError(
                 f"{name}.latent_dims: latent size {r} must be smaller than the state size {n_state}"
             )
-    budgets = _budgets(d["budgets"], f"{name}.budgets", 1 if name == "gplasdi" else 2)
+    budgets = _budgets(d["budgets"], f"{name}.budgets", one_stage=name == "gplasdi")
     extra: dict[str, Any] = {}
     if name == "mlasdi":
         rh = d.get("residual_hidden", "mirror")
@@ -537,10 +546,11 @@ def load_spec(path_or_name: str | Path) -> StudySpec:
 
 def smoke_spec(spec: StudySpec) -> StudySpec:
     """A seconds-long version of ``spec`` (``--smoke``): first architecture and latent size of
-    each method, one seed, two tiny budgets, a coarse grid."""
+    each method, one seed, two tiny budgets with the method's number of stages, a coarse grid."""
     methods = []
     for m in spec.methods:
-        budgets = ((20,), (40,)) if m.name == "gplasdi" else ((20, 20), (20, 40))
+        rest = (20,) * (m.n_stages - 1)
+        budgets = ((*rest, 20), (*rest, 40))
         methods.append(
             dataclasses.replace(
                 m, hidden=m.hidden[:1], latent_dims=m.latent_dims[:1], budgets=budgets

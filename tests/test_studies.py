@@ -7,6 +7,7 @@ at a tiny size; every file goes to tmp_path.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
@@ -83,9 +84,31 @@ def test_presets_load_and_round_trip(name):
         (lambda r: r["gplasdi"].update(budgets=[10, 10]), "gplasdi.budgets must be strictly"),
         (
             lambda r: r["mlasdi"].update(budgets=[[10, 20], [10, 10]]),
-            "mlasdi.budgets must be strictly increasing (by stage-1, then stage-2",
+            "mlasdi.budgets must be strictly increasing (by stage-1, then stage-2, ...",
         ),
-        (lambda r: r["mlasdi"].update(budgets=[10, 20]), "mlasdi.budgets[0] must be [stage-1"),
+        (
+            lambda r: r["mlasdi"].update(budgets=[[10, 10, 20], [10, 10, 10]]),
+            "mlasdi.budgets must be strictly increasing (by stage-1, then stage-2, ... iterations)"
+            ", got [[10, 10, 20], [10, 10, 10]]",
+        ),
+        (
+            lambda r: r["mlasdi"].update(budgets=[10, 20]),
+            "mlasdi.budgets[0] must be a list of at least 2 per-stage iteration counts",
+        ),
+        (
+            lambda r: r["mlasdi"].update(budgets=[[10]]),
+            "mlasdi.budgets[0] must be a list of at least 2 per-stage iteration counts "
+            "[stage 1, stage 2, ...], got [10]",
+        ),
+        (
+            lambda r: r["mlasdi"].update(budgets=[[10, 10], [10, 10, 10]]),
+            "mlasdi.budgets[1] has 3 stages but mlasdi.budgets[0] has 2: every budget of a "
+            "method has the same number of stages",
+        ),
+        (
+            lambda r: r["mlasdi"].update(budgets=[[10, 10, 0]]),
+            "mlasdi.budgets[0][2] must be an integer >= 1, got 0",
+        ),
         (lambda r: r["data"].update(problem="burgers"), "data.problem must be one of"),
         (lambda r: r.pop("gplasdi") and r.pop("mlasdi"), "at least one of the tables"),
         (
@@ -104,6 +127,25 @@ def test_bad_specs_are_rejected_with_clear_errors(edit, needle):
     with pytest.raises(SpecError) as info:
         spec_from_dict(raw)
     assert needle in str(info.value)
+
+
+def _three_stage(budgets: list[list[int]]) -> dict:
+    raw = _base()
+    del raw["gplasdi"]
+    raw["mlasdi"]["budgets"] = budgets
+    return raw
+
+
+def test_three_stage_budgets_parse_round_trip_and_smoke():
+    spec = spec_from_dict(_three_stage([[100, 50, 30], [100, 50, 40], [100, 60, 20]]))
+    m = spec.method("mlasdi")
+    assert m.budgets == ((100, 50, 30), (100, 50, 40), (100, 60, 20)) and m.n_stages == 3
+    assert spec_from_dict(tomllib.loads(spec.to_toml())) == spec
+    config = spec.rom_config(
+        hidden=(8,), latent_dim=2, seed=0, stage_iters=m.budgets[2], residual_hidden=(8,)
+    )
+    assert [s.iters for s in config.residual_stages] == [60, 20]
+    assert smoke_spec(spec).method("mlasdi").budgets == ((20, 20, 20), (20, 20, 40))
 
 
 def test_missing_data_file_is_an_error(tmp_path):
@@ -196,6 +238,44 @@ def test_schedule_shares_residual_runs():
     assert t.trial_id == "mlasdi-a0-l4-s0" and t.evaluation_id(3) == "mlasdi-a0-l4-s0/b3"
 
 
+def test_three_stage_plan_by_hand(capsys, tmp_path):
+    budgets = [[100, 50, 30], [100, 50, 40], [100, 60, 20], [200, 50, 30]]
+    spec = spec_from_dict(_three_stage(budgets))
+    (t,) = trials(spec)
+    assert t.schedule() == [
+        Run((), (100, 200), (0, 1, 2, 3)),
+        Run((100,), (50, 60), (0, 1, 2)),
+        Run((100, 50), (30, 40), (0, 1)),
+        Run((100, 60), (20,), (2,)),
+        Run((200,), (50,), (3,)),
+        Run((200, 50), (30,), (3,)),
+    ]
+    assert [r.stage for r in t.schedule()] == [1, 2, 3, 3, 2, 3]
+    # Only the pending budgets' branches: (100, 50, 40) and (200, 50, 30).
+    assert t.schedule([1, 3]) == [
+        Run((), (100, 200), (1, 3)),
+        Run((100,), (50,), (1,)),
+        Run((100, 50), (40,), (1,)),
+        Run((200,), (50,), (3,)),
+        Run((200, 50), (30,), (3,)),
+    ]
+    # State 40 = oscillator nx; stage 1 [40, 8, 2] + [2, 8, 40] = 346 + 384 weights, each
+    # residual decoder [2, 8, 40] = 384; 2 training points x 21 snapshots.
+    assert (t.stage1_weights(40), t.residual_weights(40)) == (730, 384)
+    assert [t.n_model_params(i, 40) for i in range(4)] == [730 + 2 * 384] * 4
+    (line,) = plan(spec)
+    # Shared: stage 1 to 200; residual 60 + 40 + 20 + 50 + 30 = 200.
+    assert line.shared == (200, 200, 6 * 42 * (200 * 730 + 200 * 384))
+    # Naive: stage 1 100 + 100 + 100 + 200 = 500; residual 80 + 90 + 80 + 80 = 330.
+    assert line.naive == (500, 330, 6 * 42 * (500 * 730 + 330 * 384))
+    assert line.shared[2] == 56_145_600 and line.naive[2] == 123_913_440
+    text = format_plan(spec).splitlines()
+    assert text[-1] == "compute_fraction_of_naive=0.4531"  # 222800 / 491720
+    assert "iteration_fraction_of_naive=0.4819" in text  # 400 / 830
+    assert main(["plan", str(_write_spec(tmp_path / "three.toml", _three_stage(budgets)))]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == text[-1]
+
+
 def test_cluster_yaml_validates_against_ray_schema():
     jsonschema = pytest.importorskip("jsonschema")
     yaml = pytest.importorskip("yaml")
@@ -257,6 +337,218 @@ def test_trial_reports_every_budget_and_resumes_exactly(tiny):
             )
         # Finished on disk: nothing runs.
         assert _run_trial(spec, data, t, finished=frozenset(t.evaluation_ids)) == []
+
+
+THREE_STAGE = [[30, 20, 10], [30, 20, 20], [30, 30, 10], [40, 20, 10]]
+
+
+def _same_rows(got: dict, want: dict) -> None:
+    """Rows equal except wall times and creation stamps; r(mu) bit for bit."""
+    assert sorted(got) == sorted(want)
+    volatile = {"train_time_s", "stage_times_s", "eval_time_s", "created_at"}
+    for eid in want:
+        a, b = got[eid]["row"], want[eid]["row"]
+        assert {k: v for k, v in a.items() if k not in volatile} == {
+            k: v for k, v in b.items() if k not in volatile
+        }, eid
+        np.testing.assert_array_equal(got[eid]["param_err"], want[eid]["param_err"], err_msg=eid)
+
+
+def test_three_stage_trial_equals_direct_fits(tiny, monkeypatch):
+    from mlasdi.data import SnapshotSet
+    from mlasdi.rom import evaluate, fit_rom, residual_stage_data
+
+    _, data = tiny
+    spec = spec_from_dict(_three_stage(THREE_STAGE))
+    (t,) = trials(spec)
+    per_stage: list[np.ndarray] = []  # [3, n_test, n_t] errors of each evaluated model
+    branched_from: list[int] = []  # stages of the model each residual run starts from
+
+    def evaluate_all(rom, *args, **kwargs):
+        per_stage.append(evaluate(rom, *args, **kwargs))
+        return per_stage[-1]
+
+    def stage_data(rom, *args):
+        branched_from.append(rom.n_stages)
+        return residual_stage_data(rom, *args)
+
+    monkeypatch.setattr(trial_module, "evaluate", evaluate_all)
+    monkeypatch.setattr(trial_module, "residual_stage_data", stage_data)
+    rows = _rows(_run_trial(spec, data, t))
+    assert list(rows) == t.evaluation_ids  # evaluated in budget order
+    # One residual run per branch point: stage 2 at 30 and 40, stage 3 at (30, 20), (30, 30),
+    # (40, 20); never a model trained twice.
+    assert branched_from == [1, 2, 2, 1, 2]
+    train = SnapshotSet(
+        params=data.params_train, times=data.times, snapshots=data.U_train, param_names=("A",)
+    )
+
+    @functools.cache
+    def direct(budget):
+        config = spec.rom_config(
+            hidden=t.hidden,
+            latent_dim=t.latent_dim,
+            seed=t.seed,
+            stage_iters=budget,
+            residual_hidden=t.residual_hidden,
+        )
+        rom = fit_rom(train, config, device="cpu").rom
+        return evaluate(rom, data.params_test, data.truth_test).max(-1)  # [n_stages, n_test]
+
+    for i, budget in enumerate(t.budgets):
+        row = rows[t.evaluation_id(i)]["row"]
+        assert row["status"] == "ok" and row["n_stages"] == 3 and row["stage_iters"] == list(budget)
+        assert row["n_model_params"] == t.n_model_params(i, data.n_state) == 730 + 2 * 384
+        assert len(row["stage_times_s"]) == 3 and min(row["stage_times_s"]) > 0
+        # Seed 0, float32, one thread: the branched model is the directly fitted one, to
+        # rounding (measured: identical).
+        np.testing.assert_allclose(
+            rows[t.evaluation_id(i)]["param_err"], direct(budget)[-1], rtol=1e-6, atol=0
+        )
+        # Its first two stages are the two-stage model fitted to the same prefix.
+        np.testing.assert_allclose(
+            per_stage[i][1].max(-1), direct(budget[:2])[-1], rtol=1e-6, atol=0
+        )
+
+
+def _traced_trial(spec, data, t, monkeypatch, finished=frozenset(), state=None):
+    """Run a trial; returns its reports and, for each, the iterations trained before it."""
+    from mlasdi.train import FullBatchTrainer
+
+    trained = [0]
+    train = FullBatchTrainer.train
+
+    def counting(self, until, **kwargs):
+        trained[0] += until - self.iteration
+        return train(self, until, **kwargs)
+
+    reports = []
+    with monkeypatch.context() as patch:
+        patch.setattr(FullBatchTrainer, "train", counting)
+        TrialRunner(
+            t,
+            spec,
+            data,
+            finished,
+            lambda m, s: reports.append((m, copy.deepcopy(s), trained[0])),
+            state,
+        ).run()
+    return reports, trained[0]
+
+
+def test_three_stage_trial_resumes_exactly_from_any_stage(tiny, monkeypatch):
+    _, data = tiny
+    raw = _three_stage(THREE_STAGE)
+    raw["run"] = {"checkpoint_every": 5}
+    spec = spec_from_dict(raw)
+    (t,) = trials(spec)
+    reports, total = _traced_trial(spec, data, t, monkeypatch)
+    rows = _rows([(m, s) for m, s, _ in reports])
+    # Stage 1 to 40, stage 2 to 30 and 20, stage 3 to 20, 10 and 10.
+    assert total == 40 + 30 + 20 + 20 + 10 + 10
+    checkpoints = [(m, s, n) for m, s, n in reports if s is not None]
+
+    def first(depth: int, kind: str):
+        return next(
+            (s, n)
+            for m, s, n in checkpoints
+            if m["kind"] == kind and len(s["stages"]) == depth and s["done"]
+        )
+
+    kills = {
+        "mid stage 1": first(1, "progress"),  # stage 1 at 35, after three evaluations
+        "mid stage 2": first(2, "progress"),  # (30, 25), after two
+        "mid stage 3": first(3, "progress"),  # (30, 20, 15), after one
+        "at an evaluation": first(3, "eval"),  # (30, 20, 10), just evaluated
+    }
+    positions = {k: [x["trainer"]["iteration"] for x in s["stages"]] for k, (s, _) in kills.items()}
+    assert positions == {
+        "mid stage 1": [35],
+        "mid stage 2": [30, 25],
+        "mid stage 3": [30, 20, 15],
+        "at an evaluation": [30, 20, 10],
+    }
+    for name, (state, trained_before) in kills.items():
+        done = [t.evaluation_ids[i] for i in state["done"]]
+        # A Tune retry (the state knows what is done) and a rerun of a killed driver (the rows
+        # on disk say what is done): the same rows, no finished evaluation redone, and only the
+        # iterations the checkpoint had not trained yet.
+        for finished, restored in (
+            (frozenset(), state),
+            (frozenset(done), {**state, "done": []}),
+        ):
+            # A fresh copy each time, as read from disk: a loaded optimiser state is trained on
+            # in place.
+            restored = copy.deepcopy(restored)
+            again, trained = _traced_trial(spec, data, t, monkeypatch, finished, restored)
+            assert trained == total - trained_before, name
+            assert again[0][0]["resumed_at"] == state["stages"][0]["trainer"]["iteration"]
+            _same_rows(
+                _rows([(m, s) for m, s, _ in again]), {e: rows[e] for e in rows if e not in done}
+            )
+    # A checkpoint newer than the rows on disk (killed after the checkpoint, before the row was
+    # written) is not used: the trial retrains from scratch and gives the same rows.
+    state, _ = kills["mid stage 2"]
+    again, trained = _traced_trial(
+        spec, data, t, monkeypatch, frozenset(t.evaluation_ids[:1]), {**state, "done": []}
+    )
+    assert trained == total and again[0][0]["resumed_at"] == 0
+    _same_rows(_rows([(m, s) for m, s, _ in again]), {e: rows[e] for e in t.evaluation_ids[1:]})
+
+
+def test_three_stage_rows_are_valid_results_and_the_analysis_pairs_them(tiny, tmp_path):
+    from analysis.report import analyze, write_report
+    from studies.results import write_evaluation
+
+    _, data = tiny
+    raw = _base()
+    raw["gplasdi"]["budgets"] = [30, 60]
+    raw["mlasdi"]["budgets"] = [[10, 10, 10], [20, 20, 20]]  # the same totals
+    spec = spec_from_dict(raw)
+    for t in trials(spec):
+        for m, _ in _run_trial(spec, data, t):
+            if m["kind"] == "eval":
+                payload = json.loads(m["payload"])
+                write_evaluation(
+                    tmp_path, payload["row"], payload["param_err"], data.params_test, data.is_train
+                )
+    df = read_results(tmp_path).set_index("evaluation_id")
+    assert set(df["status"]) == {"ok"} and len(df) == 4
+    three = df[df["method"] == "mlasdi"]
+    assert three["n_stages"].tolist() == [3, 3]
+    assert [list(x) for x in three["stage_iters"]] == [[10, 10, 10], [20, 20, 20]]
+    assert [len(x) for x in three["stage_times_s"]] == [3, 3]
+    assert (three["total_iters"] == df[df["method"] == "gplasdi"]["total_iters"].values).all()
+    a = analyze(tmp_path, n_boot=50)
+    assert len(a.pairing.pairs) == 2 and a.pairing.pairs["budget_index"].tolist() == [0, 1]
+    assert np.all(np.isfinite(a.pairing.pairs["factor_err_max"]))
+    # Figures skipped: no figure reads the stage columns (the smoke run draws them).
+    assert write_report(a, tmp_path / "report", figures=False).is_file()
+
+
+def test_a_diverged_branch_ends_only_the_budgets_below_it(tiny, monkeypatch):
+    from mlasdi.rom import residual_stage_data
+
+    _, data = tiny
+    spec = spec_from_dict(_three_stage(THREE_STAGE))
+    (t,) = trials(spec)
+
+    starts: list[int] = []  # stages of the model each residual run starts from
+
+    def diverge_at_30_20(rom, U, params):
+        starts.append(rom.n_stages)
+        if starts == [1, 2]:  # the first stage-3 branch: at (30, 20)
+            raise DivergenceError("residual scale is nan: nothing left to fit or a blow-up")
+        return residual_stage_data(rom, U, params)
+
+    monkeypatch.setattr(trial_module, "residual_stage_data", diverge_at_30_20)
+    rows = _rows(_run_trial(spec, data, t))
+    # The stage-3 branch at (30, 20) could not start: (30, 20, 10) and (30, 20, 20) diverged;
+    # (30, 30, 10) and (40, 20, 10) were trained as usual.
+    status = [rows[e]["row"]["status"] for e in t.evaluation_ids]
+    assert status == ["diverged", "diverged", "ok", "ok"]
+    assert rows[t.evaluation_id(0)]["row"]["message"].startswith("residual scale is nan")
+    assert starts == [1, 2, 2, 1, 2]  # the other branches still ran
 
 
 def test_divergence_and_failure_rows(tiny, monkeypatch):
