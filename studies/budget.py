@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from studies.spec import SpecError, StudySpec, load_spec, smoke_spec, spec_from_dict
+from studies.spec import StudySpec, load_spec, smoke_spec, spec_from_dict
 
 DEFAULT_MIN_STAGE = 100
 SHARE1_RANGE = (0.2, 0.9)
@@ -902,7 +902,7 @@ def best_trial(study: Any) -> Any:
 
 def best_spec(spec: StudySpec, setup: SearchSetup, cand: Candidate) -> StudySpec:
     """A spec ``mlasdi-study run`` executes: the best candidate trained on the full training set
-    (GPLaSDI for one stage, mLaSDI with the found residual widths and kappa for two)."""
+    (GPLaSDI for one stage, mLaSDI with the found residual widths and kappa for two or more)."""
     d = spec.to_dict()
     for m in ("gplasdi", "mlasdi"):
         d.pop(m, None)
@@ -1061,11 +1061,8 @@ def write_outputs(study: Any, spec: StudySpec, setup: SearchSetup, out: Path) ->
         _write_text(out / "best_config.json", json.dumps(best_info, indent=2))
         summary["files"].append("best_config.json")
         summary["best"] = {k: v for k, v in best_info.items() if k != "rom_config"}
-        try:
-            _write_text(out / "best_spec.toml", best_spec(spec, setup, cand).to_toml())
-            summary["files"].append("best_spec.toml")
-        except SpecError as exc:
-            summary["best_spec_error"] = str(exc)
+        _write_text(out / "best_spec.toml", best_spec(spec, setup, cand).to_toml())
+        summary["files"].append("best_spec.toml")
     return summary
 
 
@@ -1082,8 +1079,6 @@ def format_summary(s: dict[str, Any]) -> str:
         )
     else:
         lines.append("no completed trial with a finite validation error yet")
-    if s.get("best_spec_error"):
-        lines.append(f"best_spec.toml not written: {s['best_spec_error']}")
     lines.append(f"wrote {', '.join(s['files'])}")
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -18,7 +19,8 @@ import pytest
 from analysis.schema import read_budget_trials
 from studies import budget as B
 from studies.cli import main as study_main
-from studies.spec import load_spec
+from studies.plan import Run, trials
+from studies.spec import load_spec, spec_from_dict, tomllib
 
 SMOKE_BUDGET = 400  # four 100-iteration report points; stages of 100 iterations
 
@@ -143,7 +145,74 @@ def test_worker_reports_at_steps_and_matches_fit_rom(smoke):
     assert reports[1]["value"] == pytest.approx(float(errors[0].max()), rel=1e-6)  # stage 1
 
 
+def test_three_stage_best_spec_round_trips_and_plans_three_stages(smoke, tmp_path):
+    setup = B.SearchSetup("smoke", SMOKE_BUDGET, (20,), 3, 0, 0)
+    cand = setup.candidate(3, 0.5, 0.5, 2.0, 2.0)
+    assert cand == B.Candidate((200, 100, 100), 2.0, (40,))
+    best = B.best_spec(smoke, setup, cand)
+    assert spec_from_dict(tomllib.loads(best.to_toml())) == best
+    path = tmp_path / "best_spec.toml"
+    path.write_text(best.to_toml())
+    loaded = load_spec(path)
+    assert dataclasses.replace(loaded, source="") == best
+    assert [m.name for m in loaded.methods] == ["mlasdi"] and loaded.seeds == (0,)
+    m = loaded.method("mlasdi")
+    assert m.budgets == ((200, 100, 100),) and m.n_stages == 3
+    assert (m.hidden, m.latent_dims) == (((20,),), (3,))
+    assert (m.residual_hidden, m.residual_kappa) == ((40,), 2.0)
+    (t,) = trials(loaded)
+    assert t.schedule() == [
+        Run((), (200,), (0,)),
+        Run((200,), (100,), (0,)),
+        Run((200, 100), (100,), (0,)),
+    ]
+    # Nothing is shared within one budget: 200 stage-1 and 100 + 100 residual iterations.
+    n_state, n_snap = smoke.data.n_state, 2 * smoke.data.n_times
+    assert t.shared_cost(n_state, n_snap) == t.naive_cost(n_state, n_snap)
+    assert t.shared_cost(n_state, n_snap)[:2] == (200, 200)
+    # The study trains exactly the candidate the search scored.
+    config = loaded.rom_config(
+        hidden=t.hidden,
+        latent_dim=t.latent_dim,
+        seed=t.seed,
+        stage_iters=t.budgets[0],
+        residual_hidden=t.residual_hidden,
+    )
+    assert config == B.rom_config(smoke, setup, cand)
+
+
+def test_outputs_of_a_three_stage_winner_include_best_spec(smoke, tmp_path):
+    setup = B.SearchSetup("smoke", SMOKE_BUDGET, (20,), 3, 0, 0)
+    study = optuna.create_study(direction="minimize")
+    shared = {"stage1_share": 0.5, "stage2_share": 0.5, "kappa": 2.0, "residual_width_mult": 2.0}
+    for n_stages, value in ((1, 0.5), (3, 0.1), (2, 0.3)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"n_stages": n_stages, **shared},
+                distributions=_distributions(),
+                value=value,
+            )
+        )
+    summary = B.write_outputs(study, smoke, setup, tmp_path)
+    assert summary["best"]["number"] == 1 and summary["best"]["stage_iters"] == [200, 100, 100]
+    assert "best_spec.toml" in summary["files"]
+    spec = load_spec(tmp_path / "best_spec.toml")
+    assert spec.method("mlasdi").budgets == ((200, 100, 100),)
+    assert "stages [200, 100, 100], kappa 2" in B.format_summary(summary)
+
+
 # --- searches ---------------------------------------------------------------------------------
+
+
+def _distributions() -> dict:
+    """The search space of ``SearchSetup.suggest`` (max_stages 3)."""
+    return {
+        "n_stages": optuna.distributions.IntDistribution(1, 3),
+        "stage1_share": optuna.distributions.FloatDistribution(0.2, 0.9),
+        "stage2_share": optuna.distributions.FloatDistribution(0.2, 0.8),
+        "kappa": optuna.distributions.FloatDistribution(0.1, 30.0, log=True),
+        "residual_width_mult": optuna.distributions.CategoricalDistribution(B.WIDTH_MULTS),
+    }
 
 
 def _complete(out: Path) -> pd.DataFrame:
@@ -238,15 +307,7 @@ def test_trial_left_running_by_a_dead_driver_is_requeued(smoke, tmp_path):
     # What a SIGKILLed driver leaves: a RUNNING trial owned by a process that no longer exists.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = study.ask(
-        {
-            "n_stages": optuna.distributions.IntDistribution(1, 3),
-            "stage1_share": optuna.distributions.FloatDistribution(0.2, 0.9),
-            "stage2_share": optuna.distributions.FloatDistribution(0.2, 0.8),
-            "kappa": optuna.distributions.FloatDistribution(0.1, 30.0, log=True),
-            "residual_width_mult": optuna.distributions.CategoricalDistribution(B.WIDTH_MULTS),
-        }
-    )
+    orphan = study.ask(_distributions())
     orphan.set_user_attr("driver", {"host": os.uname().nodename, "pid": dead.pid})
     orphan.set_user_attr("heartbeat", time.time())
     logs: list[str] = []
