@@ -85,3 +85,18 @@ def tiny_fit2_f64(tiny_train):
     from mlasdi.rom import fit_rom
 
     return fit_rom(tiny_train, _tiny_config(dtype="float64"), device="cpu")
+
+
+def _latent_losses_through_qr(Z: torch.Tensor, dZdt: torch.Tensor):
+    from mlasdi.dynamics import fit_affine, library
+
+    Xi = fit_affine(Z, dZdt)
+    dynamics = torch.nn.functional.mse_loss(library(Z) @ Xi, dZdt)
+    return dynamics, torch.linalg.matrix_norm(Xi).mean()
+
+
+@pytest.fixture(scope="session")
+def latent_losses_through_qr():
+    """(dynamics, coefficients) of the stage-1 loss by autograd through the QR least-squares fit:
+    the plain formulation that ``mlasdi.dynamics.affine_fit_losses`` differentiates in closed form."""
+    return _latent_losses_through_qr
