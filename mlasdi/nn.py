@@ -43,6 +43,35 @@ def activation_module(name: str, *, kappa: float = 1.0) -> nn.Module:
     return table[name]()
 
 
+_ATEN = torch.ops.aten
+
+# grad * d act(pre) / d pre from the pre-activation and the output ``out`` = act(pre), by the
+# kernels autograd itself runs for these modules (so hand-written backward passes give the same
+# gradients bit for bit).
+_BACKWARD = {
+    nn.Softplus: lambda m, grad, pre, out: _ATEN.softplus_backward(grad, pre, m.beta, m.threshold),
+    nn.Tanh: lambda m, grad, pre, out: _ATEN.tanh_backward(grad, out),
+    nn.Sigmoid: lambda m, grad, pre, out: _ATEN.sigmoid_backward(grad, out),
+    nn.ReLU: lambda m, grad, pre, out: _ATEN.threshold_backward(grad, out, 0),
+    nn.ELU: lambda m, grad, pre, out: _ATEN.elu_backward(grad, m.alpha, 1, 1, False, pre),
+    nn.GELU: lambda m, grad, pre, out: _ATEN.gelu_backward(grad, pre, approximate=m.approximate),
+    nn.SiLU: lambda m, grad, pre, out: _ATEN.silu_backward(grad, pre),
+    Sine: lambda m, grad, pre, out: grad * torch.cos(m.kappa * pre) * m.kappa,
+}
+
+
+def activation_backward(
+    module: nn.Module, grad: torch.Tensor, pre: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """The gradient with respect to ``pre`` of an activation ``out = module(pre)`` given ``grad``
+    with respect to ``out`` (for the hand-written backward pass in :mod:`mlasdi.train`)."""
+    try:
+        backward = _BACKWARD[type(module)]
+    except KeyError:
+        raise TypeError(f"no backward pass for activation module {module!r}") from None
+    return backward(module, grad, pre, out)
+
+
 class MLP(nn.Sequential):
     """Fully connected network ``widths[0] -> ... -> widths[-1]``.
 

@@ -232,10 +232,11 @@ class MultiStageROM:
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode, no gradients: a finished stage."""
+    """Eval mode, no gradients (and no gradient buffers kept): a finished stage."""
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
+        p.grad = None
     return module
 
 

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from mlasdi.config import ResidualStageConfig, Stage1Config
-from mlasdi.dynamics import fit_affine, library, time_derivative
-from mlasdi.nn import Autoencoder, ResidualDecoder
+from mlasdi.dynamics import affine_fit_losses, time_derivative
+from mlasdi.nn import Autoencoder, ResidualDecoder, activation_backward
 
 COSINE_FLOOR = 1e-2  # a cosine schedule ends at this fraction of the initial learning rate
 
@@ -56,46 +56,102 @@ def check_checkpoints(checkpoints: Sequence[int], start: int, until: int) -> lis
     return points
 
 
-class _LinearMSE(torch.autograd.Function):
-    """mean((h W^T + b - Y)^2) with the output never materialised twice (see linear_mse_loss)."""
+class LayerPass:
+    """Forward and backward pass of an MLP's layers over one full batch, written out by hand.
 
-    @staticmethod
-    def forward(ctx, h, weight, bias, neg_target, out):  # type: ignore[override]
-        # One GEMM writes the difference d = h W^T + b - Y directly: -Y is the accumulator
-        # (beta = 1) and the bias rides along as an extra input column of ones. d goes to the
-        # caller's persistent buffer: a fresh [N, n_state] tensor every iteration costs more in
-        # page faults than the GEMM itself on CPU.
+    For the small networks mLaSDI wins with, autograd's bookkeeping (graph nodes, transposes,
+    gradient accumulation, a fresh gradient tensor per parameter) costs as much as the arithmetic.
+    A full-batch step runs the same layers in the same order every time, so the backward pass is
+    spelled out here, with the kernels autograd would run, and parameter gradients are written
+    into ``.grad`` buffers allocated once. ``layers``: Linear modules, each optionally followed
+    by an activation module (as in :class:`mlasdi.nn.MLP`).
+    """
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        self.layers: list[tuple[nn.Linear, nn.Module | None]] = []
+        for module in layers:
+            if isinstance(module, nn.Linear):
+                self.layers.append((module, None))
+            elif self.layers and self.layers[-1][1] is None:
+                self.layers[-1] = (self.layers[-1][0], module)
+            else:
+                raise ValueError(
+                    "expected Linear layers each followed by at most one activation, "
+                    f"got {module!r} out of place"
+                )
+        for linear, _ in self.layers:
+            _allocate_grads(linear)
+        self._saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers applied to ``x`` [N, n_in]; keeps what :meth:`backward` needs."""
+        self._saved = []
+        for linear, activation in self.layers:
+            pre = torch.addmm(linear.bias, x, linear.weight.T)
+            out = activation(pre) if activation is not None else pre
+            self._saved.append((x, pre, out))
+            x = out
+        return x
+
+    def backward(self, grad: torch.Tensor, *, input_grad: bool) -> torch.Tensor | None:
+        """Write the parameter gradients for ``grad`` = dL/d(output of :meth:`forward`) and
+        return dL/d(input) if ``input_grad``."""
+        for i in reversed(range(len(self.layers))):
+            linear, activation = self.layers[i]
+            x, pre, out = self._saved[i]
+            if activation is not None:
+                grad = activation_backward(activation, grad, pre, out)
+            torch.mm(grad.T, x, out=linear.weight.grad)
+            torch.sum(grad, 0, out=linear.bias.grad)
+            if i > 0 or input_grad:
+                grad = grad @ linear.weight
+        self._saved = []
+        return grad if input_grad else None
+
+
+def _allocate_grads(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.grad = torch.zeros_like(p)
+
+
+class OutputLayerMSE:
+    """mean((h W^T + b - Y)^2) for the output layer ``layer`` of a decoder, and its gradients.
+
+    The output layer maps [N, k] to [N, n_state] with n_state >> k; written naively the [N,
+    n_state] tensor is streamed about a dozen times (bias broadcast, GEMM, subtraction, squared
+    sum, gradient fill, gradient, bias-gradient sum). Here one GEMM writes the difference
+    d = h W^T + b - Y straight into a persistent buffer (-Y is the accumulator and the bias rides
+    along as an extra input column of ones; a fresh [N, n_state] tensor per step costs more in
+    page faults than the GEMM on CPU), a dot product reads it once, the two backward GEMMs once
+    each, and the 2/N gradient scale is applied to their small results.
+    """
+
+    def __init__(self, layer: nn.Linear, target: torch.Tensor) -> None:
+        self.layer = layer
+        self.neg_target = -target
+        self.difference = torch.empty_like(self.neg_target)
+        _allocate_grads(layer)
+        self._saved: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
         ones = torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)
         h1 = torch.cat([h, ones], dim=1)
-        weight_bias = torch.cat([weight, bias[:, None]], dim=1)
-        d = torch.addmm(neg_target, h1, weight_bias.T, out=out)
-        ctx.save_for_backward(h1, weight_bias, d)
+        weight_bias = torch.cat([self.layer.weight, self.layer.bias[:, None]], dim=1)
+        d = torch.addmm(self.neg_target, h1, weight_bias.T, out=self.difference)
+        self._saved = (h1, weight_bias)
         return torch.dot(d.view(-1), d.view(-1)) / d.numel()
 
-    @staticmethod
-    def backward(ctx, grad_loss):  # type: ignore[override]
-        h1, weight_bias, d = ctx.saved_tensors
-        scale = grad_loss * (2.0 / d.numel())
-        grad_h = (d @ weight_bias[:, :-1]) * scale
-        grad_weight_bias = (d.T @ h1) * scale
-        return grad_h, grad_weight_bias[:, :-1], grad_weight_bias[:, -1], None, None
-
-
-def linear_mse_loss(
-    h: torch.Tensor, layer: nn.Linear, neg_target: torch.Tensor, out: torch.Tensor
-) -> torch.Tensor:
-    """MSE(layer(h), Y) given ``neg_target`` = -Y, fused for large outputs.
-
-    ``out`` (shaped like ``neg_target``) receives layer(h) - Y and is kept for the backward pass,
-    so it must not be reused before ``backward`` has run.
-
-    Equal to ``mse_loss(layer(h), Y)`` in exact arithmetic. The output layer of a decoder maps
-    [N, k] to [N, n_state] with n_state >> k; the naive form streams the [N, n_state] tensor about
-    a dozen times (bias broadcast, GEMM, subtraction, squared sum, gradient fill, gradient,
-    bias-gradient sum). Here it is written once by a GEMM, read once by a dot product and twice by
-    the backward GEMMs, and the 2/N gradient scale is applied to the small results.
-    """
-    return _LinearMSE.apply(h, layer.weight, layer.bias, neg_target, out)
+    def backward(self) -> torch.Tensor:
+        """Write the layer's gradients; return dL/dh."""
+        assert self._saved is not None, "backward() needs a forward() first"
+        h1, weight_bias = self._saved
+        d = self.difference
+        scale = 2.0 / d.numel()
+        grad_weight_bias = torch.mm(d.T, h1).mul_(scale)
+        self.layer.weight.grad.copy_(grad_weight_bias[:, :-1])
+        self.layer.bias.grad.copy_(grad_weight_bias[:, -1])
+        self._saved = None
+        return torch.mm(d, weight_bias[:, :-1]).mul_(scale)
 
 
 def make_adam(
@@ -128,8 +184,9 @@ class FullBatchTrainer:
         self.elapsed_s = 0.0
         self._history: list[torch.Tensor] = []
 
-    def loss_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(total loss, stacked terms [n_terms]) for the current parameters."""
+    def gradients(self) -> torch.Tensor:
+        """Write the gradient of the loss into every parameter's ``.grad`` and return the loss
+        terms [n_terms] (total loss first) at the current parameters."""
         raise NotImplementedError
 
     def learning_rate(self, iteration: int) -> float:
@@ -149,11 +206,9 @@ class FullBatchTrainer:
         if self.lr_schedule != "constant":
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.iteration)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, terms = self.loss_terms()
-        loss.backward()
+        terms = self.gradients()
         self.optimizer.step()
-        return terms.detach()
+        return terms
 
     def train(
         self,
@@ -228,6 +283,8 @@ class FullBatchTrainer:
         )
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        """Continue from ``state`` (which is copied: training on does not change it)."""
+        state = copy.deepcopy(state)
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         self.iteration = int(state["iteration"])  # type: ignore[arg-type]
@@ -266,8 +323,9 @@ class Stage1Trainer(FullBatchTrainer):
         self.dt = float(dt)
         self.n_train, self.n_t, self.n_state = U.shape
         self.U_flat = U.reshape(-1, self.n_state)
-        self.neg_U_flat = -self.U_flat
-        self._difference = torch.empty_like(self.U_flat)
+        self.encoder = LayerPass(model.encoder)
+        self.decoder = LayerPass(model.decoder[:-1])
+        self.output = OutputLayerMSE(model.decoder[-1], self.U_flat)
 
     @classmethod
     def create(
@@ -289,20 +347,27 @@ class Stage1Trainer(FullBatchTrainer):
         )
         return cls(U, dt, model, config)
 
-    def loss_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        model: Autoencoder = self.model  # type: ignore[assignment]
-        z = model.encode(self.U_flat)
-        decoder = model.decoder
-        reconstruction = linear_mse_loss(
-            decoder[:-1](z), decoder[-1], self.neg_U_flat, self._difference
-        )
+    @torch.no_grad()
+    def gradients(self) -> torch.Tensor:
+        z = self.encoder.forward(self.U_flat)
+        reconstruction = self.output.forward(self.decoder.forward(z))
+        grad_z = self.decoder.backward(self.output.backward(), input_grad=True)
+        dynamics, coefficients, grad_z_dynamics = self._dynamics_terms(z)
+        self.encoder.backward(grad_z + grad_z_dynamics, input_grad=False)
+        loss = reconstruction + self.config.beta1 * dynamics + self.config.beta2 * coefficients
+        return torch.stack([loss, reconstruction, dynamics, coefficients])
+
+    @torch.enable_grad()
+    def _dynamics_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dynamics, coefficients, d(beta1 dynamics + beta2 coefficients)/dz): autograd on
+        the small latent graph only."""
+        z = z.detach().requires_grad_()
         Z = z.view(self.n_train, self.n_t, -1)
         dZdt = time_derivative(Z, self.dt, self.config.fd_scheme)
-        Xi = fit_affine(Z, dZdt)
-        dynamics = nn.functional.mse_loss(library(Z) @ Xi, dZdt)
-        coefficients = torch.linalg.matrix_norm(Xi).mean()
-        loss = reconstruction + self.config.beta1 * dynamics + self.config.beta2 * coefficients
-        return loss, torch.stack([loss, reconstruction, dynamics, coefficients])
+        dynamics, coefficients = affine_fit_losses(Z, dZdt)
+        penalty = self.config.beta1 * dynamics + self.config.beta2 * coefficients
+        (grad_z,) = torch.autograd.grad(penalty, z)
+        return dynamics.detach(), coefficients.detach(), grad_z
 
 
 class ResidualTrainer(FullBatchTrainer):
@@ -324,8 +389,8 @@ class ResidualTrainer(FullBatchTrainer):
         super().__init__(model, target.device, config)
         self.config = config
         self.Z_flat = Z.reshape(-1, Z.shape[-1]).detach()
-        self.neg_target_flat = -target.reshape(-1, target.shape[-1])
-        self._difference = torch.empty_like(self.neg_target_flat)
+        self.hidden = LayerPass(model[:-1])
+        self.output = OutputLayerMSE(model[-1], target.reshape(-1, target.shape[-1]))
 
     @classmethod
     def create(
@@ -346,9 +411,8 @@ class ResidualTrainer(FullBatchTrainer):
         )
         return cls(Z, target, model, config)
 
-    def loss_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        decoder = self.model
-        loss = linear_mse_loss(
-            decoder[:-1](self.Z_flat), decoder[-1], self.neg_target_flat, self._difference
-        )
-        return loss, loss.reshape(1)
+    @torch.no_grad()
+    def gradients(self) -> torch.Tensor:
+        loss = self.output.forward(self.hidden.forward(self.Z_flat))
+        self.hidden.backward(self.output.backward(), input_grad=False)
+        return loss.reshape(1)
