@@ -8,7 +8,9 @@ restarts, so a fit is reproducible from the seed.
 
 from __future__ import annotations
 
+import multiprocessing
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,12 @@ def _base_kernel(config: GPConfig) -> Kernel:
     )
 
 
+def _one_blas_thread() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 @dataclass
 class CoefficientGP:
     """Interpolates coefficients [n_train, n_coef] given at training parameters [n_train, n_p]."""
@@ -38,10 +46,17 @@ class CoefficientGP:
     config: GPConfig
     seed: int = 0
 
-    def fit(self, params: np.ndarray, coefficients: np.ndarray) -> CoefficientGP:
-        """Fit one GP per column of ``coefficients`` (hyperparameters by maximum likelihood)."""
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.gaussian_process import GaussianProcessRegressor
+    def fit(
+        self, params: np.ndarray, coefficients: np.ndarray, *, workers: int = 1
+    ) -> CoefficientGP:
+        """Fit one GP per column of ``coefficients`` (hyperparameters by maximum likelihood).
+
+        The fits are independent and Python-bound (110 GPs with 4 restarts take seconds), so with
+        ``workers`` > 1 they are shared among that many forked processes; the result is the same
+        as fitting them one after another. Where fork is not available they run in this process.
+        """
+        # Imported before any fork, so that workers inherit it instead of each importing it.
+        import sklearn.gaussian_process  # noqa: F401
 
         params = np.asarray(params, dtype=np.float64)
         coefficients = np.asarray(coefficients, dtype=np.float64)
@@ -57,22 +72,42 @@ class CoefficientGP:
         self.input_scale = np.where(scale > 0, scale, 1.0)
         self.train_inputs = self._standardise(params)
         self.train_targets = coefficients
-        self.models = []
-        for i in range(coefficients.shape[1]):
+        columns = np.array_split(np.arange(coefficients.shape[1]), max(1, workers))
+        columns = [c for c in columns if c.size]
+        if len(columns) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            # fork: the children start at once, with sklearn and the data already loaded, and
+            # run only numpy/scipy code (never torch, whose OpenMP pool does not survive a fork).
+            # One BLAS thread each: on 2 x 2 kernel matrices, more threads only contend.
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(
+                max_workers=len(columns), mp_context=context, initializer=_one_blas_thread
+            ) as pool:
+                chunks = pool.map(self._fit_columns, columns)
+                self.models = [gp for chunk in chunks for gp in chunk]
+        else:
+            self.models = self._fit_columns(np.arange(coefficients.shape[1]))
+        return self
+
+    def _fit_columns(self, columns: np.ndarray) -> list:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
+
+        models = []
+        for i in columns:
             gp = GaussianProcessRegressor(
                 kernel=_base_kernel(self.config),
                 alpha=self.config.alpha,
                 normalize_y=True,
                 n_restarts_optimizer=self.config.n_restarts,
-                random_state=np.random.RandomState(self.seed + i),
+                random_state=np.random.RandomState(self.seed + int(i)),
             )
             with warnings.catch_warnings():
                 # With a handful of training points the likelihood is often flat and a length
                 # scale settles on its bound; that is expected here, not a failure.
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                gp.fit(self.train_inputs, coefficients[:, i])
-            self.models.append(gp)
-        return self
+                gp.fit(self.train_inputs, self.train_targets[:, i])
+            models.append(gp)
+        return models
 
     def _standardise(self, params: np.ndarray) -> np.ndarray:
         return (np.asarray(params, dtype=np.float64) - self.input_mean) / self.input_scale

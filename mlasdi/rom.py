@@ -260,7 +260,7 @@ def stage1_rom(
     if not bool(torch.isfinite(Xi).all()):
         raise DivergenceError("latent dynamics coefficients are not finite")
     gp = CoefficientGP(config.gp, config.seed).fit(
-        params_train, Xi.reshape(Xi.shape[0], -1).cpu().numpy()
+        params_train, Xi.reshape(Xi.shape[0], -1).cpu().numpy(), workers=torch.get_num_threads()
     )
     return MultiStageROM(
         autoencoder=model,

@@ -105,6 +105,22 @@ def test_gp_fit_is_deterministic_for_a_seed():
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_gp_fit_in_worker_processes_equals_the_sequential_fit(workers):
+    # Seed 11: 7 coefficients (uneven chunks for 2 and 3 workers), 3 restarts each; the forked
+    # workers must give the same hyperparameters and predictions bit for bit.
+    params, coefficients = _training_data(seed=11, n_coef=7)
+    config = GPConfig(n_restarts=3)
+    sequential = CoefficientGP(config, seed=5).fit(params, coefficients)
+    parallel = CoefficientGP(config, seed=5).fit(params, coefficients, workers=workers)
+    np.testing.assert_array_equal(
+        parallel.state()["kernel_theta"], sequential.state()["kernel_theta"]
+    )
+    query = np.random.default_rng(12).uniform(size=(4, 2))
+    for x, y in zip(parallel.predict(query), sequential.predict(query), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_gp_rejects_bad_shapes_and_non_finite_coefficients():
     params, coefficients = _training_data(seed=11)
     gp = CoefficientGP(CONFIG)
