@@ -186,7 +186,7 @@ def make_adam(
 
 
 class FullBatchTrainer:
-    """Adam on a full-batch loss; subclasses define :meth:`loss_terms`.
+    """Adam on a full-batch loss; subclasses define :meth:`gradients`.
 
     ``train(until)`` runs iterations ``self.iteration + 1 .. until``; the loss terms of every
     iteration are kept on the device (``history`` [iterations, n_terms]) and read back only at

@@ -88,3 +88,22 @@ def test_non_positive_stages_is_a_clear_error(capsys, tmp_path, stages):
         code = exc.code
     assert code not in (0, None)
     assert "--stages" in capsys.readouterr().err
+
+
+def test_oscillator_reference_configuration_is_the_papers_with_cosine_decay():
+    # The reference: AE 600-200-20-10 softplus, residual 10-20-200-600 sine (kappa 1)
+    # then tanh, 10,000 + 10,000 Adam iterations at lr 1e-3, beta1 0.1, beta2 1e-3; ours adds
+    # a cosine learning-rate decay to every stage (README).
+    config = oscillator_config(2, [10_000, 10_000], seed=4)
+    ae, s1, (s2,) = config.autoencoder, config.stage1, config.residual_stages
+    assert (ae.hidden, ae.latent_dim, ae.activation) == ((200, 20), 10, "softplus")
+    assert (s1.iters, s1.lr, s1.beta1, s1.beta2, s1.lr_schedule) == (
+        10_000,
+        1e-3,
+        0.1,
+        1e-3,
+        "cosine",
+    )
+    assert (s2.hidden, s2.kappa, s2.activation) == ((20, 200), 1.0, "tanh")
+    assert (s2.iters, s2.lr, s2.lr_schedule) == (10_000, 1e-3, "cosine")
+    assert config.seed == 4
