@@ -606,13 +606,15 @@ def run_search(
     if not 0.0 < val_fraction < 1.0:
         raise BudgetError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     out = Path(out)
-    if storage is None:
-        if not out.parent.is_dir():
-            raise BudgetError(f"cannot create --out {out}: {out.parent} does not exist")
-        out.mkdir(exist_ok=True)
+    # A given storage is opened first, so that a bad URL fails before anything is written.
+    rdb = open_storage(storage) if storage is not None else None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BudgetError(f"cannot create --out {out}: {exc}") from exc
+    if rdb is None:
         storage = f"sqlite:///{out.resolve() / 'optuna.db'}"
-    rdb = open_storage(storage)
-    out.mkdir(parents=True, exist_ok=True)
+        rdb = open_storage(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     seed = spec.seeds[0]

@@ -285,8 +285,11 @@ def test_rerun_resumes_and_keeps_finished_trials(smoke, tmp_path):
 
 
 def test_other_settings_in_the_same_storage_are_rejected(smoke, tmp_path):
-    out = tmp_path / "search"
+    # The default --out lies under results/, which a fresh checkout does not have: missing
+    # parent directories are created.
+    out = tmp_path / "results" / "search"
     B.run_search(smoke, SMOKE_BUDGET, n_trials=1, out=out, use_ray=False, log=lambda _: None)
+    assert (out / "optuna.db").is_file()
     with pytest.raises(B.BudgetError, match="other settings .*max_stages"):
         B.run_search(
             smoke,
