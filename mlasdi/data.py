@@ -118,6 +118,17 @@ class SnapshotSet:
     def dt(self) -> float:
         return float(self.times[1] - self.times[0])
 
+    def file_layout(self) -> dict[str, Any]:
+        """The :class:`SnapshotFileWriter` arguments that describe this set's file."""
+        return {
+            "params": self.params,
+            "times": self.times,
+            "grid_shape": self.grid_shape,
+            "param_names": self.param_names,
+            "coords": self.coords,
+            "settings": self.settings,
+        }
+
     def flat_snapshots(self) -> np.ndarray:
         """[n_mu, n_t, n_state], first grid axis fastest (see module docstring)."""
         return flatten_grid(self.snapshots, len(self.grid_shape))
@@ -255,15 +266,7 @@ class SnapshotFileWriter:
 def save_snapshot_set(path: str | os.PathLike[str], data: SnapshotSet) -> Path:
     """Write ``data`` to HDF5 atomically (temp file + rename)."""
     writer = SnapshotFileWriter(
-        path,
-        params=data.params,
-        times=data.times,
-        grid_shape=data.grid_shape,
-        param_names=data.param_names,
-        coords=data.coords,
-        settings=data.settings,
-        dtype=data.snapshots.dtype,
-        overwrite=True,
+        path, **data.file_layout(), dtype=data.snapshots.dtype, overwrite=True
     )
     writer.write(np.arange(data.params.shape[0]), data.snapshots)
     return writer.finish()

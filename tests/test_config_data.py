@@ -228,16 +228,7 @@ def test_load_snapshot_set_rejects_missing_and_foreign_files(tmp_path):
 
 
 def _writer(path, data: SnapshotSet, **override) -> SnapshotFileWriter:
-    kwargs = dict(
-        params=data.params,
-        times=data.times,
-        grid_shape=data.grid_shape,
-        param_names=data.param_names,
-        coords=data.coords,
-        settings=data.settings,
-    )
-    kwargs.update(override)
-    return SnapshotFileWriter(path, **kwargs)
+    return SnapshotFileWriter(path, **{**data.file_layout(), **override})
 
 
 def test_snapshot_file_writer_resumes_an_interrupted_run(tmp_path):
