@@ -8,6 +8,7 @@ Shapes: a batch of latent trajectories is ``Z`` [n_mu, n_t, r]. Coefficients are
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 
@@ -75,6 +76,15 @@ def time_derivative(Z: torch.Tensor, dt: float, scheme: str = "central4") -> tor
     return (D @ columns).reshape(n_t, *Z.shape[:-2], Z.shape[-1]).movedim(0, -2)
 
 
+def time_derivative_adjoint(G: torch.Tensor, dt: float, scheme: str = "central4") -> torch.Tensor:
+    """The transpose of :func:`time_derivative`: the gradient of sum(G * time_derivative(Z))
+    with respect to Z, for G [..., n_t, r]."""
+    n_t = G.shape[-2]
+    D = _cached_derivative_matrix(n_t, float(dt), scheme, G.dtype, G.device)
+    columns = G.movedim(-2, 0).reshape(n_t, -1)
+    return (D.T @ columns).reshape(n_t, *G.shape[:-2], G.shape[-1]).movedim(0, -2)
+
+
 def library(Z: torch.Tensor) -> torch.Tensor:
     """[..., n_t, r] -> [..., n_t, r + 1]: the affine library [1, z]."""
     return torch.cat([torch.ones_like(Z[..., :1]), Z], dim=-1)
@@ -95,38 +105,53 @@ def _least_squares(Theta: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.linalg.solve_triangular(R, Q.mT @ Y, upper=True), R
 
 
+def _affine_fit_forward(
+    Z: torch.Tensor, dZdt: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(dynamics, coefficients, what :func:`_affine_fit_backward` needs)."""
+    Theta = library(Z)
+    Xi, R = _least_squares(Theta, dZdt)
+    E = Theta @ Xi - dZdt
+    norms = torch.linalg.matrix_norm(Xi)
+    return (E * E).sum() / E.numel(), norms.mean(), (Theta, R, Xi, E, norms)
+
+
+def _affine_fit_backward(
+    saved: Sequence[torch.Tensor], grad_dynamics: torch.Tensor, grad_coefficients: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dL/dZ, dL/d(dZdt)) given dL/d(dynamics) and dL/d(coefficients), in closed form."""
+    Theta, R, Xi, E, norms = saved
+    # Dynamics term: Xi minimises it, so its derivative through Xi vanishes (envelope
+    # theorem) and only the explicit dependence on Theta and dZ/dt remains.
+    grad_E = E * (grad_dynamics * 2.0 / E.numel())
+    grad_Theta = grad_E @ Xi.mT
+    grad_dZdt = -grad_E
+    # Coefficient term: G = d mean||Xi||_F / dXi pulled back through Xi = (Theta^T Theta)^-1
+    # Theta^T dZ/dt. With w = (Theta^T Theta)^-1 G = R^-1 R^-T G:
+    # dY = Theta w and dTheta = -E w^T - Theta w Xi^T. A zero Xi gets the zero subgradient.
+    scale = torch.where(norms > 0, grad_coefficients / (norms.numel() * norms), 0.0)
+    G = Xi * scale[..., None, None]
+    w = torch.linalg.solve_triangular(
+        R, torch.linalg.solve_triangular(R.mT, G, upper=False), upper=True
+    )
+    Theta_w = Theta @ w
+    grad_Theta = grad_Theta - E @ w.mT - Theta_w @ Xi.mT
+    grad_dZdt = grad_dZdt + Theta_w
+    return grad_Theta[..., 1:], grad_dZdt
+
+
 class _AffineFitLosses(torch.autograd.Function):
     """(dynamics, coefficients) of :func:`affine_fit_losses` with a closed-form backward."""
 
     @staticmethod
     def forward(ctx, Z, dZdt):  # type: ignore[override]
-        Theta = library(Z)
-        Xi, R = _least_squares(Theta, dZdt)
-        E = Theta @ Xi - dZdt
-        norms = torch.linalg.matrix_norm(Xi)
-        ctx.save_for_backward(Theta, R, Xi, E, norms)
-        return (E * E).sum() / E.numel(), norms.mean()
+        dynamics, coefficients, saved = _affine_fit_forward(Z, dZdt)
+        ctx.save_for_backward(*saved)
+        return dynamics, coefficients
 
     @staticmethod
     def backward(ctx, grad_dynamics, grad_coefficients):  # type: ignore[override]
-        Theta, R, Xi, E, norms = ctx.saved_tensors
-        # Dynamics term: Xi minimises it, so its derivative through Xi vanishes (envelope
-        # theorem) and only the explicit dependence on Theta and dZ/dt remains.
-        grad_E = E * (grad_dynamics * 2.0 / E.numel())
-        grad_Theta = grad_E @ Xi.mT
-        grad_dZdt = -grad_E
-        # Coefficient term: G = d mean||Xi||_F / dXi pulled back through Xi = (Theta^T Theta)^-1
-        # Theta^T dZ/dt. With w = (Theta^T Theta)^-1 G = R^-1 R^-T G:
-        # dY = Theta w and dTheta = -E w^T - Theta w Xi^T. A zero Xi gets the zero subgradient.
-        scale = torch.where(norms > 0, grad_coefficients / (norms.numel() * norms), 0.0)
-        G = Xi * scale[..., None, None]
-        w = torch.linalg.solve_triangular(
-            R, torch.linalg.solve_triangular(R.mT, G, upper=False), upper=True
-        )
-        Theta_w = Theta @ w
-        grad_Theta = grad_Theta - E @ w.mT - Theta_w @ Xi.mT
-        grad_dZdt = grad_dZdt + Theta_w
-        return grad_Theta[..., 1:], grad_dZdt
+        return _affine_fit_backward(ctx.saved_tensors, grad_dynamics, grad_coefficients)
 
 
 def affine_fit_losses(Z: torch.Tensor, dZdt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +163,27 @@ def affine_fit_losses(Z: torch.Tensor, dZdt: torch.Tensor) -> tuple[torch.Tensor
     cost, since it never differentiates through the QR factorisation.
     """
     return _AffineFitLosses.apply(Z, dZdt)
+
+
+def latent_penalty_gradient(
+    Z: torch.Tensor,
+    dt: float,
+    scheme: str,
+    weight_dynamics: torch.Tensor,
+    weight_coefficients: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dynamics, coefficients, dP/dZ) for P = weight_dynamics * dynamics + weight_coefficients
+    * coefficients, the losses of :func:`affine_fit_losses` (Z, :func:`time_derivative` (Z)).
+
+    The same numbers as autograd through those two functions, computed without building a graph:
+    the training loop calls this every iteration and autograd's bookkeeping cost as much as the
+    arithmetic on these small tensors. The weights are 0-dim tensors on Z's device (so that no
+    host-to-device copy is made per call).
+    """
+    dZdt = time_derivative(Z, dt, scheme)
+    dynamics, coefficients, saved = _affine_fit_forward(Z, dZdt)
+    grad_Z, grad_dZdt = _affine_fit_backward(saved, weight_dynamics, weight_coefficients)
+    return dynamics, coefficients, grad_Z + time_derivative_adjoint(grad_dZdt, dt, scheme)
 
 
 def split_coefficients(Xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

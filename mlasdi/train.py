@@ -14,12 +14,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.adam import adam
 
 from mlasdi.config import ResidualStageConfig, Stage1Config
-from mlasdi.dynamics import affine_fit_losses, time_derivative
+from mlasdi.dynamics import latent_penalty_gradient
 from mlasdi.nn import Autoencoder, ResidualDecoder, activation_backward
 
 COSINE_FLOOR = 1e-2  # a cosine schedule ends at this fraction of the initial learning rate
@@ -115,14 +117,15 @@ def _allocate_grads(module: nn.Module) -> None:
             p.grad = torch.zeros_like(p)
 
 
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """One parameter holding all of ``module``'s, whose parameters and ``.grad`` buffers become
-    views into it and its gradient.
+def flatten_parameters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat, flat_grad): one tensor holding all of ``module``'s parameters, and one for their
+    gradients; the parameters and their ``.grad`` buffers become views into them.
 
-    An optimiser stepping the flat parameter updates the module in place, with one kernel launch
+    An optimiser stepping the flat tensor updates the module in place, with one kernel launch
     and no per-tensor Python work: for the small mLaSDI networks Adam's per-tensor bookkeeping
-    cost more than its arithmetic. Elementwise updates, so the result equals stepping the
-    tensors one by one.
+    cost more than its arithmetic. Adam is elementwise, so the result equals stepping the
+    tensors one by one, up to rounding: torch's CPU kernel treats the last (size mod 16)
+    elements with scalar code.
     """
     params = list(module.parameters())
     flat = torch.cat([p.detach().reshape(-1) for p in params])
@@ -133,9 +136,7 @@ def flatten_parameters(module: nn.Module) -> nn.Parameter:
         p.data = flat[offset : offset + n].view_as(p)
         p.grad = flat_grad[offset : offset + n].view_as(p)
         offset += n
-    flat_param = nn.Parameter(flat)
-    flat_param.grad = flat_grad
-    return flat_param
+    return flat, flat_grad
 
 
 class OutputLayerMSE:
@@ -154,35 +155,83 @@ class OutputLayerMSE:
         self.layer = layer
         self.neg_target = -target
         self.difference = torch.empty_like(self.neg_target)
+        # [h, 1]: h is copied in by each forward, the column of ones stays.
+        self.h1 = torch.ones(
+            target.shape[0], layer.in_features + 1, dtype=target.dtype, device=target.device
+        )
         _allocate_grads(layer)
-        self._saved: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._weight_bias: torch.Tensor | None = None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        ones = torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)
-        h1 = torch.cat([h, ones], dim=1)
+        self.h1[:, :-1] = h
         weight_bias = torch.cat([self.layer.weight, self.layer.bias[:, None]], dim=1)
-        d = torch.addmm(self.neg_target, h1, weight_bias.T, out=self.difference)
-        self._saved = (h1, weight_bias)
+        d = torch.addmm(self.neg_target, self.h1, weight_bias.T, out=self.difference)
+        self._weight_bias = weight_bias
         return torch.dot(d.view(-1), d.view(-1)) / d.numel()
 
     def backward(self) -> torch.Tensor:
-        """Write the layer's gradients; return dL/dh."""
-        assert self._saved is not None, "backward() needs a forward() first"
-        h1, weight_bias = self._saved
+        """Write the layer's gradients; return dL/dh (for the ``h`` of the last forward)."""
+        assert self._weight_bias is not None, "backward() needs a forward() first"
         d = self.difference
         scale = 2.0 / d.numel()
-        grad_weight_bias = torch.mm(d.T, h1).mul_(scale)
+        grad_weight_bias = torch.mm(d.T, self.h1).mul_(scale)
         self.layer.weight.grad.copy_(grad_weight_bias[:, :-1])
         self.layer.bias.grad.copy_(grad_weight_bias[:, -1])
-        self._saved = None
-        return torch.mm(d, weight_bias[:, :-1]).mul_(scale)
+        grad_h = torch.mm(d, self._weight_bias[:, :-1]).mul_(scale)
+        self._weight_bias = None
+        return grad_h
 
 
-def make_adam(
-    params: Sequence[nn.Parameter] | object, lr: float, device: torch.device
-) -> torch.optim.Adam:
-    """Adam with the fused kernel (one launch for every tensor) on CPU and CUDA."""
-    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+class FlatAdam:
+    """Adam with torch's defaults (betas 0.9, 0.999, eps 1e-8) on one flat parameter tensor.
+
+    The same update as ``torch.optim.Adam(fused=True)``: it calls torch's functional ``adam``
+    with the fused kernel on CPU and CUDA (the for-each kernel elsewhere). It skips the
+    optimiser object's per-step Python work and, on first use, the 1 s import of torch's
+    compiler that the optimiser object triggers. ``state_dict`` has the layout of
+    ``torch.optim.Adam.state_dict`` for one parameter.
+    """
+
+    betas = (0.9, 0.999)
+    eps = 1e-8
+
+    def __init__(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        self.param, self.grad = param, grad
+        self.exp_avg = torch.zeros_like(param)
+        self.exp_avg_sq = torch.zeros_like(param)
+        # torch keeps the fused step count as a float32 tensor on the parameter's device.
+        self.step_count = torch.zeros((), dtype=torch.float32, device=param.device)
+        self.fused = param.device.type in ("cpu", "cuda")
+
+    def step(self, lr: float) -> None:
+        adam(
+            [self.param],
+            [self.grad],
+            [self.exp_avg],
+            [self.exp_avg_sq],
+            [],
+            [self.step_count],
+            fused=self.fused,
+            foreach=None if self.fused else True,
+            amsgrad=False,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            lr=lr,
+            weight_decay=0.0,
+            eps=self.eps,
+            maximize=False,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+        group = {"betas": self.betas, "eps": self.eps, "weight_decay": 0.0, "params": [0]}
+        return {"state": {0: state}, "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = state_dict["state"][0]
+        self.step_count.copy_(state["step"])
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
 
 
 class FullBatchTrainer:
@@ -196,11 +245,14 @@ class FullBatchTrainer:
     term_names: tuple[str, ...] = ("loss",)
 
     def __init__(
-        self, model: nn.Module, device: torch.device, config: Stage1Config | ResidualStageConfig
+        self,
+        model: nn.Module,
+        device: torch.device,
+        config: Stage1Config | ResidualStageConfig,
     ) -> None:
         self.model = model
         self.device = device
-        self.optimizer = make_adam([flatten_parameters(model)], config.lr, device)
+        self.optimizer = FlatAdam(*flatten_parameters(model))
         self.lr = config.lr
         self.lr_schedule = config.lr_schedule
         self.schedule_iters = config.iters
@@ -227,11 +279,8 @@ class FullBatchTrainer:
         return floor + 0.5 * (self.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
     def step(self) -> torch.Tensor:
-        if self.lr_schedule != "constant":
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.learning_rate(self.iteration)
         terms = self.gradients()
-        self.optimizer.step()
+        self.optimizer.step(self.learning_rate(self.iteration))
         return terms
 
     def train(
@@ -350,6 +399,11 @@ class Stage1Trainer(FullBatchTrainer):
         self.encoder = LayerPass(model.encoder)
         self.decoder = LayerPass(model.decoder[:-1])
         self.output = OutputLayerMSE(model.decoder[-1], self.U_flat)
+        # beta1 and beta2 as device tensors, made once: the latent gradient's weights.
+        self.latent_weights = [
+            torch.tensor(beta, dtype=U.dtype, device=U.device)
+            for beta in (config.beta1, config.beta2)
+        ]
 
     @classmethod
     def create(
@@ -376,22 +430,15 @@ class Stage1Trainer(FullBatchTrainer):
         z = self.encoder.forward(self.U_flat)
         reconstruction = self.output.forward(self.decoder.forward(z))
         grad_z = self.decoder.backward(self.output.backward(), input_grad=True)
-        dynamics, coefficients, grad_z_dynamics = self._dynamics_terms(z)
-        self.encoder.backward(grad_z + grad_z_dynamics, input_grad=False)
+        dynamics, coefficients, grad_Z = latent_penalty_gradient(
+            z.view(self.n_train, self.n_t, -1),
+            self.dt,
+            self.config.fd_scheme,
+            *self.latent_weights,
+        )
+        self.encoder.backward(grad_z + grad_Z.reshape(z.shape), input_grad=False)
         loss = reconstruction + self.config.beta1 * dynamics + self.config.beta2 * coefficients
         return torch.stack([loss, reconstruction, dynamics, coefficients])
-
-    @torch.enable_grad()
-    def _dynamics_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(dynamics, coefficients, d(beta1 dynamics + beta2 coefficients)/dz): autograd on
-        the small latent graph only."""
-        z = z.detach().requires_grad_()
-        Z = z.view(self.n_train, self.n_t, -1)
-        dZdt = time_derivative(Z, self.dt, self.config.fd_scheme)
-        dynamics, coefficients = affine_fit_losses(Z, dZdt)
-        penalty = self.config.beta1 * dynamics + self.config.beta2 * coefficients
-        (grad_z,) = torch.autograd.grad(penalty, z)
-        return dynamics.detach(), coefficients.detach(), grad_z
 
 
 class ResidualTrainer(FullBatchTrainer):

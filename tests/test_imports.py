@@ -40,3 +40,19 @@ def test_importing_every_mlasdi_module_loads_no_heavy_dependency():
         assert expected in report["modules"]
     # Importing all of them loads a superset of what importing any one of them loads.
     assert report["forbidden"] == []
+
+
+def test_training_does_not_import_the_torch_compiler():
+    # torch.optim's optimiser objects import torch._dynamo (about 1 s) on first use; the trainers
+    # step Adam through torch's functional API, which does not.
+    script = """
+import json, sys, torch
+from mlasdi.config import ResidualStageConfig
+from mlasdi.train import ResidualTrainer
+trainer = ResidualTrainer.create(
+    torch.randn(2, 5, 3), torch.randn(2, 5, 8), ResidualStageConfig(hidden=(4,), iters=2), seed=0
+)
+trainer.train(2)
+print(json.dumps({"forbidden": sorted(m for m in sys.modules if m.startswith("torch._dynamo"))}))
+"""
+    assert _run(script)["forbidden"] == []

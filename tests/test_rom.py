@@ -20,6 +20,7 @@ from mlasdi.rom import MultiStageROM, evaluate, fit_rom
 from mlasdi.train import (
     CheckpointReport,
     DivergenceError,
+    FlatAdam,
     ResidualTrainer,
     Stage1Trainer,
 )
@@ -322,6 +323,55 @@ def test_residual_training_equals_plain_autograd_and_per_tensor_adam():
     trainer.train(25)
     for ours, reference in zip(trainer.model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def _torch_adam_twin(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, FlatAdam]:
+    """float32 parameter [n] (seed ``seed``) twice: a torch.nn.Parameter and a FlatAdam's."""
+    start = torch.randn(n, generator=torch.Generator().manual_seed(seed))
+    reference = torch.nn.Parameter(start.clone())
+    ours = start.clone()
+    return reference, ours, FlatAdam(ours, torch.zeros_like(ours))
+
+
+def _gradient(n: int, step: int) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(1000 + step))
+
+
+def test_flat_adam_equals_torch_fused_adam_bit_for_bit():
+    # float32, seed 9, 1012 elements (a size that is not a multiple of the vector width, so the
+    # kernel's scalar tail is exercised), 60 steps with a learning rate that changes every step.
+    n = 1012
+    reference, ours, flat_adam = _torch_adam_twin(n, seed=9)
+    optimizer = torch.optim.Adam([reference], lr=1e-3, fused=True)
+    for step in range(60):
+        lr = 1e-3 / (1 + step)
+        reference.grad = _gradient(n, step)
+        flat_adam.grad.copy_(reference.grad)
+        optimizer.param_groups[0]["lr"] = lr
+        optimizer.step()
+        flat_adam.step(lr)
+        assert torch.equal(ours, reference.detach()), f"differs after step {step}"
+
+
+def test_flat_adam_continues_from_a_torch_adam_state_dict():
+    # Trainer checkpoints written when the trainers used torch.optim.Adam resume: 5 steps of
+    # torch's Adam, its state loaded into a FlatAdam, 5 more steps of each agree exactly.
+    n = 40
+    reference, ours, flat_adam = _torch_adam_twin(n, seed=10)
+    optimizer = torch.optim.Adam([reference], lr=1e-2, fused=True)
+    for step in range(10):
+        reference.grad = _gradient(n, step)
+        optimizer.step()
+        if step == 4:
+            ours.copy_(reference.detach())
+            flat_adam.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        if step >= 5:
+            flat_adam.grad.copy_(reference.grad)
+            flat_adam.step(1e-2)
+    assert torch.equal(ours, reference.detach())
+    state = flat_adam.state_dict()["state"][0]
+    assert float(state["step"]) == 10.0
+    assert torch.equal(state["exp_avg"], optimizer.state[reference]["exp_avg"])
 
 
 def test_stage1_resume_equals_training_straight_through(tiny_train, tmp_path):
