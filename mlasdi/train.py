@@ -117,26 +117,61 @@ def _allocate_grads(module: nn.Module) -> None:
             p.grad = torch.zeros_like(p)
 
 
-def flatten_parameters(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def flatten_parameters(
+    module: nn.Module, bias_columns: Sequence[nn.Linear] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(flat, flat_grad): one tensor holding all of ``module``'s parameters, and one for their
     gradients; the parameters and their ``.grad`` buffers become views into them.
 
     An optimiser stepping the flat tensor updates the module in place, with one kernel launch
     and no per-tensor Python work: for the small mLaSDI networks Adam's per-tensor bookkeeping
-    cost more than its arithmetic. Adam is elementwise, so the result equals stepping the
-    tensors one by one, up to rounding: torch's CPU kernel treats the last (size mod 16)
-    elements with scalar code.
+    cost more than its arithmetic. Adam is elementwise, so this equals stepping the tensors one
+    by one up to rounding (torch's CPU kernel runs the last size mod 16 elements through scalar
+    code). Each layer in ``bias_columns`` keeps its weight and bias together as one
+    [out, in + 1] block, the bias as the last column (see :func:`bias_column_block`).
     """
-    params = list(module.parameters())
-    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    joint = {id(layer.weight): layer for layer in bias_columns}
+    biases = {id(layer.bias) for layer in bias_columns}
+    params = [p for p in module.parameters() if id(p) not in biases]
+    sizes = [p.numel() + (p.shape[0] if id(p) in joint else 0) for p in params]
+    flat = torch.empty(sum(sizes), dtype=params[0].dtype, device=params[0].device)
     flat_grad = torch.zeros_like(flat)
     offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat[offset : offset + n].view_as(p)
-        p.grad = flat_grad[offset : offset + n].view_as(p)
+    for p, n in zip(params, sizes, strict=True):
+        values, grads = flat[offset : offset + n], flat_grad[offset : offset + n]
         offset += n
+        if id(p) not in joint:
+            values.copy_(p.detach().reshape(-1))
+            p.data, p.grad = values.view_as(p), grads.view_as(p)
+            continue
+        bias = joint[id(p)].bias
+        block = values.view(p.shape[0], p.shape[1] + 1)
+        grad_block = grads.view_as(block)
+        block[:, :-1] = p.detach()
+        block[:, -1] = bias.detach()
+        p.data, p.grad = block[:, :-1], grad_block[:, :-1]
+        bias.data, bias.grad = block[:, -1], grad_block[:, -1]
     return flat, flat_grad
+
+
+def bias_column_block(layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """([W, b] as one [out, in + 1] tensor, its gradient) for a layer flattened with
+    ``bias_columns`` (:func:`flatten_parameters`): views, so writing the gradient block writes
+    the layer's ``.grad`` buffers."""
+    n_out, n_in = layer.weight.shape
+
+    def block(weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+        if (
+            weight is None
+            or bias is None
+            or weight.stride() != (n_in + 1, 1)
+            or bias.stride() != (n_in + 1,)
+            or bias.data_ptr() != weight.data_ptr() + n_in * weight.element_size()
+        ):
+            raise ValueError(f"{layer!r} was not flattened with its bias as a column")
+        return weight.as_strided((n_out, n_in + 1), (n_in + 1, 1))
+
+    return block(layer.weight, layer.bias), block(layer.weight.grad, layer.bias.grad)
 
 
 class OutputLayerMSE:
@@ -147,39 +182,36 @@ class OutputLayerMSE:
     sum, gradient fill, gradient, bias-gradient sum). Here one GEMM writes the difference
     d = h W^T + b - Y straight into a persistent buffer (-Y is the accumulator and the bias rides
     along as an extra input column of ones; a fresh [N, n_state] tensor per step costs more in
-    page faults than the GEMM on CPU), a dot product reads it once, the two backward GEMMs once
-    each, and the 2/N gradient scale is applied to their small results.
+    page faults than the GEMM on CPU), a dot product reads it once, and the two backward GEMMs
+    read it once each and apply the 2/N gradient scale as they write. The layer must have been
+    flattened with its bias as a column (:func:`flatten_parameters`): [W, b] and its gradient
+    are then single tensors that the GEMMs read and write in place.
     """
 
     def __init__(self, layer: nn.Linear, target: torch.Tensor) -> None:
-        self.layer = layer
+        self.weight_bias, self.grad_weight_bias = bias_column_block(layer)
         self.neg_target = -target
         self.difference = torch.empty_like(self.neg_target)
         # [h, 1]: h is copied in by each forward, the column of ones stays.
         self.h1 = torch.ones(
             target.shape[0], layer.in_features + 1, dtype=target.dtype, device=target.device
         )
-        _allocate_grads(layer)
-        self._weight_bias: torch.Tensor | None = None
+        self.grad_h = torch.empty_like(self.h1[:, :-1])
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         self.h1[:, :-1] = h
-        weight_bias = torch.cat([self.layer.weight, self.layer.bias[:, None]], dim=1)
-        d = torch.addmm(self.neg_target, self.h1, weight_bias.T, out=self.difference)
-        self._weight_bias = weight_bias
+        d = torch.addmm(self.neg_target, self.h1, self.weight_bias.T, out=self.difference)
         return torch.dot(d.view(-1), d.view(-1)) / d.numel()
 
     def backward(self) -> torch.Tensor:
         """Write the layer's gradients; return dL/dh (for the ``h`` of the last forward)."""
-        assert self._weight_bias is not None, "backward() needs a forward() first"
         d = self.difference
         scale = 2.0 / d.numel()
-        grad_weight_bias = torch.mm(d.T, self.h1).mul_(scale)
-        self.layer.weight.grad.copy_(grad_weight_bias[:, :-1])
-        self.layer.bias.grad.copy_(grad_weight_bias[:, -1])
-        grad_h = torch.mm(d, self._weight_bias[:, :-1]).mul_(scale)
-        self._weight_bias = None
-        return grad_h
+        g = self.grad_weight_bias
+        torch.addmm(g, d.T, self.h1, beta=0.0, alpha=scale, out=g)
+        return torch.addmm(
+            self.grad_h, d, self.weight_bias[:, :-1], beta=0.0, alpha=scale, out=self.grad_h
+        )
 
 
 class FlatAdam:
@@ -249,10 +281,11 @@ class FullBatchTrainer:
         model: nn.Module,
         device: torch.device,
         config: Stage1Config | ResidualStageConfig,
+        output_layer: nn.Linear,
     ) -> None:
         self.model = model
         self.device = device
-        self.optimizer = FlatAdam(*flatten_parameters(model))
+        self.optimizer = FlatAdam(*flatten_parameters(model, bias_columns=[output_layer]))
         self.lr = config.lr
         self.lr_schedule = config.lr_schedule
         self.schedule_iters = config.iters
@@ -391,7 +424,7 @@ class Stage1Trainer(FullBatchTrainer):
         model: Autoencoder,
         config: Stage1Config,
     ) -> None:
-        super().__init__(model, U.device, config)
+        super().__init__(model, U.device, config, model.decoder[-1])
         self.config = config
         self.dt = float(dt)
         self.n_train, self.n_t, self.n_state = U.shape
@@ -457,7 +490,7 @@ class ResidualTrainer(FullBatchTrainer):
         model: ResidualDecoder,
         config: ResidualStageConfig,
     ) -> None:
-        super().__init__(model, target.device, config)
+        super().__init__(model, target.device, config, model[-1])
         self.config = config
         self.Z_flat = Z.reshape(-1, Z.shape[-1]).detach()
         self.hidden = LayerPass(model[:-1])

@@ -23,6 +23,8 @@ from mlasdi.train import (
     FlatAdam,
     ResidualTrainer,
     Stage1Trainer,
+    bias_column_block,
+    flatten_parameters,
 )
 
 
@@ -323,6 +325,34 @@ def test_residual_training_equals_plain_autograd_and_per_tensor_adam():
     trainer.train(25)
     for ours, reference in zip(trainer.model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_flatten_parameters_keeps_values_and_makes_views():
+    # Seed 11, float64: a 5-3-4 MLP whose last layer is stored as a [4, 4] weight-and-bias block.
+    torch.manual_seed(11)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Tanh(), torch.nn.Linear(3, 4))
+    model = model.double()
+    before = [p.detach().clone() for p in model.parameters()]
+    flat, flat_grad = flatten_parameters(model, bias_columns=[model[2]])
+    assert flat.numel() == sum(p.numel() for p in before)
+    for p, value in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p.detach(), value)
+    block, grad_block = bias_column_block(model[2])
+    assert torch.equal(block, torch.cat([before[2], before[3][:, None]], dim=1))
+    # Writing the flat tensors writes the module's parameters and gradients.
+    flat.add_(1.0)
+    grad_block.fill_(2.0)
+    assert torch.equal(model[0].weight.detach(), before[0] + 1.0)
+    assert torch.equal(model[2].bias.grad, torch.full((4,), 2.0, dtype=torch.float64))
+    assert float(flat_grad.sum()) == 2.0 * block.numel()
+
+
+def test_bias_column_block_rejects_a_layer_not_flattened_that_way():
+    layer = torch.nn.Linear(3, 4)
+    layer.weight.grad = torch.zeros_like(layer.weight)
+    layer.bias.grad = torch.zeros_like(layer.bias)
+    with pytest.raises(ValueError, match="not flattened with its bias as a column"):
+        bias_column_block(layer)
 
 
 def _torch_adam_twin(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, FlatAdam]:
