@@ -14,7 +14,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +24,11 @@ from mlasdi.dynamics import latent_penalty_gradient
 from mlasdi.nn import Autoencoder, ResidualDecoder, activation_backward
 
 COSINE_FLOOR = 1e-2  # a cosine schedule ends at this fraction of the initial learning rate
+# Version of FullBatchTrainer.state_dict. The optimiser's moments are flat vectors in the order of
+# flatten_parameters, so a state saved with another layout would load without error into the
+# wrong parameters. 1: torch.optim.Adam, parameters in module order; 2: FlatAdam, output layer
+# as a [W, b] block.
+TRAINER_STATE_FORMAT = 2
 
 
 class DivergenceError(RuntimeError):
@@ -220,8 +224,7 @@ class FlatAdam:
     The same update as ``torch.optim.Adam(fused=True)``: it calls torch's functional ``adam``
     with the fused kernel on CPU and CUDA (the for-each kernel elsewhere). It skips the
     optimiser object's per-step Python work and, on first use, the 1 s import of torch's
-    compiler that the optimiser object triggers. ``state_dict`` has the layout of
-    ``torch.optim.Adam.state_dict`` for one parameter.
+    compiler that the optimiser object triggers.
     """
 
     betas = (0.9, 0.999)
@@ -254,13 +257,11 @@ class FlatAdam:
             maximize=False,
         )
 
-    def state_dict(self) -> dict[str, Any]:
-        state = {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
-        group = {"betas": self.betas, "eps": self.eps, "weight_decay": 0.0, "params": [0]}
-        return {"state": {0: state}, "param_groups": [group]}
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The step count and both moment vectors (live tensors: copy them to keep them)."""
+        return {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = state_dict["state"][0]
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.step_count.copy_(state["step"])
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
@@ -381,6 +382,7 @@ class FullBatchTrainer:
         """
         return copy.deepcopy(
             {
+                "format": TRAINER_STATE_FORMAT,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "iteration": self.iteration,
@@ -390,6 +392,12 @@ class FullBatchTrainer:
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Continue from ``state`` (which is copied: training on does not change it)."""
+        if state.get("format") != TRAINER_STATE_FORMAT:
+            raise ValueError(
+                f"trainer state has format {state.get('format', 1)}, expected "
+                f"{TRAINER_STATE_FORMAT}: it was saved by an earlier mlasdi, whose optimiser state "
+                "is laid out differently; train from scratch"
+            )
         state = copy.deepcopy(state)
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]

@@ -56,7 +56,13 @@ from mlasdi.rom import (
     stage1_rom,
     torch_dtype,
 )
-from mlasdi.train import DivergenceError, FullBatchTrainer, ResidualTrainer, Stage1Trainer
+from mlasdi.train import (
+    TRAINER_STATE_FORMAT,
+    DivergenceError,
+    FullBatchTrainer,
+    ResidualTrainer,
+    Stage1Trainer,
+)
 from studies.plan import Run, Trial
 from studies.spec import StudySpec, hidden_label
 
@@ -351,9 +357,11 @@ class TrialRunner:
         on to exactly the budgets not lexicographically before those counts. A state past a
         pending budget (a checkpoint newer than the rows on disk) is not used: training restarts
         from scratch, which is deterministic, rather than skipping an evaluation or training
-        backwards.
+        backwards. Nor is a state saved by an earlier mlasdi in another trainer-state format.
         """
         stages = self.state.get("stages", [])
+        if any(s["trainer"].get("format") != TRAINER_STATE_FORMAT for s in stages):
+            return {}  # saved by an earlier mlasdi: retrain (deterministic) rather than fail
         position = tuple(int(s["trainer"]["iteration"]) for s in stages)
         if not stages or position > min(self.trial.budgets[i] for i in pending):
             return {}

@@ -18,6 +18,7 @@ from mlasdi.dynamics import affine_fit_losses, time_derivative
 from mlasdi.nn import Autoencoder, ResidualDecoder
 from mlasdi.rom import MultiStageROM, evaluate, fit_rom
 from mlasdi.train import (
+    TRAINER_STATE_FORMAT,
     CheckpointReport,
     DivergenceError,
     FlatAdam,
@@ -383,25 +384,18 @@ def test_flat_adam_equals_torch_fused_adam_bit_for_bit():
         assert torch.equal(ours, reference.detach()), f"differs after step {step}"
 
 
-def test_flat_adam_continues_from_a_torch_adam_state_dict():
-    # Trainer checkpoints written when the trainers used torch.optim.Adam resume: 5 steps of
-    # torch's Adam, its state loaded into a FlatAdam, 5 more steps of each agree exactly.
-    n = 40
-    reference, ours, flat_adam = _torch_adam_twin(n, seed=10)
-    optimizer = torch.optim.Adam([reference], lr=1e-2, fused=True)
-    for step in range(10):
-        reference.grad = _gradient(n, step)
-        optimizer.step()
-        if step == 4:
-            ours.copy_(reference.detach())
-            flat_adam.load_state_dict(copy.deepcopy(optimizer.state_dict()))
-        if step >= 5:
-            flat_adam.grad.copy_(reference.grad)
-            flat_adam.step(1e-2)
-    assert torch.equal(ours, reference.detach())
-    state = flat_adam.state_dict()["state"][0]
-    assert float(state["step"]) == 10.0
-    assert torch.equal(state["exp_avg"], optimizer.state[reference]["exp_avg"])
+def test_trainer_rejects_a_state_saved_in_another_format(tiny_train):
+    # A state saved before FlatAdam (torch.optim.Adam's layout, no "format") would load its
+    # moment vectors into the wrong parameters: it is refused with a clear error.
+    trainer = _stage1_trainer(tiny_train)
+    trainer.train(3)
+    state = trainer.state_dict()
+    assert state["format"] == TRAINER_STATE_FORMAT
+    del state["format"]
+    fresh = _stage1_trainer(tiny_train)
+    with pytest.raises(ValueError, match="format 1, expected 2.*train from scratch"):
+        fresh.load_state_dict(state)
+    assert fresh.iteration == 0
 
 
 def test_stage1_resume_equals_training_straight_through(tiny_train, tmp_path):

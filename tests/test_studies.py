@@ -494,6 +494,13 @@ def test_three_stage_trial_resumes_exactly_from_any_stage(tiny, monkeypatch):
     )
     assert trained == total and again[0][0]["resumed_at"] == 0
     _same_rows(_rows([(m, s) for m, s, _ in again]), {e: rows[e] for e in t.evaluation_ids[1:]})
+    # A checkpoint saved by an earlier mlasdi (no trainer-state format) is not used either.
+    state = {**copy.deepcopy(kills["mid stage 2"][0]), "done": []}
+    for stage in state["stages"]:
+        del stage["trainer"]["format"]
+    again, trained = _traced_trial(spec, data, t, monkeypatch, frozenset(), state)
+    assert trained == total and again[0][0]["resumed_at"] == 0
+    _same_rows(_rows([(m, s) for m, s, _ in again]), rows)
 
 
 def test_three_stage_rows_are_valid_results_and_the_analysis_pairs_them(tiny, tmp_path):
