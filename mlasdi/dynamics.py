@@ -67,22 +67,25 @@ def _cached_derivative_matrix(
     return derivative_matrix(n_t, dt, scheme).to(dtype=dtype, device=device)
 
 
+def _along_time(M: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
+    """M [n_t, n_t] applied along axis -2 of Z [..., n_t, r]."""
+    # One [n_t, n_t] x [n_t, batch * r] GEMM instead of a batched product that repeats M.
+    n_t = Z.shape[-2]
+    columns = Z.movedim(-2, 0).reshape(n_t, -1)
+    return (M @ columns).reshape(n_t, *Z.shape[:-2], Z.shape[-1]).movedim(0, -2)
+
+
 def time_derivative(Z: torch.Tensor, dt: float, scheme: str = "central4") -> torch.Tensor:
     """dZ/dt along axis -2 of ``Z`` [..., n_t, r] (differentiable; stays on Z's device)."""
-    n_t = Z.shape[-2]
-    D = _cached_derivative_matrix(n_t, float(dt), scheme, Z.dtype, Z.device)
-    # One [n_t, n_t] x [n_t, batch * r] GEMM instead of a batched product that repeats D.
-    columns = Z.movedim(-2, 0).reshape(n_t, -1)
-    return (D @ columns).reshape(n_t, *Z.shape[:-2], Z.shape[-1]).movedim(0, -2)
+    D = _cached_derivative_matrix(Z.shape[-2], float(dt), scheme, Z.dtype, Z.device)
+    return _along_time(D, Z)
 
 
 def time_derivative_adjoint(G: torch.Tensor, dt: float, scheme: str = "central4") -> torch.Tensor:
     """The transpose of :func:`time_derivative`: the gradient of sum(G * time_derivative(Z))
     with respect to Z, for G [..., n_t, r]."""
-    n_t = G.shape[-2]
-    D = _cached_derivative_matrix(n_t, float(dt), scheme, G.dtype, G.device)
-    columns = G.movedim(-2, 0).reshape(n_t, -1)
-    return (D.T @ columns).reshape(n_t, *G.shape[:-2], G.shape[-1]).movedim(0, -2)
+    D = _cached_derivative_matrix(G.shape[-2], float(dt), scheme, G.dtype, G.device)
+    return _along_time(D.T, G)
 
 
 def library(Z: torch.Tensor) -> torch.Tensor:
