@@ -356,27 +356,19 @@ def test_bias_column_block_rejects_a_layer_not_flattened_that_way():
         bias_column_block(layer)
 
 
-def _torch_adam_twin(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, FlatAdam]:
-    """float32 parameter [n] (seed ``seed``) twice: a torch.nn.Parameter and a FlatAdam's."""
-    start = torch.randn(n, generator=torch.Generator().manual_seed(seed))
-    reference = torch.nn.Parameter(start.clone())
-    ours = start.clone()
-    return reference, ours, FlatAdam(ours, torch.zeros_like(ours))
-
-
-def _gradient(n: int, step: int) -> torch.Tensor:
-    return torch.randn(n, generator=torch.Generator().manual_seed(1000 + step))
-
-
 def test_flat_adam_equals_torch_fused_adam_bit_for_bit():
     # float32, seed 9, 1012 elements (a size that is not a multiple of the vector width, so the
-    # kernel's scalar tail is exercised), 60 steps with a learning rate that changes every step.
+    # kernel's scalar tail is exercised), 60 steps with a learning rate that changes every step;
+    # gradients seeded 1000 + step.
     n = 1012
-    reference, ours, flat_adam = _torch_adam_twin(n, seed=9)
+    start = torch.randn(n, generator=torch.Generator().manual_seed(9))
+    reference = torch.nn.Parameter(start.clone())
+    ours = start.clone()
+    flat_adam = FlatAdam(ours, torch.zeros_like(ours))
     optimizer = torch.optim.Adam([reference], lr=1e-3, fused=True)
     for step in range(60):
         lr = 1e-3 / (1 + step)
-        reference.grad = _gradient(n, step)
+        reference.grad = torch.randn(n, generator=torch.Generator().manual_seed(1000 + step))
         flat_adam.grad.copy_(reference.grad)
         optimizer.param_groups[0]["lr"] = lr
         optimizer.step()
