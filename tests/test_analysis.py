@@ -335,7 +335,7 @@ def test_missing_partner_and_excluded_rows_are_reported():
     assert p.unpaired["reason"].str.startswith("no usable").all()
     t = factor_table(p.pairs, usable, n_boot=50).set_index("quantity")
     assert t.loc["err_max", "median_of_ratios"] == pytest.approx(2.5, rel=1e-12)
-    assert (t.loc["err_max", "n_gplasdi"], t.loc["err_max", "n_mlasdi"]) == (13, 10)
+    assert (t.loc["err_max", "n_gplasdi"], t.loc["err_max", "n_method"]) == (13, 10)
     share = share_below(usable, excluded, threshold=0.01).set_index("method")
     ml = usable[usable["method"] == "mlasdi"]
     assert share.loc["mlasdi", "n_below"] == int((ml["err_max"] < 0.01).sum())
@@ -464,6 +464,18 @@ def _recompute_headline(results_dir: Path) -> tuple[pd.DataFrame, dict[str, floa
     }
 
 
+def _headline_factors(md: str, method: str = "mLaSDI") -> tuple[str, ...] | None:
+    """The three median factors of one method's headline sentence (at least 5 pairs)."""
+    got = re.search(
+        rf"\*\*{method} vs GPLaSDI\*\* over \d+ matched pairs: "
+        r"max error \*\*[a-z ]+\*\* \(median factor ([\d.]+),.*?"
+        r"mean error \*\*[a-z ]+\*\* \(median factor ([\d.]+),.*?"
+        r"min error \*\*[a-z ]+\*\* \(median factor ([\d.]+),",
+        md,
+    )
+    return None if got is None else got.groups()
+
+
 @pytest.mark.skipif(
     "MLASDI_RESULTS_DIR" not in os.environ,
     reason="set MLASDI_RESULTS_DIR to a real study's results (e.g. the vlasov_quick output)",
@@ -475,11 +487,9 @@ def test_real_results_report_agrees_with_direct_recomputation(tmp_path):
     md = (out / "report.md").read_text()
     assert (out / "figures" / "error_vs_time.png").is_file()
     _, expected = _recompute_headline(rd)
-    got = re.search(
-        r"median factors of \*\*([\d.]+)\*\*, \*\*([\d.]+)\*\* and \*\*([\d.]+)\*\*", md
-    )
+    got = _headline_factors(md)
     assert got is not None, "no headline (no seed-matched pairs?)"
-    for value, q in zip(got.groups(), ("err_max", "err_mean", "err_min"), strict=True):
+    for value, q in zip(got, ("err_max", "err_mean", "err_min"), strict=True):
         assert float(value) == pytest.approx(expected[q], abs=0.005)
     csv = pd.read_csv(out / "tables" / "factors.csv").set_index("quantity")
     for q, v in expected.items():
@@ -502,16 +512,15 @@ def test_cli_end_to_end(tmp_path, capsys):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
         assert f"figures/{stem}.png" in md
-    for name in ("factors", "cost_factors", "factors_by_arch", "pairs", "unpaired", "excluded"):
+    tables = ("factors", "cost_factors", "factors_by_arch", "pairs_mlasdi", "unpaired", "excluded")
+    for name in tables:
         assert (out / "tables" / f"{name}.csv").is_file()
 
     # Recompute the headline directly from the Parquet rows, without the analysis package.
     ok, expected = _recompute_headline(rd)
-    got = re.search(
-        r"median factors of \*\*([\d.]+)\*\*, \*\*([\d.]+)\*\* and \*\*([\d.]+)\*\*", md
-    )
+    got = _headline_factors(md)
     assert got is not None
-    for value, q in zip(got.groups(), ("err_max", "err_mean", "err_min"), strict=True):
+    for value, q in zip(got, ("err_max", "err_mean", "err_min"), strict=True):
         assert float(value) == pytest.approx(expected[q], abs=0.005)
     rom = np.median(ok.loc[ok["method"] == "gplasdi", "err_max"]) / np.median(
         ok.loc[ok["method"] == "mlasdi", "err_max"]
@@ -537,7 +546,8 @@ def test_analyze_headline_and_budget_dir_option(tmp_path):
     a = analyze(rd, n_boot=50, budget_dir=other)
     assert len(a.trials) == 6
     s = headline_sentence(a)
-    assert "(paper: 2.54, 3.24 and 5.91)" in s and "3.00x less training time" in s
+    assert "The paper's median factors are 2.54, 3.24 and 5.91" in s
+    assert "3.00x less training time" in s
     with pytest.raises(FileNotFoundError):
         read_budget_trials(rd)
 
@@ -560,9 +570,11 @@ def test_no_pairs_and_no_usable_rows_are_reported(tmp_path):
         rd / "results" / "a.parquet", [r for r in known_study() if r["method"] == "gplasdi"]
     )
     a = analyze(rd, n_boot=20)
-    assert a.factors["n_pairs"].tolist() == [0, 0, 0] and a.factors["median_of_ratios"].isna().all()
-    assert headline_sentence(a).startswith("No matched model pairs")
-    assert len(a.pairing.unpaired) == 12
+    c = a.comparisons["mlasdi"]
+    assert list(a.comparisons) == ["mlasdi"]
+    assert c.factors["n_pairs"].tolist() == [0, 0, 0] and c.factors["median_of_ratios"].isna().all()
+    assert headline_sentence(a).startswith("**mLaSDI vs GPLaSDI**: no matched model pairs")
+    assert len(c.pairing.unpaired) == 12
     out = tmp_path / "r1"
     assert main([str(rd), "--out", str(out), "--n-boot", "20"]) == 0
     md = (out / "report.md").read_text()
