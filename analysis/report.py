@@ -230,6 +230,16 @@ def _with_labels(
     return out
 
 
+def _readable_rows(t: pd.DataFrame, a: Analysis) -> pd.DataFrame:
+    """Model rows for markdown: the budget as iterations in place of ``budget_index``; no
+    ``arch_index`` (``hidden`` names the architecture)."""
+    lab = a.labels["budget"].set_index("budget_index")
+    budget = [lab.at[b, m] for b, m in zip(t["budget_index"], t["method"], strict=True)]
+    out = t.drop(columns=["arch_index", "budget_index"])
+    out.insert(out.columns.get_loc("latent_dim") + 1, "budget", budget)
+    return out
+
+
 def _factor_rows(t: pd.DataFrame, group: Sequence[str] = (), *, pct: str = "95%") -> pd.DataFrame:
     """Compact factor table for markdown: group, quantity, pairs, factors with intervals (or the
     pairs themselves when there are too few), verdict."""
@@ -531,7 +541,7 @@ def _comparison_section(a: Analysis, c: Comparison, pct: str) -> list[str]:
         "",
         "Usable, counted in the ratio of medians, not in pairs.",
         "",
-        _md_table(c.pairing.unpaired, {"err_max": ".3g"}),
+        _md_table(_readable_rows(c.pairing.unpaired, a), {"err_max": ".3g"}),
         "",
     ]
     return L
@@ -613,7 +623,7 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
     L += ["### Status counts", "", _md_table(status_counts.reset_index()), ""]
     L += ["## Excluded rows", "", "Not used in any factor.", ""]
     ex = a.excluded.assign(message=a.excluded["message"].fillna("").map(lambda s: s[:160]))
-    L += [_md_table(ex), ""]
+    L += [_md_table(_readable_rows(ex, a)), ""]
     if a.trials is not None:
         hist = D.search_history(a.trials)
         L += ["## Budget search", ""]
