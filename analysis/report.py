@@ -359,7 +359,7 @@ def _concurrency_sentence(a: Analysis) -> str:
     if not c["n_trials"]:
         return "No training intervals (no row with a training time)."
     return (
-        "Training times were measured on a shared machine with trials running side by side: "
+        "Training times are wall times measured on a shared machine: "
         f"on average {_fmt(c['mean_concurrent'], '.2g')} of the {c['n_trials']} trials ran at "
         f"once (at most {c['max_concurrent']}; intervals from each row's created_at, "
         "train_time_s and eval_time_s), so a time factor also reflects that sharing."

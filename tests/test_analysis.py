@@ -535,6 +535,11 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "**1 duplicate evaluation_id row(s) dropped**" in md
     assert "default_rng(5)" in md and "loss is NaN at iter 40" in md
     assert "(mode `seed`)" in md
+    # All rows end at the same created_at: 4 GPLaSDI trials of 151 s, the extra one of 101 s and
+    # 4 mLaSDI trials of 51 s, 909 s in all over a 151 s union.
+    assert (
+        "measured on a shared machine: on average 6 of the 9 trials ran at once (at most 9;" in md
+    )
     unpaired = pd.read_csv(out / "tables" / "unpaired.csv")
     assert len(unpaired) == 2  # the extra GPLaSDI row and the partner of the diverged row
     assert "1.00x fewer parameters" not in md and "4.00x fewer parameters" in md
