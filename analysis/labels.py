@@ -51,7 +51,7 @@ def position_labels(rows: pd.DataFrame, key: str, methods: Sequence[str]) -> pd.
     if key == "arch_index":
         text = rows["hidden"].astype("string")
     elif key == "budget_index":
-        text = rows["stage_iters"].map(budget_label)
+        text = rows["stage_iters"].map(lambda s: None if s is None else budget_label(s))
     else:
         raise ValueError(f"key must be 'arch_index' or 'budget_index', got {key!r}")
     t = pd.DataFrame({key: rows[key], "method": rows["method"], "text": text})

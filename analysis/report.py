@@ -454,6 +454,7 @@ def _write_figures(a: Analysis, fig_dir: Path) -> tuple[dict[str, list[Path]], l
             notes.append("The best models have no param_errors rows: heatmaps skipped.")
         else:
             table = D.heatmap_table(a.param_errors, ids)
+            budget = a.labels["budget"].set_index("budget_index")
             panels = []
             for row in a.best.itertuples(index=False):
                 if row.evaluation_id not in ids:
@@ -461,7 +462,8 @@ def _write_figures(a: Analysis, fig_dir: Path) -> tuple[dict[str, list[Path]], l
                     continue
                 title = (
                     f"{METHOD_LABELS[row.method]} best: {row.hidden}, latent {row.latent_dim}, "
-                    f"{budget_label(row.stage_iters)} iters\nmax r = {100 * row.err_max:#.3g}%"
+                    f"{budget.at[row.budget_index, row.method]} iters\n"
+                    f"max r = {100 * row.err_max:#.3g}%"
                 )
                 rows = table[table["evaluation_id"] == row.evaluation_id]
                 panels.append((title, rows, D.heatmap_grid(table, row.evaluation_id)))

@@ -739,6 +739,8 @@ def test_tables_name_architectures_by_widths_and_budgets_by_iterations(tmp_path)
     }
     with pytest.raises(ValueError, match="arch_index"):
         position_labels(pd.DataFrame(rows), "latent_dim", ["gplasdi"])
+    no_iters = pd.DataFrame([dict(rows[0], stage_iters=None), dict(rows[1], stage_iters=None)])
+    assert position_labels(no_iters, "budget_index", ["mlasdi"])["mlasdi"].tolist() == ["–"]
 
     rd = tmp_path / "study"
     write_parquet(rd / "results" / "a.parquet", rows)
