@@ -330,7 +330,11 @@ def _budgets_sentence(a: Analysis) -> str:
 def _training_sentence(a: Analysis) -> str:
     t = a.training[a.training["n_models"] > 0]
     if t.empty:
-        return ""
+        return (
+            "Whether the models are training-limited cannot be judged: no usable model has both "
+            "a train_err_max and an unseen_err_max (e.g. every test parameter is a training "
+            "point)."
+        )
     values = _and(
         [
             f"{METHOD_LABELS[m]} {v:.2f}"

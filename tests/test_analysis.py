@@ -556,6 +556,7 @@ def test_analyze_headline_and_budget_dir_option(tmp_path):
     assert len(a.trials) == 6
     s = headline_sentence(a)
     assert "The paper's median factors are 2.54, 3.24 and 5.91" in s
+    assert "training-limited cannot be judged: no usable model has both" in s  # no unseen errors
     assert "3.00x less training time" in s
     with pytest.raises(FileNotFoundError):
         read_budget_trials(rd)
