@@ -34,9 +34,9 @@ __all__ = [
 
 # Colour-blind-safe colours (Okabe-Ito blue / vermillion / bluish green).
 METHOD_STYLE = {
-    "gplasdi": {"label": METHOD_LABELS["gplasdi"], "color": "#0072B2", "marker": "o"},
-    "mlasdi": {"label": METHOD_LABELS["mlasdi"], "color": "#D55E00", "marker": "s"},
-    "mlasdi_val": {"label": METHOD_LABELS["mlasdi_val"], "color": "#009E73", "marker": "^"},
+    "gplasdi": {"label": METHOD_LABELS["gplasdi"], "color": "#0072B2"},
+    "mlasdi": {"label": METHOD_LABELS["mlasdi"], "color": "#D55E00"},
+    "mlasdi_val": {"label": METHOD_LABELS["mlasdi_val"], "color": "#009E73"},
 }
 LATENT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
