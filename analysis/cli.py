@@ -12,8 +12,9 @@ from .schema import SchemaError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlasdi-analyze",
-        description="Improvement factors of mLaSDI over GPLaSDI from a study's Parquet results: "
-        "writes REPORT_DIR/report.md, REPORT_DIR/tables/*.csv and REPORT_DIR/figures/*.png|pdf.",
+        description="Improvement factors over GPLaSDI of each other method (mlasdi, mlasdi_val) "
+        "in a study's Parquet results, with verdicts: writes REPORT_DIR/report.md, "
+        "REPORT_DIR/tables/*.csv and REPORT_DIR/figures/*.png|pdf.",
     )
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="directory with results/*.parquet")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="output directory")

@@ -1,12 +1,14 @@
-"""Improvement factors of mLaSDI over GPLaSDI, with bootstrap intervals.
+"""Improvement factors of each method over GPLaSDI, with bootstrap intervals and a verdict.
 
 Every function takes and returns DataFrames; nothing here reads files or draws.
 
 Conventions
 -----------
-* A *factor* is always GPLaSDI / mLaSDI, so a factor above 1 favours mLaSDI: for errors it is
-  how many times smaller mLaSDI's error is; for ``train_time_s`` and ``n_model_params`` it is how
-  many times less time / fewer parameters mLaSDI uses.
+* The *baseline* is GPLaSDI; every other method in the results (``mlasdi``, ``mlasdi_val``) is
+  compared with it on its own: pairs, factors and verdicts are per compared method.
+* A *factor* is always GPLaSDI / method, so a factor above 1 favours the method: for errors it is
+  how many times smaller the method's error is; for ``train_time_s`` and ``n_model_params`` it is
+  how many times less time / fewer parameters the method uses.
 * Only *usable* rows enter a factor: ``status == "ok"`` with finite, positive ``err_max``,
   ``err_mean`` and ``err_min``. Every other row is listed by :func:`split_usable` with a reason.
 * Pairing (:func:`pair_models`): a *group* is ``(arch_index, latent_dim, budget_index)``, i.e. the
@@ -15,15 +17,21 @@ Conventions
   are averaged over seeds before pairing. ``mode="auto"`` (default) pairs on seed when at least
   one (group, seed) is present for both methods, and averages over seeds otherwise (the methods
   were run with disjoint seeds). If a method has several usable rows in one group they are
-  averaged (``n_gplasdi`` / ``n_mlasdi`` say how many). Rows without a partner are reported by
+  averaged (``n_gplasdi`` / ``n_<method>`` say how many). Rows without a partner are reported by
   :func:`pair_models`, never silently dropped.
 * Two summaries per quantity: the *median of ratios* over matched pairs (the paper's "median
   factor") and the *ratio of medians*, median over all usable GPLaSDI rows / median over all
-  usable mLaSDI rows (paired or not).
+  usable rows of the method (paired or not).
 * Percentile bootstrap 95% intervals: the median of ratios resamples pairs; the ratio of medians
   resamples each method's rows independently. Every interval draws from a fresh
-  ``numpy.random.default_rng(seed)`` (pairs first, then GPLaSDI rows, then mLaSDI rows), so a
-  number does not depend on which other tables were computed before it.
+  ``numpy.random.default_rng(seed)`` (pairs first, then GPLaSDI rows, then the method's rows), so
+  a number does not depend on which other tables were computed before it. Below
+  ``MIN_PAIRS`` pairs the median of ratios gets no interval (a bootstrap over 2 pairs is not an
+  interval): ``pair_factors`` lists the per-pair factors instead.
+* Verdict (:func:`verdict`) from the median of ratios and its interval: ``improves`` when the
+  median is above 1 and the whole interval lies above 1, ``worsens`` when the median is below 1
+  and the whole interval lies below 1, ``no detectable difference`` otherwise, and
+  ``too few pairs`` below ``MIN_PAIRS`` pairs.
 """
 
 from __future__ import annotations
@@ -34,13 +42,21 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mlasdi.metrics import METHODS
+
+from .labels import BASELINE
+
 __all__ = [
+    "MIN_PAIRS",
+    "VERDICTS",
     "ERROR_METRICS",
     "COST_COLUMNS",
     "GROUP_KEY",
     "Pairing",
     "split_usable",
     "pair_models",
+    "compared_methods",
+    "verdict",
     "median_ci",
     "ratio_of_medians_ci",
     "factor_table",
@@ -52,7 +68,8 @@ __all__ = [
 ERROR_METRICS: tuple[str, ...] = ("err_max", "err_mean", "err_min")
 COST_COLUMNS: tuple[str, ...] = ("train_time_s", "n_model_params")
 GROUP_KEY: tuple[str, ...] = ("arch_index", "latent_dim", "budget_index")
-_METHODS = ("gplasdi", "mlasdi")
+MIN_PAIRS = 5  # fewer pairs: no bootstrap interval, the pairs are listed instead
+VERDICTS = ("improves", "worsens", "no detectable difference", "too few pairs")
 _ROW_COLUMNS = (
     "evaluation_id",
     "method",
@@ -65,17 +82,25 @@ _ROW_COLUMNS = (
 
 @dataclass
 class Pairing:
-    """Matched pairs, the usable rows left without a partner, and the rule used.
+    """Matched pairs of one compared method with GPLaSDI, the rows left without a partner.
 
     ``pairs`` has one row per matched group: the group columns, ``seed`` (``<NA>`` when averaged
-    over seeds), ``n_<method>``, ``evaluation_id_<method>`` (``;``-joined when averaged),
-    ``hidden_<method>``, ``<column>_<method>`` for errors and costs, and ``factor_<column>``
-    (GPLaSDI / mLaSDI).
+    over seeds), ``n_<m>``, ``evaluation_id_<m>`` (``;``-joined when averaged), ``hidden_<m>``,
+    ``<column>_<m>`` for errors and costs, for ``m`` in (``gplasdi``, ``method``), and
+    ``factor_<column>`` (GPLaSDI / method).
     """
 
     pairs: pd.DataFrame
     unpaired: pd.DataFrame
     mode: str  # "seed" or "mean"
+    method: str  # the method compared with GPLaSDI
+
+
+def compared_methods(results: pd.DataFrame) -> list[str]:
+    """The methods other than GPLaSDI with any row in ``results`` (``METHODS`` order); ``mlasdi``
+    when there is none, so that a report without a partner says so."""
+    present = set(results["method"])
+    return [m for m in METHODS if m != BASELINE and m in present] or ["mlasdi"]
 
 
 def split_usable(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -112,45 +137,50 @@ def _aggregate(rows: pd.DataFrame, group: list[str]) -> pd.DataFrame:
     return agg.reset_index()
 
 
-def pair_models(usable: pd.DataFrame, *, mode: str = "auto") -> Pairing:
-    """Match each mLaSDI group with the GPLaSDI group of the same position (see module doc).
+def pair_models(usable: pd.DataFrame, *, method: str = "mlasdi", mode: str = "auto") -> Pairing:
+    """Match each group of ``method`` with the GPLaSDI group of the same position (module doc).
 
     Parameters
     ----------
     usable
-        Usable result rows (from :func:`split_usable`).
+        Usable result rows (from :func:`split_usable`); rows of other methods are ignored.
+    method
+        The method compared with GPLaSDI (``mlasdi``, ``mlasdi_val``).
     mode
         ``"seed"``, ``"mean"`` or ``"auto"``.
     """
     if mode not in ("auto", "seed", "mean"):
         raise ValueError(f"mode must be 'auto', 'seed' or 'mean', got {mode!r}")
+    if method == BASELINE or method not in METHODS:
+        raise ValueError(f"method must be one of {[m for m in METHODS if m != BASELINE]}")
     key = list(GROUP_KEY)
-    by_method = {m: usable[usable["method"] == m] for m in _METHODS}
+    both = (BASELINE, method)
+    by_method = {m: usable[usable["method"] == m] for m in both}
     if mode == "auto":
         seeded = key + ["seed"]
-        common = by_method["gplasdi"][seeded].merge(by_method["mlasdi"][seeded].drop_duplicates())
+        common = by_method[BASELINE][seeded].merge(by_method[method][seeded].drop_duplicates())
         mode = "seed" if len(common) else "mean"
     group = key + ["seed"] if mode == "seed" else key
-    agg = {m: _aggregate(by_method[m], group) for m in _METHODS}
-    pairs = agg["gplasdi"].merge(
-        agg["mlasdi"], on=group, how="inner", suffixes=("_gplasdi", "_mlasdi")
+    agg = {m: _aggregate(by_method[m], group) for m in both}
+    pairs = agg[BASELINE].merge(
+        agg[method], on=group, how="inner", suffixes=(f"_{BASELINE}", f"_{method}")
     )
     if mode == "mean":
         pairs.insert(len(key), "seed", pd.array([pd.NA] * len(pairs), dtype="Int64"))
     for col in (*ERROR_METRICS, *COST_COLUMNS):
-        pairs[f"factor_{col}"] = pairs[f"{col}_gplasdi"] / pairs[f"{col}_mlasdi"]
+        pairs[f"factor_{col}"] = pairs[f"{col}_{BASELINE}"] / pairs[f"{col}_{method}"]
     order = [
         *key,
         "seed",
-        *(f"{c}_{m}" for c in ("n", "evaluation_id", "hidden") for m in _METHODS),
-        *(f"{c}_{m}" for c in (*ERROR_METRICS, *COST_COLUMNS) for m in _METHODS),
+        *(f"{c}_{m}" for c in ("n", "evaluation_id", "hidden") for m in both),
+        *(f"{c}_{m}" for c in (*ERROR_METRICS, *COST_COLUMNS) for m in both),
         *(f"factor_{c}" for c in (*ERROR_METRICS, *COST_COLUMNS)),
     ]
     pairs = pairs[order].sort_values([*key, "seed"], kind="stable").reset_index(drop=True)
 
     # Usable rows whose group found no partner.
     unpaired = []
-    for m, other in (("gplasdi", "mlasdi"), ("mlasdi", "gplasdi")):
+    for m, other in ((BASELINE, method), (method, BASELINE)):
         rows = by_method[m]
         hit = rows[group].merge(pairs[group].drop_duplicates(), how="left", indicator=True)
         lonely = rows.loc[(hit["_merge"] == "left_only").to_numpy()]
@@ -159,7 +189,20 @@ def pair_models(usable: pd.DataFrame, *, mode: str = "auto") -> Pairing:
         part["reason"] = f"no usable {other} row with the same ({', '.join(group)})"
         unpaired.append(part)
     unpaired_df = pd.concat(unpaired, ignore_index=True)
-    return Pairing(pairs=pairs, unpaired=unpaired_df, mode=mode)
+    return Pairing(pairs=pairs, unpaired=unpaired_df, mode=mode, method=method)
+
+
+def verdict(
+    median: float, low: float, high: float, n_pairs: int, *, min_pairs: int = MIN_PAIRS
+) -> str:
+    """One of :data:`VERDICTS` for a median factor and its interval (see the module doc)."""
+    if n_pairs < min_pairs:
+        return "too few pairs"
+    if median > 1 and low > 1:
+        return "improves"
+    if median < 1 and high < 1:
+        return "worsens"
+    return "no detectable difference"
 
 
 def _finite(values: Sequence[float] | np.ndarray | pd.Series) -> np.ndarray:
@@ -213,25 +256,32 @@ def factor_table(
     usable: pd.DataFrame,
     columns: Sequence[str] = ERROR_METRICS,
     *,
+    method: str = "mlasdi",
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    min_pairs: int = MIN_PAIRS,
 ) -> pd.DataFrame:
-    """Median of ratios and ratio of medians, with intervals, for each column.
+    """Median of ratios and ratio of medians of GPLaSDI over ``method``, with intervals.
 
     Returns one row per column: ``quantity``, ``n_pairs``, ``median_of_ratios``, ``mor_low``,
-    ``mor_high``, ``n_gplasdi``, ``n_mlasdi``, ``median_gplasdi``, ``median_mlasdi``,
-    ``ratio_of_medians``, ``rom_low``, ``rom_high``. NaN when a side is empty; missing values
-    (e.g. a NaN training time) are left out and do not count in ``n_*``.
+    ``mor_high``, ``verdict``, ``pair_factors``, ``n_gplasdi``, ``n_method``, ``median_gplasdi``,
+    ``median_method``, ``ratio_of_medians``, ``rom_low``, ``rom_high``. NaN when a side is empty;
+    missing values (e.g. a NaN training time) are left out and do not count in ``n_*``. Below
+    ``min_pairs`` pairs ``mor_low``/``mor_high`` are NaN and ``pair_factors`` lists the sorted
+    per-pair factors (3 significant digits, ``, ``-joined; empty otherwise).
     """
     rows = []
     for col in columns:
         rng = np.random.default_rng(seed)
         ratios = _finite(pairs[f"factor_{col}"]) if len(pairs) else np.empty(0)
         mor = median_ci(ratios, rng, n_boot=n_boot, level=level)
-        gp = _finite(usable.loc[usable["method"] == "gplasdi", col])
-        ml = _finite(usable.loc[usable["method"] == "mlasdi", col])
-        rom = ratio_of_medians_ci(gp, ml, rng, n_boot=n_boot, level=level)
+        few = ratios.size < min_pairs
+        if few:
+            mor = (mor[0], np.nan, np.nan)
+        gp = _finite(usable.loc[usable["method"] == BASELINE, col])
+        other = _finite(usable.loc[usable["method"] == method, col])
+        rom = ratio_of_medians_ci(gp, other, rng, n_boot=n_boot, level=level)
         rows.append(
             {
                 "quantity": col,
@@ -239,10 +289,12 @@ def factor_table(
                 "median_of_ratios": mor[0],
                 "mor_low": mor[1],
                 "mor_high": mor[2],
+                "verdict": verdict(*mor, ratios.size, min_pairs=min_pairs),
+                "pair_factors": ", ".join(f"{r:.3g}" for r in np.sort(ratios)) if few else "",
                 "n_gplasdi": gp.size,
-                "n_mlasdi": ml.size,
+                "n_method": other.size,
                 "median_gplasdi": float(np.median(gp)) if gp.size else np.nan,
-                "median_mlasdi": float(np.median(ml)) if ml.size else np.nan,
+                "median_method": float(np.median(other)) if other.size else np.nan,
                 "ratio_of_medians": rom[0],
                 "rom_low": rom[1],
                 "rom_high": rom[2],
@@ -257,16 +309,20 @@ def factors_by(
     by: str | Sequence[str],
     columns: Sequence[str] = ERROR_METRICS,
     *,
+    method: str = "mlasdi",
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    min_pairs: int = MIN_PAIRS,
 ) -> pd.DataFrame:
     """:func:`factor_table` within each value of ``by`` (group columns come first).
 
-    Every group present in ``usable`` gets rows, also when it has no pairs (then the median of
-    ratios is NaN and ``n_pairs`` is 0).
+    Every group present in the usable rows of GPLaSDI or ``method`` gets rows, also when it has
+    no pairs (then the median of ratios is NaN and ``n_pairs`` is 0).
     """
     by = [by] if isinstance(by, str) else list(by)
+    usable = usable[usable["method"].isin([BASELINE, method])]
+    kw = {"method": method, "n_boot": n_boot, "seed": seed, "level": level, "min_pairs": min_pairs}
     groups = usable[by].drop_duplicates().sort_values(by).itertuples(index=False)
     tables = []
     for values in groups:
@@ -276,14 +332,12 @@ def factors_by(
             if len(pairs)
             else np.zeros(0, dtype=bool)
         )
-        t = factor_table(
-            pairs[sel_p], usable[sel_u], columns, n_boot=n_boot, seed=seed, level=level
-        )
+        t = factor_table(pairs[sel_p], usable[sel_u], columns, **kw)
         for i, (b, v) in enumerate(zip(by, values, strict=True)):
             t.insert(i, b, v)
         tables.append(t)
     if not tables:
-        empty = factor_table(pairs.iloc[:0], usable.iloc[:0], columns, n_boot=1, seed=seed)
+        empty = factor_table(pairs.iloc[:0], usable.iloc[:0], columns, **{**kw, "n_boot": 1})
         return pd.concat([pd.DataFrame(columns=by), empty.iloc[:0]], axis=1)
     return pd.concat(tables, ignore_index=True)
 
@@ -296,6 +350,12 @@ def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return float(centre - half), float(centre + half)
+
+
+def _present(*tables: pd.DataFrame) -> list[str]:
+    """GPLaSDI, mLaSDI and every other method with a row in ``tables``, in ``METHODS`` order."""
+    seen = {m for t in tables for m in t["method"]}
+    return [m for m in METHODS if m in seen or m in (BASELINE, "mlasdi")]
 
 
 def share_below(
@@ -312,7 +372,7 @@ def share_below(
     below the threshold.
     """
     rows = []
-    for m in _METHODS:
+    for m in _present(usable, excluded):
         values = usable.loc[usable["method"] == m, metric].to_numpy(dtype=np.float64)
         n, k = values.size, int((values < threshold).sum())
         n_ex = int((excluded["method"] == m).sum())
@@ -337,7 +397,7 @@ def share_below(
 def method_summary(usable: pd.DataFrame) -> pd.DataFrame:
     """Per method: counts, medians and best values of errors, training time and size."""
     rows = []
-    for m in _METHODS:
+    for m in _present(usable):
         u = usable[usable["method"] == m]
         row: dict[str, object] = {"method": m, "n_models": len(u)}
         for col in ERROR_METRICS:

@@ -7,8 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from .labels import METHOD_LABELS
+
 __all__ = [
-    "arch_labels",
+    "arch_titles",
+    "budget_titles",
     "error_time_table",
     "best_models",
     "heatmap_table",
@@ -18,19 +21,29 @@ __all__ = [
     "search_params",
 ]
 
-_METHODS = ("gplasdi", "mlasdi")
+
+def _position_titles(labels: pd.DataFrame, key: str) -> dict[int, str]:
+    """``position -> "GPLaSDI 1500-750-75 · mLaSDI, mLaSDI-val 1000-500-50"``: methods that share
+    a label are named together; methods without a row there are left out."""
+    titles = {}
+    for row in labels.to_dict("records"):
+        by_text: dict[str, list[str]] = {}
+        for m, text in row.items():
+            if m != key and text != "–":
+                by_text.setdefault(text, []).append(METHOD_LABELS[m])
+        titles[int(row[key])] = " · ".join(f"{', '.join(ms)} {t}" for t, ms in by_text.items())
+    return titles
 
 
-def arch_labels(usable: pd.DataFrame) -> dict[int, str]:
-    """``arch_index -> "A<i>: <gplasdi hidden> | <mlasdi hidden>"`` from the hidden widths seen."""
-    labels = {}
-    for arch, rows in usable.groupby("arch_index", sort=True):
-        parts = []
-        for m in _METHODS:
-            hidden = sorted(set(rows.loc[rows["method"] == m, "hidden"].dropna().astype(str)))
-            parts.append("/".join(hidden) if hidden else "-")
-        labels[int(arch)] = f"A{int(arch)}: {parts[0]} | {parts[1]}"
-    return labels
+def arch_titles(labels: pd.DataFrame) -> dict[int, str]:
+    """``arch_index`` -> the methods' hidden widths there, from a
+    :func:`~analysis.labels.position_labels` table of ``arch_index``."""
+    return _position_titles(labels, "arch_index")
+
+
+def budget_titles(labels: pd.DataFrame) -> dict[int, str]:
+    """``budget_index`` -> the methods' budgets there (``GPLaSDI 25k · mLaSDI 25k+25k``)."""
+    return _position_titles(labels, "budget_index")
 
 
 # The columns that identify a model in every per-model table.
@@ -46,8 +59,9 @@ MODEL_KEYS = [
 
 
 def error_time_table(usable: pd.DataFrame) -> pd.DataFrame:
-    """Figure 2 data: one row per usable model with training time and min/mean/max error."""
-    cols = [*MODEL_KEYS, "train_time_s", "err_min", "err_mean", "err_max"]
+    """Figure 2 data: one row per usable model with training time and min/mean/max error, and
+    its ``trial_id`` (the budgets of one trial continue one training run)."""
+    cols = [*MODEL_KEYS, "trial_id", "train_time_s", "err_min", "err_mean", "err_max"]
     return (
         usable[cols].sort_values(["method", "train_time_s"], kind="stable").reset_index(drop=True)
     )

@@ -6,8 +6,9 @@ backend switch; saving uses Agg), so nothing needs closing and this works headle
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,10 +16,14 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+from .labels import METHOD_LABELS
 
 __all__ = [
     "METHOD_STYLE",
+    "LATENT_MARKERS",
+    "log_ticks",
     "plot_error_vs_time",
     "plot_heatmaps",
     "plot_factor_bars",
@@ -27,11 +32,13 @@ __all__ = [
     "save_figure",
 ]
 
-# Colour-blind-safe pair (Okabe-Ito blue / vermillion).
+# Colour-blind-safe colours (Okabe-Ito blue / vermillion / bluish green).
 METHOD_STYLE = {
-    "gplasdi": {"label": "GPLaSDI", "color": "#0072B2", "marker": "o"},
-    "mlasdi": {"label": "mLaSDI", "color": "#D55E00", "marker": "s"},
+    "gplasdi": {"label": METHOD_LABELS["gplasdi"], "color": "#0072B2"},
+    "mlasdi": {"label": METHOD_LABELS["mlasdi"], "color": "#D55E00"},
+    "mlasdi_val": {"label": METHOD_LABELS["mlasdi_val"], "color": "#009E73"},
 }
+LATENT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
@@ -44,61 +51,201 @@ def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
     return [png, pdf]
 
 
-def plot_error_vs_time(table: pd.DataFrame, *, threshold: float | None = 0.01) -> Figure:
-    """The paper's Figure 2: relative error against training time, one marker per model.
+def log_ticks(lo: float, hi: float, *, max_ticks: int = 8) -> np.ndarray:
+    """Readable tick values for a log axis from ``lo`` to ``hi`` (``0 < lo < hi``).
 
-    Marker at ``err_mean``; bar from ``err_min`` to ``err_max``; log-log axes.
+    Within a factor of 4, round linear steps (``0.8, 0.9, 1, 1.1, 1.2``: a log axis that narrow is
+    nearly linear); wider, the first of 1, 1-2-5, 1-2-3-5-7 and 1-9 per decade that gives at
+    least 3 ticks, thinned to at most ``max_ticks``.
     """
-    fig = Figure(figsize=(7.0, 4.6), layout="constrained")
-    ax = fig.add_subplot()
-    for method, style in METHOD_STYLE.items():
-        t = table[table["method"] == method]
-        if t.empty:
-            continue
-        yerr = np.vstack([t["err_mean"] - t["err_min"], t["err_max"] - t["err_mean"]])
-        ax.errorbar(
-            t["train_time_s"],
-            t["err_mean"],
-            yerr=yerr,
-            fmt=style["marker"],
-            color=style["color"],
-            ecolor=style["color"],
-            elinewidth=1.0,
-            capsize=2.5,
-            markersize=5,
-            alpha=0.8,
-            label=f"{style['label']} ({len(t)} models)",
-        )
-    if threshold is not None:
-        ax.axhline(threshold, color="0.4", lw=0.8, ls=":", label=f"{threshold:.0%} error")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("training time (s)")
-    ax.set_ylabel("relative error $r(\\mu)$ over test parameters")
-    ax.grid(True, which="major", alpha=0.3)
-    ax.grid(True, which="minor", alpha=0.1)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
-    fig.suptitle("marker: mean error, bar: min to max", fontsize=9, y=0.0, va="top", color="0.3")
-    return fig
+    if not 0 < lo < hi:
+        raise ValueError(f"need 0 < lo < hi, got lo={lo}, hi={hi}")
+    tol = 1e-9
+
+    def inside(t: np.ndarray) -> np.ndarray:
+        return t[(t > 0) & (t >= lo * (1 - tol)) & (t <= hi * (1 + tol))]
+
+    if hi / lo <= 4:
+        for nbins in range(max_ticks - 1, max_ticks + 8):
+            locator = MaxNLocator(nbins=nbins, steps=[1, 2, 2.5, 5, 10])
+            ticks = inside(locator.tick_values(lo, hi))
+            if ticks.size >= 3:
+                return ticks
+        return ticks
+    decades = np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1)
+    for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 5, 7), tuple(range(1, 10))):
+        ticks = inside(np.array([m * 10.0**d for d in decades for m in mantissas]))
+        if ticks.size >= 3:
+            return ticks[:: -(-ticks.size // max_ticks)]
+    return ticks
+
+
+def _set_log_ticks(axis: Any, lo: float, hi: float, fmt: Callable[[float, object], str]) -> None:
+    """Explicit major ticks from :func:`log_ticks` with ``fmt`` labels, no minor labels."""
+    axis.set_major_locator(FixedLocator(log_ticks(lo, hi)))
+    axis.set_major_formatter(FuncFormatter(fmt))
+    axis.set_minor_locator(NullLocator())
 
 
 def _percent(v: float, _pos: object = None) -> str:
     return f"{100 * v:.3g}%"
 
 
-def _percent_minor(v: float, _pos: object = None) -> str:
-    """Label only the 2x and 5x minor ticks of a log axis (the others stay blank)."""
-    mantissa = v / 10 ** np.floor(np.log10(v))
-    return _percent(v) if np.isclose(mantissa, 2) or np.isclose(mantissa, 5) else ""
-
-
 def _plain(v: float, _pos: object = None) -> str:
     return f"{v:.3g}"
 
 
-def _plain_minor(v: float, _pos: object = None) -> str:
-    """Label the 2x and 5x minor ticks of a log axis with plain numbers."""
-    return _plain(v) if _percent_minor(v) else ""
+def _seconds(v: float, _pos: object = None) -> str:
+    return f"{v:.0f} s" if v >= 10 else f"{v:.2g} s"
+
+
+def _padded(values: np.ndarray, pad: float = 1.25) -> tuple[float, float]:
+    """A log range around the positive finite ``values`` with a factor ``pad`` each side."""
+    v = values[np.isfinite(values) & (values > 0)]
+    if not v.size:
+        return (0.1, 1.0)
+    return float(v.min() / pad), float(v.max() * pad)
+
+
+def plot_error_vs_time(
+    table: pd.DataFrame,
+    *,
+    arch: Mapping[int, str] | None = None,
+    budgets: Mapping[int, str] | None = None,
+    threshold: float | None = 0.01,
+) -> Figure:
+    """The paper's Figure 2: relative error against training time, one panel per architecture.
+
+    Colour: method; marker shape: latent size; marker size: budget position (its iterations in
+    the legend); a thin line joins the budgets of one trial (one training run continued). Marker
+    at ``err_mean``, bar from ``err_min`` to ``err_max``; log-log axes fitted to the data. The
+    ``threshold`` line is drawn when it lies in the range, else a footnote says where it is.
+    ``arch`` and ``budgets`` map positions to titles (:func:`~analysis.figure_data.arch_titles`,
+    :func:`~analysis.figure_data.budget_titles`).
+    """
+    arch, budgets = dict(arch or {}), dict(budgets or {})
+    archs = sorted({int(a) for a in table["arch_index"]})
+    latents = sorted({int(v) for v in table["latent_dim"]})
+    budget_ids = sorted({int(b) for b in table["budget_index"]})
+    marker = {v: LATENT_MARKERS[i % len(LATENT_MARKERS)] for i, v in enumerate(latents)}
+    sizes = np.linspace(18, 90, len(budget_ids)) if len(budget_ids) > 1 else np.array([40.0])
+    size = dict(zip(budget_ids, sizes, strict=True))
+    ncols = min(len(archs), 3)
+    nrows = -(-len(archs) // ncols)
+    fig = Figure(figsize=(3.9 * ncols + 3.2, 3.3 * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
+    for ax in axes[len(archs) :]:
+        ax.set_visible(False)
+    methods = [m for m in METHOD_STYLE if (table["method"] == m).any()]
+    for ax, a in zip(axes, archs, strict=False):
+        panel = table[table["arch_index"] == a]
+        for m in methods:
+            colour = METHOD_STYLE[m]["color"]
+            t = panel[panel["method"] == m]
+            for _, trial in t.groupby("trial_id", sort=True):
+                trial = trial.sort_values("budget_index")
+                if len(trial) > 1:
+                    ax.plot(
+                        trial["train_time_s"], trial["err_mean"], color=colour, lw=0.6, alpha=0.5
+                    )
+            yerr = np.vstack([t["err_mean"] - t["err_min"], t["err_max"] - t["err_mean"]])
+            ax.errorbar(
+                t["train_time_s"],
+                t["err_mean"],
+                yerr=yerr,
+                fmt="none",
+                ecolor=colour,
+                elinewidth=0.8,
+                alpha=0.45,
+                capsize=0,
+            )
+            for latent, part in t.groupby("latent_dim", sort=True):
+                ax.scatter(
+                    part["train_time_s"],
+                    part["err_mean"],
+                    s=[size[int(b)] for b in part["budget_index"]],
+                    marker=marker[int(latent)],
+                    color=colour,
+                    edgecolors="0.15",
+                    linewidths=0.4,
+                    alpha=0.85,
+                    zorder=3,
+                )
+        ax.set_title(arch.get(a, f"architecture {a}"), fontsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+    ax0 = axes[0]
+    ax0.set_xscale("log")
+    ax0.set_yscale("log")
+    ylo, yhi = _padded(table[["err_min", "err_mean", "err_max"]].to_numpy(float).ravel())
+    xlo, xhi = _padded(table["train_time_s"].to_numpy(float), 1.3)
+    ax0.set_ylim(ylo, yhi)
+    ax0.set_xlim(xlo, xhi)
+    _set_log_ticks(ax0.yaxis, ylo, yhi, _percent)
+    _set_log_ticks(ax0.xaxis, xlo, xhi, _seconds)
+    for ax in axes[: len(archs)]:
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    for i, ax in enumerate(axes[: len(archs)]):
+        if i + ncols >= len(archs):  # nothing drawn below: this panel carries the x axis
+            ax.tick_params(axis="x", labelbottom=True)
+            ax.set_xlabel("training time")
+    for r in range(nrows):
+        axes[r * ncols].set_ylabel("relative error $r(\\mu)$")
+    note = (
+        "marker: mean error over the test parameters, bar: min to max; line: budgets of one trial"
+    )
+    if threshold is not None:
+        if ylo <= threshold <= yhi:
+            for ax in axes[: len(archs)]:
+                ax.axhline(threshold, color="0.4", lw=0.8, ls=":")
+            note += f"; dotted: {threshold:.3g} ({threshold:.0%}) error"
+        else:
+            side = "below" if threshold < ylo else "above"
+            note += f"; the {threshold:.0%} error line is {side} the range shown"
+    fig.suptitle(note, fontsize=8, y=0.0, va="top", color="0.3")
+    handles, names = _legend_entries(methods, marker, size, budgets)
+    legend = fig.legend(handles, names, loc="outside right upper", frameon=False, fontsize=7.5)
+    for text in legend.get_texts():
+        if text.get_text() in _LEGEND_HEADERS:
+            text.set_fontweight("bold")
+    return fig
+
+
+_LEGEND_HEADERS = ("colour: method", "shape: latent size", "size: budget (iterations)")
+
+
+def _legend_entries(
+    methods: Sequence[str],
+    marker: Mapping[int, str],
+    size: Mapping[int, float],
+    budgets: Mapping[int, str],
+) -> tuple[list[Line2D], list[str]]:
+    """One legend in three headed blocks: colour = method, shape = latent, size = budget."""
+
+    def header(text: str) -> tuple[Line2D, str]:
+        return Line2D([], [], ls="none"), text
+
+    def dot(shape: str, colour: str, area: float = 40.0) -> Line2D:
+        return Line2D(
+            [],
+            [],
+            ls="none",
+            marker=shape,
+            markersize=np.sqrt(area),
+            color=colour,
+            markeredgecolor="0.15",
+            markeredgewidth=0.4,
+        )
+
+    colour, shape, area = _LEGEND_HEADERS
+    entries = [header(colour)]
+    entries += [(dot("o", METHOD_STYLE[m]["color"]), METHOD_STYLE[m]["label"]) for m in methods]
+    entries.append(header(shape))
+    entries += [(dot(s, "0.6"), f"latent {v}") for v, s in marker.items()]
+    entries.append(header(area))
+    entries += [(dot("o", "0.6", a), budgets.get(b, f"budget {b}")) for b, a in size.items()]
+    handles, names = zip(*entries, strict=True)
+    return list(handles), list(names)
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:
@@ -121,8 +268,9 @@ def plot_heatmaps(
     Each panel is ``(title, rows, grid)``: ``rows`` the model's rows of
     :func:`~analysis.figure_data.heatmap_table` and ``grid`` its
     :func:`~analysis.figure_data.heatmap_grid` (``None``: drawn as a scatter). Training
-    parameters are marked with a black-edged square; cells are annotated with r(mu) in percent
-    when the grid has at most ``annotate_max_cells`` cells.
+    parameters are outlined in red; cells are annotated with r(mu) in percent (3 significant
+    digits) when the grid has at most ``annotate_max_cells`` cells. The colour bar has explicit
+    ticks (:func:`log_ticks`), also when the errors span less than a decade.
     """
     errs = np.concatenate([rows["err"].to_numpy(dtype=np.float64) for _, rows, _ in panels])
     errs = errs[np.isfinite(errs) & (errs > 0)]
@@ -144,7 +292,7 @@ def plot_heatmaps(
                         ax.text(
                             xv,
                             yv,
-                            f"{100 * z[j, i]:.2g}",
+                            f"{100 * z[j, i]:#.3g}",
                             ha="center",
                             va="center",
                             fontsize=7,
@@ -186,9 +334,10 @@ def plot_heatmaps(
         ax.set_title(title, fontsize=9)
     if mappable is not None:
         cbar = fig.colorbar(mappable, ax=list(axes), shrink=0.9)
-        cbar.set_label("relative error $r(\\mu)$ (%)")
+        cbar.set_label("relative error $r(\\mu)$ (cell labels in %)")
+        cbar.set_ticks(log_ticks(vmin, vmax))
         cbar.ax.yaxis.set_major_formatter(FuncFormatter(_percent))
-        cbar.ax.yaxis.set_minor_formatter(FuncFormatter(_percent_minor))
+        cbar.ax.yaxis.set_minor_locator(NullLocator())
     handle = Line2D(
         [],
         [],
@@ -206,100 +355,115 @@ def plot_heatmaps(
 
 
 def plot_factor_bars(
-    bars: Mapping[str, pd.DataFrame], *, labels: Mapping[int, str] | None = None
+    bars: Mapping[str, Mapping[str, pd.DataFrame]], *, arch: pd.DataFrame | None = None
 ) -> Figure:
     """Median improvement factor by architecture (groups) and latent size (bars), log scale.
 
-    ``bars`` maps a quantity name (``err_max``, ...) to its
-    :func:`~analysis.figure_data.factor_bars` table; one panel each. Bars show the median of
-    ratios, whiskers its bootstrap interval; the dashed line marks a factor of 1 (no change).
+    ``bars`` maps each compared method to ``{quantity: factor_bars table}``
+    (:func:`~analysis.figure_data.factor_bars`): one row of panels per method, one panel per
+    quantity. Bars show the median of ratios, whiskers its bootstrap interval (none below
+    ``MIN_PAIRS`` pairs); the dashed line marks a factor of 1 (no change). ``arch`` is the
+    :func:`~analysis.labels.position_labels` table of ``arch_index``: the x labels are the hidden
+    widths (GPLaSDI above, the method below).
     """
-    quantities = list(bars)
-    fig = Figure(figsize=(4.2 * len(quantities) + 0.6, 4.4), layout="constrained")
-    axes = fig.subplots(1, len(quantities), squeeze=False, sharey=True)[0]
-    all_latent = sorted({int(v) for t in bars.values() for v in t["latent_dim"]})
+    methods = list(bars)
+    quantities = list(next(iter(bars.values())))
+    fig = Figure(
+        figsize=(4.4 * len(quantities) + 0.6, 3.9 * len(methods) + 0.5), layout="constrained"
+    )
+    axes = fig.subplots(len(methods), len(quantities), squeeze=False, sharey=True)
+    tables = [t for per in bars.values() for t in per.values()]
+    all_latent = sorted({int(v) for t in tables for v in t["latent_dim"]})
     cmap = _latent_colours(len(all_latent))
-    for ax, q in zip(axes, quantities, strict=True):
-        t = bars[q]
-        archs = sorted({int(v) for v in t["arch_index"]})
-        width = 0.8 / max(len(all_latent), 1)
-        n_bars = len(archs) * len(all_latent)
-        for j, latent in enumerate(all_latent):
-            s = t[t["latent_dim"] == latent].set_index("arch_index").reindex(archs)
-            x = np.arange(len(archs)) - 0.4 + width * (j + 0.5)
-            y = s["median_of_ratios"].to_numpy(float)
-            lo = np.clip(y - s["mor_low"].to_numpy(float), 0, None)
-            hi = np.clip(s["mor_high"].to_numpy(float) - y, 0, None)
-            # Bars start at 1 (no change): up for a gain, down for a loss, also on a log axis.
-            ax.bar(
-                x,
-                y - 1.0,
-                bottom=1.0,
-                width=width,
-                color=cmap[j],
-                label=f"latent {latent}",
-                edgecolor="0.2",
-                lw=0.4,
-            )
-            ax.errorbar(x, y, yerr=np.vstack([lo, hi]), fmt="none", ecolor="0.15", capsize=2)
-            if n_bars <= 24:  # value beyond the whisker, so text and whisker never overlap
-                for xi, yi, low, high in zip(x, y, y - lo, y + hi, strict=True):
-                    if np.isfinite(yi):
-                        up = yi >= 1
-                        ax.annotate(
-                            f"{yi:.2f}",
-                            (xi, high if up else low),
-                            xytext=(0, 2 if up else -2),
-                            textcoords="offset points",
-                            ha="center",
-                            va="bottom" if up else "top",
-                            fontsize=7,
-                        )
-        for i, a in enumerate(archs):
-            if not t.loc[t["arch_index"] == a, "median_of_ratios"].notna().any():
-                ax.annotate(
-                    "no pairs",
-                    (i, 1.0),
-                    xytext=(0, 4),
-                    textcoords="offset points",
-                    ha="center",
-                    va="bottom",
-                    fontsize=8,
-                    color="0.3",
-                )
-        ax.set_xlim(-0.5, len(archs) - 0.5)
-        ax.axhline(1.0, color="0.2", ls="--", lw=1.0)
-        ax.set_yscale("log")
-
-        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
-        ax.yaxis.set_minor_formatter(FuncFormatter(_plain_minor))
-        ax.set_xticks(np.arange(len(archs)))
-        ax.set_xticklabels([f"A{a}" for a in archs])
-        ax.set_xlabel("architecture (Table 1 row)")
-        ax.set_title(f"{q}: GPLaSDI / mLaSDI", fontsize=10)
-        ax.grid(True, axis="y", which="both", alpha=0.2)
-    axes[0].set_ylabel("median improvement factor")
+    for row, m in zip(axes, methods, strict=True):
+        for ax, q in zip(row, quantities, strict=True):
+            _factor_panel(ax, bars[m][q], all_latent, cmap, arch, m)
+            ax.set_title(f"{q}: GPLaSDI / {METHOD_LABELS[m]}", fontsize=10)
+        row[0].set_ylabel("median improvement factor")
     lims = np.concatenate(
-        [b[["mor_low", "mor_high"]].to_numpy(float).ravel() for b in bars.values()]
+        [t[["median_of_ratios", "mor_low", "mor_high"]].to_numpy(float).ravel() for t in tables]
     )
     lims = lims[np.isfinite(lims) & (lims > 0)]
-    if lims.size:  # shared y: keep the line at 1 off the frame and room for the value labels
-        axes[0].set_ylim(min(0.8, lims.min() / 1.3), max(1.25, lims.max() * 1.5))
-    handles, names = axes[0].get_legend_handles_labels()
+    lo, hi = (min(0.8, lims.min() / 1.3), max(1.25, lims.max() * 1.5)) if lims.size else (0.8, 1.25)
+    # Shared y: keep the line at 1 off the frame and room for the value labels.
+    axes[0, 0].set_ylim(lo, hi)
+    _set_log_ticks(axes[0, 0].yaxis, lo, hi, _plain)
+    handles, names = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside upper center", ncol=len(names), frameon=False)
-    if labels:
-        text = "   ".join(labels[a] for a in sorted(labels))
-        fig.text(
-            0.5,
-            0.0,
-            f"hidden widths (GPLaSDI | mLaSDI): {text}",
-            ha="center",
-            va="top",
-            fontsize=7,
-            color="0.3",
-            wrap=True,
-        )
     return fig
+
+
+def _factor_panel(
+    ax: Any,
+    t: pd.DataFrame,
+    all_latent: Sequence[int],
+    cmap: Sequence[Any],
+    arch: pd.DataFrame | None,
+    method: str,
+) -> None:
+    archs = sorted({int(v) for v in t["arch_index"]})
+    width = 0.8 / max(len(all_latent), 1)
+    n_bars = len(archs) * len(all_latent)
+    for j, latent in enumerate(all_latent):
+        s = t[t["latent_dim"] == latent].set_index("arch_index").reindex(archs)
+        x = np.arange(len(archs)) - 0.4 + width * (j + 0.5)
+        y = s["median_of_ratios"].to_numpy(float)
+        lo = np.clip(y - s["mor_low"].to_numpy(float), 0, None)
+        hi = np.clip(s["mor_high"].to_numpy(float) - y, 0, None)
+        # Bars start at 1 (no change): up for a gain, down for a loss, also on a log axis.
+        ax.bar(
+            x,
+            y - 1.0,
+            bottom=1.0,
+            width=width,
+            color=cmap[j],
+            label=f"latent {latent}",
+            edgecolor="0.2",
+            lw=0.4,
+        )
+        ax.errorbar(x, y, yerr=np.vstack([lo, hi]), fmt="none", ecolor="0.15", capsize=2)
+        if n_bars <= 30:  # value beyond the whisker, so text and whisker never overlap
+            for xi, yi, low, high in zip(
+                x, y, y - np.nan_to_num(lo), y + np.nan_to_num(hi), strict=True
+            ):
+                if np.isfinite(yi):
+                    up = yi >= 1
+                    ax.annotate(
+                        f"{yi:.2f}",
+                        (xi, high if up else low),
+                        xytext=(0, 2 if up else -2),
+                        textcoords="offset points",
+                        ha="center",
+                        va="bottom" if up else "top",
+                        fontsize=7 if n_bars <= 10 else 6,
+                        rotation=0 if n_bars <= 10 else 90,
+                    )
+    for i, a in enumerate(archs):
+        if not t.loc[t["arch_index"] == a, "median_of_ratios"].notna().any():
+            ax.annotate(
+                "no pairs",
+                (i, 1.0),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="0.3",
+            )
+    ax.set_xlim(-0.5, len(archs) - 0.5)
+    ax.axhline(1.0, color="0.2", ls="--", lw=1.0)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(archs)))
+    if arch is not None:
+        lab = arch.set_index("arch_index")
+        ax.set_xticklabels(
+            [f"{lab.at[a, 'gplasdi']}\n{lab.at[a, method]}" for a in archs], fontsize=7
+        )
+        ax.set_xlabel(f"hidden widths: GPLaSDI (top), {METHOD_LABELS[method]} (bottom)", fontsize=8)
+    else:
+        ax.set_xticklabels([f"A{a}" for a in archs])
+        ax.set_xlabel("architecture position")
+    ax.grid(True, axis="y", which="major", alpha=0.2)
 
 
 def _latent_colours(n: int) -> list:

@@ -1,31 +1,67 @@
 """Run the whole analysis of a results directory and write report.md, CSV tables and figures.
 
-:func:`analyze` computes every table (an :class:`Analysis`); :func:`write_report` writes them.
+:func:`analyze` computes every table (an :class:`Analysis`, with one :class:`Comparison` per
+method compared with GPLaSDI); :func:`write_report` writes them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from . import conditions as C
 from . import factors as F
 from . import figure_data as D
+from .labels import BASELINE, METHOD_LABELS, budget_label, iters_label, position_labels
 from .schema import ReadInfo, read_budget_trials, read_param_errors, read_results
 
-__all__ = ["PAPER_FACTORS", "Analysis", "analyze", "write_report", "headline_sentence"]
+__all__ = [
+    "PAPER_FACTORS",
+    "PAPER_BUDGETS",
+    "Comparison",
+    "Analysis",
+    "analyze",
+    "write_report",
+    "headline_sentence",
+]
 
 # The paper's headline: median improvement factors of mLaSDI over GPLaSDI.
 PAPER_FACTORS = {"err_max": 2.54, "err_mean": 3.24, "err_min": 5.91}
+# The paper's budgets (Table 1; the vlasov_paper preset, studies/vlasov_paper.toml), iterations.
+PAPER_BUDGETS = {
+    "gplasdi": ((25000,), (50000,), (75000,), (100000,)),
+    "mlasdi": ((25000, 25000), (25000, 50000), (50000, 50000), (75000, 25000)),
+}
 _BY = {"arch": "arch_index", "latent": "latent_dim", "budget": "budget_index"}
 
 
 @dataclass
+class Comparison:
+    """One method against GPLaSDI: its pairs, factor tables (with verdicts) and breakdowns."""
+
+    method: str
+    pairing: F.Pairing
+    factors: pd.DataFrame
+    costs: pd.DataFrame
+    by: dict[str, pd.DataFrame]
+    by_arch_latent: pd.DataFrame
+
+
+@dataclass
 class Analysis:
-    """Every table of the report (all DataFrames) and how they were computed."""
+    """Every table of the report (all DataFrames) and how they were computed.
+
+    ``comparisons`` maps each compared method (``mlasdi``, ``mlasdi_val``) to its
+    :class:`Comparison`; ``labels`` maps ``arch``/``budget`` to
+    :func:`~analysis.labels.position_labels` tables; ``training`` is
+    :func:`~analysis.conditions.training_limited`; ``concurrency`` is
+    :func:`~analysis.conditions.concurrency` of the trials.
+    """
 
     results_dir: Path
     results: pd.DataFrame
@@ -33,11 +69,10 @@ class Analysis:
     param_errors: pd.DataFrame | None
     usable: pd.DataFrame
     excluded: pd.DataFrame
-    pairing: F.Pairing
-    factors: pd.DataFrame
-    costs: pd.DataFrame
-    by: dict[str, pd.DataFrame]
-    by_arch_latent: pd.DataFrame
+    comparisons: dict[str, Comparison]
+    labels: dict[str, pd.DataFrame]
+    training: pd.DataFrame
+    concurrency: dict[str, float]
     share: pd.DataFrame
     summary: pd.DataFrame
     best: pd.DataFrame
@@ -48,6 +83,19 @@ class Analysis:
     threshold: float
     param_names: tuple[str, str]
     notes: list[str] = field(default_factory=list)
+
+
+def _compare(usable: pd.DataFrame, method: str, pairing: str, kw: dict) -> Comparison:
+    p = F.pair_models(usable, method=method, mode=pairing)
+    kw = {**kw, "method": method}
+    return Comparison(
+        method=method,
+        pairing=p,
+        factors=F.factor_table(p.pairs, usable, F.ERROR_METRICS, **kw),
+        costs=F.factor_table(p.pairs, usable, F.COST_COLUMNS, **kw),
+        by={k: F.factors_by(p.pairs, usable, col, **kw) for k, col in _BY.items()},
+        by_arch_latent=F.factors_by(p.pairs, usable, ["arch_index", "latent_dim"], **kw),
+    )
 
 
 def analyze(
@@ -78,9 +126,8 @@ def analyze(
         param_errors = None
         notes.append("No param_errors/*.parquet: heatmaps skipped.")
     usable, excluded = F.split_usable(results)
-    pairs = F.pair_models(usable, mode=pairing)
     kw = {"n_boot": n_boot, "seed": seed, "level": level}
-    by = {k: F.factors_by(pairs.pairs, usable, col, **kw) for k, col in _BY.items()}
+    methods = F.compared_methods(results)
     trials = None
     if budget_dir is None and (results_dir / "budget" / "trials.csv").is_file():
         budget_dir = results_dir / "budget"
@@ -93,11 +140,12 @@ def analyze(
         param_errors=param_errors,
         usable=usable,
         excluded=excluded,
-        pairing=pairs,
-        factors=F.factor_table(pairs.pairs, usable, F.ERROR_METRICS, **kw),
-        costs=F.factor_table(pairs.pairs, usable, F.COST_COLUMNS, **kw),
-        by=by,
-        by_arch_latent=F.factors_by(pairs.pairs, usable, ["arch_index", "latent_dim"], **kw),
+        comparisons={m: _compare(usable, m, pairing, kw) for m in methods},
+        labels={
+            k: position_labels(results, _BY[k], [BASELINE, *methods]) for k in ("arch", "budget")
+        },
+        training=C.training_limited(usable),
+        concurrency=C.concurrency(C.trial_intervals(results)),
         share=F.share_below(usable, excluded, threshold=threshold),
         summary=F.method_summary(usable),
         best=D.best_models(usable) if len(usable) else usable.iloc[:0],
@@ -115,7 +163,7 @@ def analyze(
 
 
 def _fmt(value: object, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float | int) and not isinstance(value, bool):
         return format(value, spec)
@@ -128,6 +176,16 @@ def _factor(x: float) -> str:
 
 def _ci(lo: float, hi: float) -> str:
     return f"[{_factor(lo)}, {_factor(hi)}]"
+
+
+def _spread(row: Any, pct: str) -> str:
+    """The interval of a median of ratios (``row``: a factor-table row from ``itertuples``), or
+    the pairs themselves below ``MIN_PAIRS``."""
+    if row.n_pairs == 0:
+        return "no pairs"
+    if row.pair_factors:
+        return f"pairs: {row.pair_factors}"
+    return f"{pct} CI {_ci(row.mor_low, row.mor_high)}"
 
 
 def _md_table(df: pd.DataFrame, formats: dict[str, str] | None = None, default: str = ".4g") -> str:
@@ -149,16 +207,49 @@ def _md_table(df: pd.DataFrame, formats: dict[str, str] | None = None, default: 
     return "\n".join(lines) + "\n"
 
 
-def _factor_rows(t: pd.DataFrame, group: Sequence[str] = ()) -> pd.DataFrame:
-    """Compact factor table for markdown: group, quantity, pairs, factors with intervals."""
+def _label_columns(key: str, method: str) -> tuple[str, str]:
+    what = "widths" if key == "arch_index" else "budget"
+    return f"{METHOD_LABELS[BASELINE]} {what}", f"{METHOD_LABELS[method]} {what}"
+
+
+def _with_labels(
+    t: pd.DataFrame,
+    key: str,
+    labels: pd.DataFrame,
+    method: str,
+    names: tuple[str, str] | None = None,
+) -> pd.DataFrame:
+    """``t`` with ``key`` followed by the two methods' labels of each position (widths or
+    iterations), named ``names`` (default :func:`_label_columns`)."""
+    names = names or _label_columns(key, method)
+    lab = labels.set_index(key)
+    out = t.copy()
+    for i, (m, name) in enumerate(zip((BASELINE, method), names, strict=True)):
+        text = [lab[m].get(k, "–") for k in out[key]]
+        out.insert(out.columns.get_loc(key) + 1 + i, name, text)
+    return out
+
+
+def _readable_rows(t: pd.DataFrame, a: Analysis) -> pd.DataFrame:
+    """Model rows for markdown: the budget as iterations in place of ``budget_index``; no
+    ``arch_index`` (``hidden`` names the architecture)."""
+    lab = a.labels["budget"].set_index("budget_index")
+    budget = [lab.at[b, m] for b, m in zip(t["budget_index"], t["method"], strict=True)]
+    out = t.drop(columns=["arch_index", "budget_index"])
+    out.insert(out.columns.get_loc("latent_dim") + 1, "budget", budget)
+    return out
+
+
+def _factor_rows(t: pd.DataFrame, group: Sequence[str] = (), *, pct: str = "95%") -> pd.DataFrame:
+    """Compact factor table for markdown: group, quantity, pairs, factors with intervals (or the
+    pairs themselves when there are too few), verdict."""
     out = pd.DataFrame({g: t[g] for g in group})
     out["quantity"] = t["quantity"]
     out["pairs"] = t["n_pairs"]
     out["median of ratios"] = t["median_of_ratios"].map(_factor)
-    out["CI (median of ratios)"] = [
-        _ci(a, b) for a, b in zip(t["mor_low"], t["mor_high"], strict=True)
-    ]
-    out["models gp/m"] = [f"{a}/{b}" for a, b in zip(t["n_gplasdi"], t["n_mlasdi"], strict=True)]
+    out["interval or pairs"] = [_spread(r, pct).removeprefix(f"{pct} CI ") for r in t.itertuples()]
+    out["verdict"] = t["verdict"]
+    out["models gp/m"] = [f"{a}/{b}" for a, b in zip(t["n_gplasdi"], t["n_method"], strict=True)]
     out["ratio of medians"] = t["ratio_of_medians"].map(_factor)
     out["CI (ratio of medians)"] = [
         _ci(a, b) for a, b in zip(t["rom_low"], t["rom_high"], strict=True)
@@ -172,56 +263,165 @@ def _times(f: float, more: str, fewer: str, what: str) -> str:
     return f"{f:.2f}x {fewer}" if f >= 1 else f"{1 / f:.2f}x {more}"
 
 
-def headline_sentence(a: Analysis) -> str:
-    """The paper's sentence with our numbers (paper's in parentheses)."""
-    f = a.factors.set_index("quantity")
-    c = a.costs.set_index("quantity")
-    paper = [f"{PAPER_FACTORS[q]:.2f}" for q in F.ERROR_METRICS]
+def _and(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _comparison_sentence(c: Comparison, pct: str) -> str:
+    label = METHOD_LABELS[c.method]
+    f = c.factors.set_index("quantity")
     n = int(f.loc["err_max", "n_pairs"])
+    paper = _and([f"{PAPER_FACTORS[q]:.2f}" for q in F.ERROR_METRICS])
+    head = f"**{label} vs {METHOD_LABELS[BASELINE]}**"
     if n == 0:
         return (
-            "No matched model pairs (see Unpaired rows), so the paper's sentence (median factors "
-            f"{paper[0]}, {paper[1]} and {paper[2]}) cannot be filled in."
+            f"{head}: no matched model pairs (see Unpaired rows), so no factor can be given "
+            f"(the paper's median factors: {paper})."
         )
-    ours = [_factor(f.loc[q, "median_of_ratios"]) for q in F.ERROR_METRICS]
-    params = _times(
-        c.loc["n_model_params", "median_of_ratios"],
-        "more parameters",
-        "fewer parameters",
-        "parameter counts",
-    )
-    time = _times(
-        c.loc["train_time_s", "median_of_ratios"],
-        "more training time",
-        "less training time",
-        "training times",
-    )
+    names = {"err_max": "max error", "err_mean": "mean error", "err_min": "min error"}
+    rows = list(zip(F.ERROR_METRICS, f.loc[list(F.ERROR_METRICS)].itertuples(), strict=True))
+    if n < F.MIN_PAIRS:
+        parts = [
+            f"{names[q]} {r.pair_factors} (median {_factor(r.median_of_ratios)})" for q, r in rows
+        ]
+        verdicts = (
+            f"{head}: **too few pairs** ({n} matched, below the {F.MIN_PAIRS} an interval "
+            f"needs); the per-pair factors are {'; '.join(parts)}"
+        )
+    else:
+        parts = [
+            f"{names[q]} **{r.verdict}** (median factor {_factor(r.median_of_ratios)}, "
+            f"{_spread(r, pct)})"
+            for q, r in rows
+        ]
+        verdicts = f"{head} over {n} matched pairs: {'; '.join(parts)}"
+    cost = c.costs.set_index("quantity")["median_of_ratios"]
+    params = _times(cost["n_model_params"], "more parameters", "fewer parameters", "parameters")
+    time = _times(cost["train_time_s"], "more training time", "less training time", "times")
     return (
-        f"Across all {n} matched model pairs, mLaSDI improves the maximum, mean and minimum "
-        f"relative errors by median factors of **{ours[0]}**, **{ours[1]}** and **{ours[2]}** "
-        f"(paper: {paper[0]}, {paper[1]} and {paper[2]}), with a median of {params} and "
-        f"{time} (per-pair medians)."
+        f"{verdicts}. The paper's median factors are {paper} (above 1 favours {label}). "
+        f"{label} used a median of {params} and {time} per pair."
     )
+
+
+def _budgets_sentence(a: Analysis) -> str:
+    lab = a.labels["budget"]
+    methods = [m for m in (BASELINE, *a.comparisons) if m in lab.columns]
+    ours = _and([f"{METHOD_LABELS[m]} {', '.join(v for v in lab[m] if v != '–')}" for m in methods])
+    paper = _and(
+        [
+            f"{METHOD_LABELS[m]} {', '.join(budget_label(b) for b in PAPER_BUDGETS[m])}"
+            for m in PAPER_BUDGETS
+        ]
+    )
+    totals = a.results["total_iters"].dropna()
+    most_paper = max(sum(b) for bs in PAPER_BUDGETS.values() for b in bs)
+    share = ""
+    if len(totals):
+        top = int(totals.max())
+        share = (
+            f"; the largest total here is {iters_label(top)} iterations, "
+            f"{100 * top / most_paper:.3g}% of the paper's {iters_label(most_paper)}"
+        )
+    return f"Budgets (iterations): {ours}, against the paper's {paper}{share}."
+
+
+def _training_sentence(a: Analysis) -> str:
+    t = a.training[a.training["n_models"] > 0]
+    if t.empty:
+        return (
+            "Whether the models are training-limited cannot be judged: no usable model has both "
+            "a train_err_max and an unseen_err_max (e.g. every test parameter is a training "
+            "point)."
+        )
+    values = _and(
+        [
+            f"{METHOD_LABELS[m]} {v:.2f}"
+            for m, v in zip(t["method"], t["median_train_over_unseen"], strict=True)
+        ]
+    )
+    rule = (
+        f"median train_err_max / unseen_err_max: {values}; above "
+        f"{C.TRAINING_LIMITED_RATIO:g} counts as as large"
+    )
+    limited = [
+        METHOD_LABELS[m] for m, b in zip(t["method"], t["training_limited"], strict=True) if b
+    ]
+    if not limited:
+        return f"Not training-limited: the training errors are well below the unseen ones ({rule})."
+    return (
+        f"**Training-limited** ({_and(limited)}): the errors at the training parameters are as "
+        f"large as at the unseen ones ({rule}), so these models are limited by training, not by "
+        "interpolating between training points; longer budgets are needed before the factors "
+        "speak for the method."
+    )
+
+
+def _concurrency_sentence(a: Analysis) -> str:
+    c = a.concurrency
+    if not c["n_trials"]:
+        return "No training intervals (no row with a training time)."
+    return (
+        "Training times are wall times measured on a shared machine: "
+        f"on average {_fmt(c['mean_concurrent'], '.2g')} of the {c['n_trials']} trials ran at "
+        f"once (at most {c['max_concurrent']}; intervals from each row's created_at, "
+        "train_time_s and eval_time_s), so a time factor also reflects that sharing."
+    )
+
+
+def headline_sentence(a: Analysis) -> str:
+    """The verdict for each compared method, the budgets against the paper's, whether the models
+    are training-limited, and how concurrent the timed trials were (markdown paragraphs)."""
+    pct = f"{a.level:.0%}"
+    parts = [_comparison_sentence(c, pct) for c in a.comparisons.values()]
+    parts += [_budgets_sentence(a), _training_sentence(a), _concurrency_sentence(a)]
+    return "\n\n".join(p for p in parts if p)
 
 
 # ----------------------------------------------------------------------------- writing
 
 
+def _stack(a: Analysis, get: Callable[[Comparison], pd.DataFrame]) -> pd.DataFrame:
+    """The same table of every comparison, stacked, with ``compared_method`` first."""
+    parts = []
+    for m, c in a.comparisons.items():
+        t = get(c).copy()
+        t.insert(0, "compared_method", m)
+        parts.append(t)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _by_csv(a: Analysis, key: str) -> pd.DataFrame:
+    """A breakdown of every comparison; architectures and budgets with their labels."""
+    col = _BY[key]
+
+    def get(c: Comparison) -> pd.DataFrame:
+        t = c.by[key]
+        if key == "latent":
+            return t
+        names = ("gplasdi_label", "method_label")
+        return _with_labels(t, col, a.labels[key], c.method, names)
+
+    return _stack(a, get)
+
+
 def _write_csvs(a: Analysis, tables_dir: Path) -> dict[str, Path]:
     tables = {
-        "factors": a.factors,
-        "cost_factors": a.costs,
-        "factors_by_arch": a.by["arch"],
-        "factors_by_latent": a.by["latent"],
-        "factors_by_budget": a.by["budget"],
-        "factors_by_arch_latent": a.by_arch_latent,
+        "factors": _stack(a, lambda c: c.factors),
+        "cost_factors": _stack(a, lambda c: c.costs),
+        "factors_by_arch": _by_csv(a, "arch"),
+        "factors_by_latent": _by_csv(a, "latent"),
+        "factors_by_budget": _by_csv(a, "budget"),
+        "factors_by_arch_latent": _stack(a, lambda c: c.by_arch_latent),
         "share_below_threshold": a.share,
         "method_summary": a.summary,
+        "training_limited": a.training,
         "best_models": a.best[
             [*D.MODEL_KEYS, "err_max", "err_mean", "err_min", "train_time_s", "n_model_params"]
         ],
-        "pairs": a.pairing.pairs,
-        "unpaired": a.pairing.unpaired,
+        **{f"pairs_{m}": c.pairing.pairs for m, c in a.comparisons.items()},
+        "unpaired": _stack(a, lambda c: c.pairing.unpaired),
         "excluded": a.excluded,
     }
     if a.trials is not None:
@@ -239,8 +439,12 @@ def _write_figures(a: Analysis, fig_dir: Path) -> tuple[dict[str, list[Path]], l
 
     figs: dict[str, list[Path]] = {}
     notes: list[str] = []
+    arch = D.arch_titles(a.labels["arch"])
+    budgets = D.budget_titles(a.labels["budget"])
     if len(a.usable):
-        fig = P.plot_error_vs_time(D.error_time_table(a.usable), threshold=a.threshold)
+        fig = P.plot_error_vs_time(
+            D.error_time_table(a.usable), arch=arch, budgets=budgets, threshold=a.threshold
+        )
         figs["error_vs_time"] = P.save_figure(fig, fig_dir, "error_vs_time")
     else:
         notes.append("No usable models: error-vs-time figure skipped.")
@@ -254,24 +458,29 @@ def _write_figures(a: Analysis, fig_dir: Path) -> tuple[dict[str, list[Path]], l
             notes.append("The best models have no param_errors rows: heatmaps skipped.")
         else:
             table = D.heatmap_table(a.param_errors, ids)
+            budget = a.labels["budget"].set_index("budget_index")
             panels = []
             for row in a.best.itertuples(index=False):
                 if row.evaluation_id not in ids:
                     notes.append(f"No param_errors rows for {row.evaluation_id}: panel skipped.")
                     continue
-                label = P.METHOD_STYLE[row.method]["label"]
                 title = (
-                    f"{label} best: {row.evaluation_id}\nA{row.arch_index}, latent "
-                    f"{row.latent_dim}, budget {row.budget_index}, max r = {row.err_max:.2%}"
+                    f"{METHOD_LABELS[row.method]} best: {row.hidden}, latent {row.latent_dim}, "
+                    f"{budget.at[row.budget_index, row.method]} iters\n"
+                    f"max r = {100 * row.err_max:#.3g}%"
                 )
                 rows = table[table["evaluation_id"] == row.evaluation_id]
                 panels.append((title, rows, D.heatmap_grid(table, row.evaluation_id)))
             fig = P.plot_heatmaps(panels, param_names=a.param_names)
             figs["heatmap_best"] = P.save_figure(fig, fig_dir, "heatmap_best")
 
-    if len(a.by_arch_latent) and a.by_arch_latent["n_pairs"].sum() > 0:
-        bars = {q: D.factor_bars(a.by_arch_latent, q) for q in F.ERROR_METRICS}
-        fig = P.plot_factor_bars(bars, labels=D.arch_labels(a.usable))
+    compared = {m: c for m, c in a.comparisons.items() if c.by_arch_latent["n_pairs"].sum() > 0}
+    if compared:
+        bars = {
+            m: {q: D.factor_bars(c.by_arch_latent, q) for q in F.ERROR_METRICS}
+            for m, c in compared.items()
+        }
+        fig = P.plot_factor_bars(bars, arch=a.labels["arch"])
         figs["factor_by_arch_latent"] = P.save_figure(fig, fig_dir, "factor_by_arch_latent")
     else:
         notes.append("No matched pairs: improvement-factor figure skipped.")
@@ -292,6 +501,58 @@ def _write_figures(a: Analysis, fig_dir: Path) -> tuple[dict[str, list[Path]], l
     return figs, notes
 
 
+def _comparison_section(a: Analysis, c: Comparison, pct: str) -> list[str]:
+    label = METHOD_LABELS[c.method]
+    gp = METHOD_LABELS[BASELINE]
+    f = c.factors
+    paper = pd.DataFrame(
+        {
+            "quantity": list(F.ERROR_METRICS),
+            "paper": [PAPER_FACTORS[q] for q in F.ERROR_METRICS],
+            "ours (median of ratios)": f["median_of_ratios"].map(_factor).to_list(),
+            "interval or pairs": [
+                _spread(r, pct).removeprefix(f"{pct} CI ") for r in f.itertuples()
+            ],
+            "verdict": f["verdict"].to_list(),
+            "ours (ratio of medians)": f["ratio_of_medians"].map(_factor).to_list(),
+        }
+    )
+    L = [f"## {label} vs {gp}", ""]
+    L += [
+        f"Factor = {gp} / {label}; intervals: {pct} bootstrap over pairs, none below "
+        f"{F.MIN_PAIRS} pairs (the per-pair factors are listed instead).",
+        "",
+        _md_table(paper, {"paper": ".2f"}),
+    ]
+    L += ["### Improvement factors", "", _md_table(_factor_rows(f, pct=pct)), ""]
+    L += [
+        "### Training time and model size",
+        "",
+        f"Factors: {gp} / {label} (above 1: {label} is faster / smaller). "
+        + _concurrency_sentence(a),
+        "",
+        _md_table(_factor_rows(c.costs, pct=pct)),
+        "",
+    ]
+    for key, title in (("arch", "architecture"), ("latent", "latent size"), ("budget", "budget")):
+        col = _BY[key]
+        t = c.by[key]
+        group = [col]
+        if key != "latent":
+            t = _with_labels(t, col, a.labels[key], c.method)
+            group = list(_label_columns(col, c.method))
+        L += [f"### Factors by {title}", "", _md_table(_factor_rows(t, group, pct=pct)), ""]
+    L += [
+        "### Unpaired rows",
+        "",
+        "Usable, counted in the ratio of medians, not in pairs.",
+        "",
+        _md_table(_readable_rows(c.pairing.unpaired, a), {"err_max": ".3g"}),
+        "",
+    ]
+    return L
+
+
 def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> Path:
     """Write ``report.md``, ``tables/*.csv`` and ``figures/*.png|pdf`` into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -302,46 +563,51 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
     pct = f"{a.level:.0%}"
     studies = ", ".join(sorted(map(str, a.results["study"].dropna().unique()))) or "–"
     status_counts = a.results.groupby(["method", "status"]).size().unstack(fill_value=0)
+    n_pairs = ", ".join(
+        f"{len(c.pairing.pairs)} {METHOD_LABELS[m]}" for m, c in a.comparisons.items()
+    )
+    n_unpaired = ", ".join(
+        f"{len(c.pairing.unpaired)} {METHOD_LABELS[m]}" for m, c in a.comparisons.items()
+    )
+    modes = {c.pairing.mode for c in a.comparisons.values()}
+    mode = modes.pop() if len(modes) == 1 else "/".join(sorted(modes))
+    names = " and ".join(METHOD_LABELS[m] for m in a.comparisons)
     L: list[str] = []
-    L += [f"# mLaSDI vs GPLaSDI: {studies}", ""]
+    L += [f"# {names} vs GPLaSDI: {studies}", ""]
     L += [
         f"- results: `{a.results_dir}` ({len(info.files)} results file(s), {info.n_rows_read} "
         f"rows read, **{info.n_duplicates_dropped} duplicate evaluation_id row(s) dropped**"
         + (f": {', '.join(info.duplicate_ids)}" if info.duplicate_ids else "")
         + ", newest created_at kept)",
         f"- models: {len(a.results)} evaluated, {len(a.usable)} usable, {len(a.excluded)} "
-        f"excluded (not ok or non-finite errors), {len(a.pairing.pairs)} matched pairs, "
-        f"{len(a.pairing.unpaired)} usable rows unpaired",
-        "- pairing: on (arch_index, latent_dim, budget_index"
-        + (", seed)" if a.pairing.mode == "seed" else ") after averaging over seeds")
-        + f" (mode `{a.pairing.mode}`)",
+        f"excluded (not ok or non-finite errors); matched pairs with GPLaSDI: {n_pairs}; "
+        f"usable rows unpaired: {n_unpaired}",
+        "- pairing: on (architecture, latent size, budget position"
+        + (", seed)" if mode == "seed" else ") after averaging over seeds")
+        + f" (mode `{mode}`)",
         f"- bootstrap: {a.n_boot} resamples, percentile {pct} intervals, "
         f"`numpy.random.default_rng({a.seed})` (seed {a.seed}) for every interval",
-        "- factor = GPLaSDI / mLaSDI (above 1 favours mLaSDI)",
+        "- factor = GPLaSDI / method (above 1 favours the method)",
         "",
     ]
     L += ["## Headline", "", headline_sentence(a), ""]
-    paper = pd.DataFrame(
-        {
-            "quantity": list(F.ERROR_METRICS),
-            "paper": [PAPER_FACTORS[q] for q in F.ERROR_METRICS],
-            "ours (median of ratios)": a.factors["median_of_ratios"].map(_factor).to_list(),
-            f"{pct} CI": [
-                _ci(x, y) for x, y in zip(a.factors["mor_low"], a.factors["mor_high"], strict=True)
-            ],
-            "ours (ratio of medians)": a.factors["ratio_of_medians"].map(_factor).to_list(),
-        }
-    )
-    L += [_md_table(paper, {"paper": ".2f"})]
-    L += ["## Improvement factors", "", _md_table(_factor_rows(a.factors)), ""]
+    L += ["## Budgets and training", ""]
+    budgets = a.labels["budget"].rename(columns={"budget_index": "budget position"})
+    archs = a.labels["arch"].rename(columns={"arch_index": "architecture position"})
     L += [
-        "## Training time and model size",
+        "Budgets (iterations per stage) and hidden widths of each method at each position "
+        "(pairs are formed position by position).",
         "",
-        "Factors: GPLaSDI / mLaSDI (above 1: mLaSDI is faster / smaller).",
+        _md_table(budgets.rename(columns=METHOD_LABELS)),
+        _md_table(archs.rename(columns=METHOD_LABELS)),
+        f"Training-limited when the median of train_err_max / unseen_err_max exceeds "
+        f"{C.TRAINING_LIMITED_RATIO:g} (the fit is as poor at the training parameters as at "
+        "the unseen ones).",
         "",
-        _md_table(_factor_rows(a.costs)),
-        "",
+        _md_table(a.training.assign(method=a.training["method"].map(METHOD_LABELS))),
     ]
+    for c in a.comparisons.values():
+        L += _comparison_section(a, c, pct)
     share = a.share.assign(
         share=a.share["share"].map(lambda v: _fmt(v, ".1%")),
         interval=[
@@ -361,13 +627,9 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
     ]
     L += ["## Per method", "", _md_table(a.summary), ""]
     L += ["### Status counts", "", _md_table(status_counts.reset_index()), ""]
-    for key, title in (("arch", "architecture"), ("latent", "latent size"), ("budget", "budget")):
-        L += [f"## Factors by {title}", "", _md_table(_factor_rows(a.by[key], [_BY[key]])), ""]
     L += ["## Excluded rows", "", "Not used in any factor.", ""]
     ex = a.excluded.assign(message=a.excluded["message"].fillna("").map(lambda s: s[:160]))
-    L += [_md_table(ex), ""]
-    L += ["## Unpaired rows", "", "Usable, counted in the ratio of medians, not in pairs.", ""]
-    L += [_md_table(a.pairing.unpaired, {"err_max": ".3g"}), ""]
+    L += [_md_table(_readable_rows(ex, a)), ""]
     if a.trials is not None:
         hist = D.search_history(a.trials)
         L += ["## Budget search", ""]
@@ -379,11 +641,13 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
         L += [""]
     L += ["## Figures", ""]
     captions = {
-        "error_vs_time": "Relative error vs training time (marker: mean, bar: min to max).",
+        "error_vs_time": "Relative error vs training time, one panel per architecture (colour: "
+        "method, marker: latent size, size: budget; marker at the mean error, bar from min to "
+        "max).",
         "heatmap_best": "r(mu) of the best model (by err_max) of each method; red squares: "
         "training parameters.",
         "factor_by_arch_latent": "Median improvement factor by architecture and latent size "
-        f"({pct} bootstrap intervals; dashed line: no change).",
+        f"({pct} bootstrap intervals; none below {F.MIN_PAIRS} pairs; dashed line: no change).",
         "search_history": "Budget search history (validation err_max, running best).",
         "search_params": "Budget search: validation err_max against each parameter.",
     }

@@ -45,7 +45,7 @@ def summarize_errors(errors: np.ndarray, *, prefix: str = "err") -> dict[str, fl
     }
 
 
-METHODS = ("gplasdi", "mlasdi")
+METHODS = ("gplasdi", "mlasdi", "mlasdi_val")
 STATUSES = ("ok", "diverged", "failed")
 
 # One row per evaluated model (a trial evaluated at one budget).

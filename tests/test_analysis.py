@@ -16,6 +16,7 @@ import pytest
 
 from analysis import figure_data as D
 from analysis.cli import main
+from analysis.conditions import concurrency, training_limited, trial_intervals
 from analysis.factors import (
     factor_table,
     factors_by,
@@ -24,8 +25,11 @@ from analysis.factors import (
     ratio_of_medians_ci,
     share_below,
     split_usable,
+    verdict,
 )
-from analysis.report import analyze, headline_sentence
+from analysis.labels import budget_label, iters_label, position_labels
+from analysis.plots import log_ticks
+from analysis.report import PAPER_BUDGETS, analyze, headline_sentence
 from analysis.schema import (
     SchemaError,
     arrow_schema,
@@ -335,7 +339,7 @@ def test_missing_partner_and_excluded_rows_are_reported():
     assert p.unpaired["reason"].str.startswith("no usable").all()
     t = factor_table(p.pairs, usable, n_boot=50).set_index("quantity")
     assert t.loc["err_max", "median_of_ratios"] == pytest.approx(2.5, rel=1e-12)
-    assert (t.loc["err_max", "n_gplasdi"], t.loc["err_max", "n_mlasdi"]) == (13, 10)
+    assert (t.loc["err_max", "n_gplasdi"], t.loc["err_max", "n_method"]) == (13, 10)
     share = share_below(usable, excluded, threshold=0.01).set_index("method")
     ml = usable[usable["method"] == "mlasdi"]
     assert share.loc["mlasdi", "n_below"] == int((ml["err_max"] < 0.01).sum())
@@ -464,6 +468,18 @@ def _recompute_headline(results_dir: Path) -> tuple[pd.DataFrame, dict[str, floa
     }
 
 
+def _headline_factors(md: str, method: str = "mLaSDI") -> tuple[str, ...] | None:
+    """The three median factors of one method's headline sentence (at least 5 pairs)."""
+    got = re.search(
+        rf"\*\*{method} vs GPLaSDI\*\* over \d+ matched pairs: "
+        r"max error \*\*[a-z ]+\*\* \(median factor ([\d.]+),.*?"
+        r"mean error \*\*[a-z ]+\*\* \(median factor ([\d.]+),.*?"
+        r"min error \*\*[a-z ]+\*\* \(median factor ([\d.]+),",
+        md,
+    )
+    return None if got is None else got.groups()
+
+
 @pytest.mark.skipif(
     "MLASDI_RESULTS_DIR" not in os.environ,
     reason="set MLASDI_RESULTS_DIR to a real study's results (e.g. the vlasov_quick output)",
@@ -475,11 +491,9 @@ def test_real_results_report_agrees_with_direct_recomputation(tmp_path):
     md = (out / "report.md").read_text()
     assert (out / "figures" / "error_vs_time.png").is_file()
     _, expected = _recompute_headline(rd)
-    got = re.search(
-        r"median factors of \*\*([\d.]+)\*\*, \*\*([\d.]+)\*\* and \*\*([\d.]+)\*\*", md
-    )
-    assert got is not None, "no headline (no seed-matched pairs?)"
-    for value, q in zip(got.groups(), ("err_max", "err_mean", "err_min"), strict=True):
+    got = _headline_factors(md)
+    assert got is not None, "no headline factors (fewer than 5 seed-matched pairs?)"
+    for value, q in zip(got, ("err_max", "err_mean", "err_min"), strict=True):
         assert float(value) == pytest.approx(expected[q], abs=0.005)
     csv = pd.read_csv(out / "tables" / "factors.csv").set_index("quantity")
     for q, v in expected.items():
@@ -502,16 +516,15 @@ def test_cli_end_to_end(tmp_path, capsys):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
         assert f"figures/{stem}.png" in md
-    for name in ("factors", "cost_factors", "factors_by_arch", "pairs", "unpaired", "excluded"):
+    tables = ("factors", "cost_factors", "factors_by_arch", "pairs_mlasdi", "unpaired", "excluded")
+    for name in tables:
         assert (out / "tables" / f"{name}.csv").is_file()
 
     # Recompute the headline directly from the Parquet rows, without the analysis package.
     ok, expected = _recompute_headline(rd)
-    got = re.search(
-        r"median factors of \*\*([\d.]+)\*\*, \*\*([\d.]+)\*\* and \*\*([\d.]+)\*\*", md
-    )
+    got = _headline_factors(md)
     assert got is not None
-    for value, q in zip(got.groups(), ("err_max", "err_mean", "err_min"), strict=True):
+    for value, q in zip(got, ("err_max", "err_mean", "err_min"), strict=True):
         assert float(value) == pytest.approx(expected[q], abs=0.005)
     rom = np.median(ok.loc[ok["method"] == "gplasdi", "err_max"]) / np.median(
         ok.loc[ok["method"] == "mlasdi", "err_max"]
@@ -522,6 +535,11 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "**1 duplicate evaluation_id row(s) dropped**" in md
     assert "default_rng(5)" in md and "loss is NaN at iter 40" in md
     assert "(mode `seed`)" in md
+    # All rows end at the same created_at: 4 GPLaSDI trials of 151 s, the extra one of 101 s and
+    # 4 mLaSDI trials of 51 s, 909 s in all over a 151 s union.
+    assert (
+        "measured on a shared machine: on average 6 of the 9 trials ran at once (at most 9;" in md
+    )
     unpaired = pd.read_csv(out / "tables" / "unpaired.csv")
     assert len(unpaired) == 2  # the extra GPLaSDI row and the partner of the diverged row
     assert "1.00x fewer parameters" not in md and "4.00x fewer parameters" in md
@@ -537,7 +555,9 @@ def test_analyze_headline_and_budget_dir_option(tmp_path):
     a = analyze(rd, n_boot=50, budget_dir=other)
     assert len(a.trials) == 6
     s = headline_sentence(a)
-    assert "(paper: 2.54, 3.24 and 5.91)" in s and "3.00x less training time" in s
+    assert "The paper's median factors are 2.54, 3.24 and 5.91" in s
+    assert "training-limited cannot be judged: no usable model has both" in s  # no unseen errors
+    assert "3.00x less training time" in s
     with pytest.raises(FileNotFoundError):
         read_budget_trials(rd)
 
@@ -560,9 +580,11 @@ def test_no_pairs_and_no_usable_rows_are_reported(tmp_path):
         rd / "results" / "a.parquet", [r for r in known_study() if r["method"] == "gplasdi"]
     )
     a = analyze(rd, n_boot=20)
-    assert a.factors["n_pairs"].tolist() == [0, 0, 0] and a.factors["median_of_ratios"].isna().all()
-    assert headline_sentence(a).startswith("No matched model pairs")
-    assert len(a.pairing.unpaired) == 12
+    c = a.comparisons["mlasdi"]
+    assert list(a.comparisons) == ["mlasdi"]
+    assert c.factors["n_pairs"].tolist() == [0, 0, 0] and c.factors["median_of_ratios"].isna().all()
+    assert headline_sentence(a).startswith("**mLaSDI vs GPLaSDI**: no matched model pairs")
+    assert len(c.pairing.unpaired) == 12
     out = tmp_path / "r1"
     assert main([str(rd), "--out", str(out), "--n-boot", "20"]) == 0
     md = (out / "report.md").read_text()
@@ -577,3 +599,393 @@ def test_no_pairs_and_no_usable_rows_are_reported(tmp_path):
     assert main([str(rd), "--out", str(out), "--n-boot", "20", "--no-figures"]) == 0
     excluded = pd.read_csv(out / "tables" / "excluded.csv")
     assert len(excluded) == 24 and (excluded["message"] == "boom").all()
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def factor_study(factors: list[float], method: str = "mlasdi") -> list[dict]:
+    """One GPLaSDI / ``method`` pair per factor (every error metric GPLaSDI = factor x method)."""
+    rows = []
+    for i, f in enumerate(factors):
+        arch, latent, budget = i % 2, 3 + (i // 2) % 3, i // 6
+        e = 0.01 * (1 + i)
+        rows.append(row(method, arch, latent, budget, e, hidden="20-10", stage_iters=[100, 50]))
+        rows.append(
+            row(
+                "gplasdi",
+                arch,
+                latent,
+                budget,
+                e,
+                err_max=2 * e * f,
+                err_mean=e * f,
+                err_min=e / 4 * f,
+                hidden="30-15",
+                stage_iters=[150],
+            )
+        )
+    return rows
+
+
+@pytest.mark.parametrize(
+    "factors, expected",
+    [
+        ([1.8, 2.0, 2.1, 2.3, 1.9, 2.2, 2.05, 1.95, 2.4, 1.85, 2.15, 2.0], "improves"),
+        ([0.45, 0.5, 0.55, 0.52, 0.48, 0.6, 0.47, 0.51, 0.49, 0.53, 0.5, 0.56], "worsens"),
+        (
+            [0.8, 1.2, 0.9, 1.1, 0.95, 1.05, 0.85, 1.15, 1.0, 0.9, 1.1, 1.0],
+            "no detectable difference",
+        ),
+    ],
+)
+def test_verdict_on_clear_and_indistinguishable_studies(factors, expected):
+    usable, _ = split_usable(pd.DataFrame(factor_study(factors)))
+    p = pair_models(usable)
+    t = factor_table(p.pairs, usable, n_boot=1000, seed=0).set_index("quantity")
+    assert (t["verdict"] == expected).all()
+    assert t["median_of_ratios"].tolist() == pytest.approx([np.median(factors)] * 3, rel=1e-12)
+    assert (t["n_pairs"] == 12).all() and (t["pair_factors"] == "").all()
+    if expected == "improves":
+        assert (t["mor_low"] > 1).all()
+    elif expected == "worsens":
+        assert (t["mor_high"] < 1).all()
+    else:
+        assert ((t["mor_low"] <= 1) & (t["mor_high"] >= 1)).all()
+
+
+def test_verdict_too_few_pairs_lists_the_pairs(tmp_path):
+    usable, _ = split_usable(pd.DataFrame(factor_study([4.0, 0.5, 2.0])))
+    p = pair_models(usable)
+    t = factor_table(p.pairs, usable, n_boot=200).set_index("quantity")
+    assert (t["verdict"] == "too few pairs").all()
+    assert t["mor_low"].isna().all() and t["mor_high"].isna().all()
+    assert (t["pair_factors"] == "0.5, 2, 4").all()
+    assert t["median_of_ratios"].tolist() == pytest.approx([2.0] * 3, rel=1e-12)
+
+    rd = tmp_path / "few"
+    write_parquet(rd / "results" / "a.parquet", factor_study([4.0, 0.5, 2.0]))
+    out = tmp_path / "r"
+    assert main([str(rd), "--out", str(out), "--n-boot", "50", "--no-figures"]) == 0
+    md = (out / "report.md").read_text()
+    assert "**mLaSDI vs GPLaSDI**: **too few pairs** (3 matched, below the 5" in md
+    assert "max error 0.5, 2, 4 (median 2.00)" in md
+    assert "| err_max | 2.54 | 2.00 | pairs: 0.5, 2, 4 | too few pairs |" in md
+
+
+def test_verdict_rule_at_its_boundaries():
+    assert verdict(1.5, 1.01, 2.0, 5) == "improves"
+    assert verdict(1.5, 1.0, 2.0, 5) == "no detectable difference"  # interval touches 1
+    assert verdict(0.9, 0.8, 0.99, 5) == "worsens"
+    assert verdict(0.9, 0.8, 1.0, 5) == "no detectable difference"
+    assert verdict(1.0, 1.0, 1.0, 50) == "no detectable difference"
+    assert verdict(3.0, 2.0, 4.0, 4) == "too few pairs"
+    assert verdict(3.0, 2.0, 4.0, 4, min_pairs=4) == "improves"
+
+
+def test_headline_states_each_verdict_with_its_interval(tmp_path):
+    factors = [1.8, 2.0, 2.1, 2.3, 1.9, 2.2, 2.05, 1.95, 2.4, 1.85, 2.15, 2.0]
+    rd = tmp_path / "better"
+    write_parquet(rd / "results" / "a.parquet", factor_study(factors))
+    a = analyze(rd, n_boot=500)
+    s = headline_sentence(a)
+    f = a.comparisons["mlasdi"].factors.set_index("quantity")
+    lo, hi = f.loc["err_max", "mor_low"], f.loc["err_max", "mor_high"]
+    assert (
+        f"**mLaSDI vs GPLaSDI** over 12 matched pairs: max error **improves** (median factor "
+        f"2.02, 95% CI [{lo:.2f}, {hi:.2f}])" in s
+    )
+    assert _headline_factors(s) == ("2.02", "2.02", "2.02")
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def test_iteration_and_budget_labels():
+    assert [iters_label(n) for n in (40, 999, 1000, 1500, 1250, 25000, 100000)] == [
+        "40",
+        "999",
+        "1k",
+        "1.5k",
+        "1.25k",
+        "25k",
+        "100k",
+    ]
+    assert budget_label([25000, 50000]) == "25k+50k"
+    assert budget_label(np.array([75000])) == "75k"
+    assert budget_label([1500, 20, 3000]) == "1.5k+20+3k"
+
+
+def test_tables_name_architectures_by_widths_and_budgets_by_iterations(tmp_path):
+    rows = [
+        dict(r, stage_iters=[25000, 50000 * (1 + r["budget_index"])])
+        if r["method"] == "mlasdi"
+        else dict(
+            r, stage_iters=[25000 * (2 + r["budget_index"])], hidden=f"{r['arch_index']}00-50"
+        )
+        for r in known_study()
+    ]
+    labels = position_labels(pd.DataFrame(rows), "budget_index", ["gplasdi", "mlasdi"])
+    assert labels.to_dict("list") == {
+        "budget_index": [0, 1, 2],
+        "gplasdi": ["50k", "75k", "100k"],
+        "mlasdi": ["25k+50k", "25k+100k", "25k+150k"],
+    }
+    arch = position_labels(pd.DataFrame(rows), "arch_index", ["gplasdi", "mlasdi", "mlasdi_val"])
+    assert arch.to_dict("list") == {
+        "arch_index": [0, 1],
+        "gplasdi": ["000-50", "100-50"],
+        "mlasdi": ["20-10", "20-10"],
+        "mlasdi_val": ["–", "–"],
+    }
+    with pytest.raises(ValueError, match="arch_index"):
+        position_labels(pd.DataFrame(rows), "latent_dim", ["gplasdi"])
+    no_iters = pd.DataFrame([dict(rows[0], stage_iters=None), dict(rows[1], stage_iters=None)])
+    assert position_labels(no_iters, "budget_index", ["mlasdi"])["mlasdi"].tolist() == ["–"]
+
+    rd = tmp_path / "study"
+    write_parquet(rd / "results" / "a.parquet", rows)
+    out = tmp_path / "r"
+    assert main([str(rd), "--out", str(out), "--n-boot", "50", "--no-figures"]) == 0
+    md = (out / "report.md").read_text()
+    assert "| GPLaSDI widths | mLaSDI widths | quantity |" in md
+    assert "| 100-50 | 20-10 | err_max |" in md
+    assert "| GPLaSDI budget | mLaSDI budget | quantity |" in md
+    assert "| 75k | 25k+100k | err_mean |" in md
+    # Every factor and row table is named by widths and iterations, never by position index.
+    assert "arch_index" not in md and "budget_index" not in md
+    assert (
+        "Budgets (iterations): GPLaSDI 50k, 75k, 100k and mLaSDI 25k+50k, 25k+100k, 25k+150k" in md
+    )
+    by_arch = pd.read_csv(out / "tables" / "factors_by_arch.csv")
+    assert by_arch.columns[:4].tolist() == [
+        "compared_method",
+        "arch_index",
+        "gplasdi_label",
+        "method_label",
+    ]
+
+
+def test_paper_budgets_are_the_vlasov_paper_preset():
+    import tomllib
+
+    preset = Path(__file__).parents[1] / "studies" / "vlasov_paper.toml"
+    spec = tomllib.loads(preset.read_text())
+    assert [list(b) for b in PAPER_BUDGETS["gplasdi"]] == [[b] for b in spec["gplasdi"]["budgets"]]
+    assert [list(b) for b in PAPER_BUDGETS["mlasdi"]] == spec["mlasdi"]["budgets"]
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+def test_concurrency_of_hand_made_intervals():
+    def c(pairs):
+        return concurrency(pd.DataFrame(pairs, columns=["start", "end"]))
+
+    assert c([(0, 10), (0, 10)]) == {
+        "n_trials": 2,
+        "mean_concurrent": 2.0,
+        "max_concurrent": 2,
+        "busy_s": 10.0,
+        "wall_s": 10.0,
+    }
+    touching = c([(0, 10), (10, 20)])
+    assert (touching["mean_concurrent"], touching["max_concurrent"]) == (1.0, 1)
+    gap = c([(0, 4), (10, 12)])
+    assert (gap["mean_concurrent"], gap["busy_s"], gap["wall_s"]) == (1.0, 6.0, 12.0)
+    # 0-5 one, 5-10 two, 10-15 one, 20-30 one: 30 s of trials over 25 s busy.
+    mixed = c([(20, 30), (0, 10), (5, 15)])
+    assert mixed["mean_concurrent"] == pytest.approx(30 / 25, rel=1e-15)
+    assert (mixed["max_concurrent"], mixed["busy_s"], mixed["wall_s"]) == (2, 25.0, 30.0)
+    nested = c([(0, 100), (10, 20), (30, 40), (35, 45)])
+    assert nested["mean_concurrent"] == pytest.approx(130 / 100) and nested["max_concurrent"] == 3
+    empty = c([])
+    assert empty["n_trials"] == 0 and np.isnan(empty["mean_concurrent"])
+
+
+def test_trial_intervals_from_row_timestamps():
+    rows = [
+        # Trial a: budget 0 trained 30 s + evaluated 10 s, ending 12:01:00; budget 1 continues.
+        row(
+            "gplasdi",
+            0,
+            3,
+            0,
+            0.01,
+            created_at="2026-01-01T12:01:00+00:00",
+            train_time_s=30.0,
+            eval_time_s=10.0,
+        ),
+        row(
+            "gplasdi",
+            0,
+            3,
+            1,
+            0.01,
+            created_at="2026-01-01T12:02:00+00:00",
+            train_time_s=80.0,
+            eval_time_s=10.0,
+        ),
+        # Trial b: one budget, 12:00:50-12:01:40; a failed row (no times) is left out.
+        row(
+            "mlasdi",
+            0,
+            3,
+            0,
+            0.01,
+            created_at="2026-01-01T12:01:40Z",
+            train_time_s=45.0,
+            eval_time_s=5.0,
+        ),
+        row(
+            "mlasdi",
+            0,
+            3,
+            1,
+            0.01,
+            created_at="2026-01-01T13:00:00Z",
+            train_time_s=float("nan"),
+            eval_time_s=float("nan"),
+            status="failed",
+        ),
+    ]
+    iv = trial_intervals(pd.DataFrame(rows)).set_index("trial_id")
+    a, b = iv.loc["gplasdi-a0-l3-s0"], iv.loc["mlasdi-a0-l3-s0"]
+    assert (a["n_rows"], b["n_rows"]) == (2, 1)
+    assert a["start"] == pd.Timestamp("2026-01-01T12:00:20Z")  # 12:01:00 - 40 s
+    assert a["end"] == pd.Timestamp("2026-01-01T12:02:00Z") and a["seconds"] == 100.0
+    assert b["start"] == pd.Timestamp("2026-01-01T12:00:50Z") and b["seconds"] == 50.0
+    # Overlap 12:00:50-12:01:40: 150 s of trials over 100 s busy.
+    got = concurrency(iv.reset_index())
+    assert got["mean_concurrent"] == pytest.approx(1.5, rel=1e-12) and got["max_concurrent"] == 2
+
+
+def test_training_limited_by_the_median_train_over_unseen_ratio(tmp_path):
+    rows = []
+    for i, r in enumerate((0.9, 0.8, 0.4)):  # GPLaSDI: median 0.8 > 0.5
+        rows.append(row("gplasdi", 0, 3, i, 0.01, unseen_err_max=0.02, train_err_max=0.02 * r))
+    for i, r in enumerate((0.1, 0.2, 0.6)):  # mLaSDI: median 0.2
+        rows.append(row("mlasdi", 0, 3, i, 0.01, unseen_err_max=0.05, train_err_max=0.05 * r))
+    rows.append(row("mlasdi", 1, 3, 0, 0.01, unseen_err_max=None, train_err_max=0.05))  # no ratio
+    t = training_limited(pd.DataFrame(rows)).set_index("method")
+    assert t.loc["gplasdi", "median_train_over_unseen"] == pytest.approx(0.8, rel=1e-12)
+    assert t.loc["mlasdi", "median_train_over_unseen"] == pytest.approx(0.2, rel=1e-12)
+    assert t["n_models"].tolist() == [3, 3]
+    assert t["training_limited"].tolist() == [True, False]
+
+    rd = tmp_path / "study"
+    write_parquet(rd / "results" / "a.parquet", rows)
+    s = headline_sentence(analyze(rd, n_boot=20))
+    assert "**Training-limited** (GPLaSDI)" in s
+    assert "GPLaSDI 0.80 and mLaSDI 0.20; above 0.5 counts as as large" in s
+
+
+# ----------------------------------------------------------------------------- mlasdi_val
+
+
+def test_mlasdi_val_is_paired_with_gplasdi_on_its_own(tmp_path):
+    better = factor_study([2.0] * 12, "mlasdi")
+    worse = [r for r in factor_study([0.5] * 12, "mlasdi_val") if r["method"] == "mlasdi_val"]
+    # The mlasdi_val errors are twice the GPLaSDI ones (same positions, GPLaSDI rows shared).
+    gp = {(r["arch_index"], r["latent_dim"], r["budget_index"]): r for r in better}
+    for r in worse:
+        g = next(
+            v
+            for k, v in gp.items()
+            if k == (r["arch_index"], r["latent_dim"], r["budget_index"])
+            and v["method"] == "gplasdi"
+        )
+        for q in ("err_max", "err_mean", "err_min"):
+            r[q] = 2 * g[q]
+    worse.append(row("mlasdi_val", 5, 3, 0, 0.01))  # no GPLaSDI partner
+    rd = tmp_path / "three"
+    write_parquet(rd / "results" / "a.parquet", better + worse)
+    assert set(read_results(rd)["method"]) == {"gplasdi", "mlasdi", "mlasdi_val"}
+    a = analyze(rd, n_boot=200)
+    assert list(a.comparisons) == ["mlasdi", "mlasdi_val"]
+    m, v = a.comparisons["mlasdi"], a.comparisons["mlasdi_val"]
+    assert v.pairing.method == "mlasdi_val" and len(v.pairing.pairs) == 12
+    assert "err_max_mlasdi_val" in v.pairing.pairs.columns
+    assert v.pairing.unpaired["evaluation_id"].tolist() == ["mlasdi_val-a5-l3-s0/b0"]
+    assert m.pairing.unpaired.empty
+    assert m.factors["median_of_ratios"].tolist() == pytest.approx([2.0] * 3, rel=1e-12)
+    assert v.factors["median_of_ratios"].tolist() == pytest.approx([0.5] * 3, rel=1e-12)
+    assert m.factors["verdict"].tolist() == ["improves"] * 3
+    assert v.factors["verdict"].tolist() == ["worsens"] * 3
+    assert (
+        v.factors["n_method"].tolist() == [13] * 3 and v.factors["n_gplasdi"].tolist() == [12] * 3
+    )
+    s = headline_sentence(a)
+    assert _headline_factors(s, "mLaSDI") == ("2.00", "2.00", "2.00")
+    assert _headline_factors(s, "mLaSDI-val") == ("0.50", "0.50", "0.50")
+    assert "max error **worsens**" in s
+
+    out = tmp_path / "r"
+    assert main([str(rd), "--out", str(out), "--n-boot", "100"]) == 0
+    md = (out / "report.md").read_text()
+    assert "## mLaSDI vs GPLaSDI" in md and "## mLaSDI-val vs GPLaSDI" in md
+    csv = pd.read_csv(out / "tables" / "factors.csv")
+    assert csv[["compared_method", "quantity", "verdict"]].values.tolist() == [
+        ["mlasdi", "err_max", "improves"],
+        ["mlasdi", "err_mean", "improves"],
+        ["mlasdi", "err_min", "improves"],
+        ["mlasdi_val", "err_max", "worsens"],
+        ["mlasdi_val", "err_mean", "worsens"],
+        ["mlasdi_val", "err_min", "worsens"],
+    ]
+    assert len(pd.read_csv(out / "tables" / "pairs_mlasdi_val.csv")) == 12
+    for stem in ("error_vs_time", "factor_by_arch_latent"):
+        assert (out / "figures" / f"{stem}.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def test_log_ticks_are_readable_inside_and_across_decades():
+    assert log_ticks(0.8, 1.25).tolist() == pytest.approx([0.8, 0.9, 1.0, 1.1, 1.2])
+    assert log_ticks(0.0015, 0.021).tolist() == pytest.approx([0.002, 0.005, 0.01, 0.02])
+    assert log_ticks(0.11, 0.9).tolist() == pytest.approx([0.2, 0.3, 0.5, 0.7])
+    assert log_ticks(1e-4, 1.0).tolist() == pytest.approx([1e-4, 1e-3, 1e-2, 0.1, 1.0])
+    assert log_ticks(1e-12, 1.0).size <= 8
+    for lo, hi in ((0.171, 0.313), (0.0101, 0.0104), (2.0, 7.5), (3e-3, 0.5)):
+        t = log_ticks(lo, hi)
+        assert t.size >= 3 and t.min() >= lo * (1 - 1e-9) and t.max() <= hi * (1 + 1e-9), (lo, hi)
+    with pytest.raises(ValueError, match="0 < lo < hi"):
+        log_ticks(1.0, 1.0)
+
+
+def test_heatmap_colour_bar_has_tick_labels_within_one_decade():
+    from analysis.plots import plot_heatmaps
+
+    rows = pd.DataFrame(param_rows("e/b0", "mlasdi", 1.0))
+    rows[["mu_0", "mu_1"]] = rows["params"].tolist()
+    rows["err"] = 0.02 + 0.001 * rows["param_index"]  # 2% to 3.9%: inside one decade
+    grid = D.heatmap_grid(rows, "e/b0")
+    fig = plot_heatmaps([("m", rows, grid)], param_names=("T", "k"))
+    fig.canvas.draw()
+    cbar = fig.axes[-1]
+    labels = [t.get_text() for t in cbar.get_yticklabels() if t.get_text()]
+    assert labels == ["2%", "2.5%", "3%", "3.5%"]
+    cells = sorted({t.get_text() for t in fig.axes[0].texts})
+    assert "2.00" in cells and "3.90" in cells  # 3 significant digits, in percent
+
+
+def test_error_vs_time_fits_the_data_and_draws_the_line_only_in_range():
+    from analysis.plots import plot_error_vs_time
+
+    usable, _ = split_usable(pd.DataFrame(known_study()))
+    table = D.error_time_table(usable)
+    arch = {0: "GPLaSDI 80-40 · mLaSDI 20-10", 1: "GPLaSDI 80-40 · mLaSDI 20-10"}
+    fig = plot_error_vs_time(table, arch=arch, budgets={0: "b0"}, threshold=0.5)
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    assert lo == pytest.approx(table["err_min"].min() / 1.25)
+    assert hi == pytest.approx(table["err_max"].max() * 1.25)
+    assert not [ln for ln in ax.get_lines() if list(ln.get_ydata()) == [0.5, 0.5]]
+    assert "the 50% error line is above the range shown" in fig._suptitle.get_text()
+    assert [a.get_title() for a in fig.axes[:2]] == [arch[0], arch[1]]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:3] == ["colour: method", "GPLaSDI", "mLaSDI"]
+    assert {"latent 3", "latent 5", "b0", "budget 1", "budget 2"} <= set(legend)
+    inside = plot_error_vs_time(table, threshold=0.01)
+    assert [ln for ln in inside.axes[0].get_lines() if list(ln.get_ydata()) == [0.01, 0.01]]
