@@ -22,7 +22,9 @@ projection  projected wall time of vlasov_paper on 1 and 8 GPUs from the measure
             the plan's iteration counts
 
 The JSON is rewritten (atomically) after every section, so a killed run keeps what it measured.
-The last lines printed are a short table. docs/gpu.md says how to read it.
+The last lines printed are a short table, ``gpu_check_total_s=<s>`` and
+``gpu_check_sections_not_ok=<n>``; the exit code is 1 when a section failed, 2 on bad input.
+docs/gpu.md says how to read the JSON.
 """
 
 from __future__ import annotations
@@ -842,7 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"gpu_check_total_s={report['total_s']:.1f}")
     failed = [k for k, v in report["sections"].items() if v["status"] != "ok"]
     print(f"gpu_check_sections_not_ok={len(failed)}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
