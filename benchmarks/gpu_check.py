@@ -370,7 +370,7 @@ def section_rates(result: dict[str, Any], ctx: Context) -> None:
         a = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
         b = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
         torch.mm(a, b)
-        seconds = _median_seconds(lambda a=a, b=b: torch.mm(a, b), device, 5)
+        seconds = _median_seconds(lambda a=a, b=b: torch.mm(a, b), device, 10)
         result[f"matmul_{name}_tflops"] = 2 * n**3 / seconds / 1e12
         del a, b
         _free(device)
@@ -379,7 +379,7 @@ def section_rates(result: dict[str, Any], ctx: Context) -> None:
     src = torch.ones(count, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    seconds = _median_seconds(lambda d=dst, s=src: d.copy_(s), device, 5)
+    seconds = _median_seconds(lambda d=dst, s=src: d.copy_(s), device, 10)
     result["copy_mib"] = ctx.sizes.copy_mib
     result["copy_device_gbps"] = 2 * src.numel() * 4 / seconds / 1e9  # bytes read + written
     del src, dst
