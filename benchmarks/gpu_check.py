@@ -107,11 +107,11 @@ FULL = Sizes(
     vlasov_steps=1000,
     vlasov_cpu_indices=(0, 220, 440),
     caps_s={
-        "gpu_tests": 60,
+        "gpu_tests": 90,
         "rates": 20,
         "steps": 150,
         "vlasov": 120,
-        "ray_study": 110,
+        "ray_study": 80,
         "projection": 10,
     },
     total_s=480,
@@ -486,24 +486,28 @@ def section_steps(result: dict[str, Any], ctx: Context) -> None:
     previous = os.environ.get(cuda_graphs.ENV_SWITCH)
     os.environ[cuda_graphs.ENV_SWITCH] = "0"  # plain trainers must not capture by themselves
     try:
+        archs = []
         for trial in _architectures(ctx.spec):
+            kinds = ("stage1", "residual") if trial.residual_hidden else ("stage1",)
             arch: dict[str, Any] = {
                 "method": trial.method,
                 "arch_index": trial.arch_index,
                 "hidden": list(trial.hidden),
                 "residual_hidden": list(trial.residual_hidden),
+                **{kind: {"flop_floor": entry_floor(kind, trial, ctx)} for kind in kinds},
             }
             result["architectures"].append(arch)
-            kinds = ("stage1", "residual") if trial.residual_hidden else ("stage1",)
-            for kind in kinds:
-                arch[kind] = {"flop_floor": entry_floor(kind, trial, ctx)}
-                for precision, setting in PRECISIONS.items():
-                    torch.set_float32_matmul_precision(setting)
+            archs.append((trial, kinds, arch))
+        # Every architecture in float32 first: what the projection needs if time runs short.
+        for precision, setting in PRECISIONS.items():
+            torch.set_float32_matmul_precision(setting)
+            for trial, kinds, arch in archs:
+                for kind in kinds:
                     try:
                         arch[kind][precision] = _measure_step(kind, trial, ctx)
                     except SectionTimeout:
                         raise
-                    except Exception as error:  # recorded; the next architecture runs
+                    except Exception as error:  # recorded; the next step runs
                         arch[kind][precision] = {"error": _error_text(error)}
     finally:
         torch.set_float32_matmul_precision("highest")
@@ -734,6 +738,7 @@ def summary_table(report: dict[str, Any]) -> str:
             f"{k} {v['status']} ({v.get('seconds', 0):.0f} s)" for k, v in sections.items()
         ),
     ]
+    lines += [f"  {k}: {v['error']}" for k, v in sections.items() if v["status"] != "ok"]
     rates = sections.get("rates", {}).get("result") or {}
     lines.append(
         "matmul TFLOP/s: float32 {} tf32 {} bf16 {}; copy {} GB/s".format(
@@ -762,6 +767,16 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"{str(f32.get('captured_bitwise_equal', '-')):>7} "
                 f"{_fmt(f32.get('plain_peak_mib'), '.0f'):>7}"
             )
+    problems = [
+        f"{arch['method']} {'-'.join(map(str, arch['hidden']))} {kind} {precision}: "
+        + (entry.get("error") or entry.get("captured_error"))
+        for arch in steps.get("architectures", [])
+        for kind in ("stage1", "residual")
+        for precision, entry in arch.get(kind, {}).items()
+        if isinstance(entry, dict) and (entry.get("error") or entry.get("captured_error"))
+    ]
+    if problems:
+        lines.append(f"step errors: {len(problems)}, the first: {problems[0]}")
     v = sections.get("vlasov", {}).get("result") or {}
     lines.append(
         f"vlasov {v.get('n_params', '-')} params: {_fmt(v.get('device_wall_s'), '.1f')} s on the "
