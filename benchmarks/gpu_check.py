@@ -418,7 +418,7 @@ def _time_training(trainer: FullBatchTrainer, ctx: Context) -> tuple[float, int]
     return seconds / iters, iters
 
 
-def entry_floor(kind: str, trial: Trial, ctx: Context) -> int:
+def _step_floor(kind: str, trial: Trial, ctx: Context) -> int:
     return iteration_flop_floor(kind, trial, ctx.n_state, ctx.n_snapshots)
 
 
@@ -460,7 +460,7 @@ def _measure_step(kind: str, trial: Trial, ctx: Context) -> dict[str, Any]:
         entry[f"{mode}_s"] = seconds
         entry[f"{mode}_iters_per_repeat"] = iters
         if ctx.fp32_flops:
-            floor_s = entry_floor(kind, trial, ctx) / ctx.fp32_flops
+            floor_s = _step_floor(kind, trial, ctx) / ctx.fp32_flops
             entry[f"{mode}_ratio_to_floor"] = seconds / floor_s
     del plain, captured
     _free(device)
@@ -494,7 +494,7 @@ def section_steps(result: dict[str, Any], ctx: Context) -> None:
                 "arch_index": trial.arch_index,
                 "hidden": list(trial.hidden),
                 "residual_hidden": list(trial.residual_hidden),
-                **{kind: {"flop_floor": entry_floor(kind, trial, ctx)} for kind in kinds},
+                **{kind: {"flop_floor": _step_floor(kind, trial, ctx)} for kind in kinds},
             }
             result["architectures"].append(arch)
             archs.append((trial, kinds, arch))
