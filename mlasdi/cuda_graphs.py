@@ -21,13 +21,15 @@ finiteness check every N iterations stays outside the graph (it reads the loss o
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
-    from mlasdi.train import FullBatchTrainer
+    from mlasdi.train import FlatAdam, FullBatchTrainer
 
 ENV_SWITCH = "MLASDI_CUDA_GRAPHS"
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuBLAS/cuSOLVER handles, caches)
@@ -43,6 +45,19 @@ def enabled() -> bool:
     if value not in ("0", "1"):
         raise ValueError(f"{ENV_SWITCH} must be 0 or 1, got {value!r}")
     return value == "1"
+
+
+@contextlib.contextmanager
+def state_restored(optimizer: FlatAdam) -> Iterator[None]:
+    """Steps taken inside leave the parameters and the optimiser's state (moments, step count)
+    as they were on entry: the rest of a trainer's step buffers are overwritten every step."""
+    state = [optimizer.param, *optimizer.state_dict().values()]
+    saved = [t.clone() for t in state]
+    try:
+        yield
+    finally:
+        for live, copy in zip(state, saved, strict=True):
+            live.copy_(copy)
 
 
 class CapturedStep:
@@ -73,28 +88,24 @@ class CapturedStep:
             )
         )
         lr = trainer.lr if self.lr is None else self.lr
-        state = [optimizer.param, *optimizer.state_dict().values()]
-        saved = [t.clone() for t in state]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         try:
-            with torch.cuda.stream(side):
-                for _ in range(warmup):
-                    trainer.gradients()
+            with state_restored(optimizer):
+                with torch.cuda.stream(side):
+                    for _ in range(warmup):
+                        trainer.gradients()
+                        optimizer.step(lr)
+                torch.cuda.current_stream(device).wait_stream(side)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    self.terms = trainer.gradients()
                     optimizer.step(lr)
-            torch.cuda.current_stream(device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.terms = trainer.gradients()
-                optimizer.step(lr)
         except RuntimeError as error:
             raise CaptureError(
                 f"CUDA graph capture of the {type(trainer).__name__} step failed ({error}); "
                 f"unset {ENV_SWITCH} to train without it"
             ) from error
-        finally:
-            for live, copy in zip(state, saved, strict=True):
-                live.copy_(copy)
 
     def step(self, lr: float) -> torch.Tensor:
         """Replay one iteration at learning rate ``lr``; returns its loss terms (a fresh tensor,

@@ -47,3 +47,22 @@ def test_switch_on_leaves_cpu_training_unchanged(tiny_train, monkeypatch):
     assert on.captured is None
     assert torch.equal(on.optimizer.param, off.optimizer.param)
     assert torch.equal(on.history, off.history)
+
+
+def test_warm_up_steps_leave_no_trace(tiny_train):
+    # Seed 3, float64: three gradient + Adam steps inside state_restored (what the capture's
+    # warm-up runs), then 8 iterations, equal bit for bit to 8 iterations of a fresh trainer.
+    warmed, fresh = _trainer(tiny_train), _trainer(tiny_train)
+    with cuda_graphs.state_restored(warmed.optimizer):
+        for _ in range(3):
+            warmed.gradients()
+            warmed.optimizer.step(1e-2)
+        assert not torch.equal(warmed.optimizer.param, fresh.optimizer.param)  # they did move it
+    warmed.train(8)
+    fresh.train(8)
+    assert torch.equal(warmed.optimizer.param, fresh.optimizer.param)
+    assert torch.equal(warmed.history, fresh.history)
+    for a, b in zip(
+        warmed.optimizer.state_dict().values(), fresh.optimizer.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
