@@ -28,20 +28,23 @@ from mlasdi.train import Stage1Trainer
 N_PARAMS, N_T, N_X, N_V, LATENT = 25, 251, 64, 64, 5
 
 
-def synthetic_snapshots(seed: int = 0) -> np.ndarray:
-    """Smooth travelling waves [25, 251, 4096] with parameter-dependent speeds (float32)."""
+def synthetic_snapshots(
+    seed: int = 0, n_params: int = N_PARAMS, n_t: int = N_T, nx: int = N_X, nv: int = N_V
+) -> np.ndarray:
+    """Smooth travelling waves [n_params, n_t, nx * nv] (default [25, 251, 4096]) with
+    parameter-dependent speeds (float32)."""
     rng = np.random.default_rng(seed)
-    x = np.linspace(0, 2 * np.pi, N_X, endpoint=False)
-    v = np.linspace(-7, 7, N_V, endpoint=False)
-    t = np.linspace(0, 5, N_T)
-    speed = rng.uniform(0.5, 1.5, N_PARAMS)
-    width = rng.uniform(0.9, 1.1, N_PARAMS)
+    x = np.linspace(0, 2 * np.pi, nx, endpoint=False)
+    v = np.linspace(-7, 7, nv, endpoint=False)
+    t = np.linspace(0, 5, n_t)
+    speed = rng.uniform(0.5, 1.5, n_params)
+    width = rng.uniform(0.9, 1.1, n_params)
     X, V = np.meshgrid(x, v, indexing="ij")
     fields = (
         np.exp(-(V[None, None] ** 2) / (2 * width[:, None, None, None]))
         * (1 + 0.1 * np.cos(X[None, None] - speed[:, None, None, None] * t[None, :, None, None]))
     ).astype(np.float32)
-    return fields.transpose(0, 1, 3, 2).reshape(N_PARAMS, N_T, -1)
+    return fields.transpose(0, 1, 3, 2).reshape(n_params, n_t, -1)
 
 
 def sync(device: torch.device) -> None:

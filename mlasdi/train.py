@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.optim.adam import adam
 
+from mlasdi import cuda_graphs
 from mlasdi.config import ResidualStageConfig, Stage1Config
 from mlasdi.dynamics import latent_penalty_gradient
 from mlasdi.nn import Autoencoder, ResidualDecoder, activation_backward
@@ -238,7 +239,7 @@ class FlatAdam:
         self.step_count = torch.zeros((), dtype=torch.float32, device=param.device)
         self.fused = param.device.type in ("cpu", "cuda")
 
-    def step(self, lr: float) -> None:
+    def step(self, lr: float | torch.Tensor) -> None:
         adam(
             [self.param],
             [self.grad],
@@ -293,6 +294,8 @@ class FullBatchTrainer:
         self.iteration = 0
         self.elapsed_s = 0.0
         self._history: list[torch.Tensor] = []
+        # The step as a CUDA graph, once captured (mlasdi.cuda_graphs: off unless switched on).
+        self.captured: cuda_graphs.CapturedStep | None = None
 
     def gradients(self) -> torch.Tensor:
         """Write the gradient of the loss into every parameter's ``.grad`` and return the loss
@@ -313,6 +316,8 @@ class FullBatchTrainer:
         return floor + 0.5 * (self.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
     def step(self) -> torch.Tensor:
+        if self.captured is not None:
+            return self.captured.step(self.learning_rate(self.iteration))
         terms = self.gradients()
         self.optimizer.step(self.learning_rate(self.iteration))
         return terms
@@ -331,6 +336,8 @@ class FullBatchTrainer:
         points = check_checkpoints(checkpoints, self.iteration, until)
         stops = sorted(set(points) | {until})
         self.model.train()
+        if cuda_graphs.should_capture(self):
+            cuda_graphs.capture(self)
         for stop in stops:
             start_time = time.perf_counter()
             block: list[torch.Tensor] = []
