@@ -36,7 +36,7 @@ def default_out(spec: StudySpec) -> Path:
 
 
 def _check_out(spec: StudySpec, out: Path) -> None:
-    """OUT holds this study or nothing: never mix two specs' rows."""
+    """OUT holds this study or nothing: never mix two specs' rows (reads only)."""
     path = out / "spec.toml"
     if path.is_file():
         old = spec_from_dict(tomllib.loads(path.read_text()), source=spec.source)
@@ -44,11 +44,17 @@ def _check_out(spec: StudySpec, out: Path) -> None:
             raise SpecError(
                 f"{out} holds results of a different spec ({path}); use another --out or delete it"
             )
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(spec.to_toml())
-        os.replace(tmp, path)
+
+
+def _write_spec(spec: StudySpec, out: Path) -> None:
+    """Record the spec in OUT (the first write under OUT, once the data have been checked)."""
+    path = out / "spec.toml"
+    if path.is_file():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(spec.to_toml())
+    os.replace(tmp, path)
 
 
 def previous_checkpoints(storage: Path) -> dict[str, str]:
@@ -167,7 +173,11 @@ def run_study(
     check: bool = True,
     verbose: int = 1,
 ) -> int:
-    """Run (or finish) a study; returns the exit code (0 when every evaluation has a row)."""
+    """Run (or finish) a study; returns the exit code (0 when every evaluation has a row).
+
+    Nothing is written under ``out`` before the spec, the resources and the data have been
+    checked (a bad data file raises :class:`~mlasdi.data.DataError`).
+    """
     t_command = time.perf_counter()
     out = Path(out).resolve()
     _check_out(spec, out)
@@ -189,6 +199,7 @@ def run_study(
     t_data = time.perf_counter()
     data = load_study_data(spec, progress=verbose >= 1)
     data_s = time.perf_counter() - t_data
+    _write_spec(spec, out)
     print(
         f"data: {data.truth_test.shape[0]} test / {data.U_train.shape[0]} training parameters, "
         f"{data.U_train.shape[1]} snapshots of {data.n_state} values ({data_s:.1f} s)",
