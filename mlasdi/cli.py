@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mlasdi.config import AutoencoderConfig, ResidualStageConfig, ROMConfig, Stage1Config
-from mlasdi.data import DataError, flatten_grid
+from mlasdi.data import flatten_grid
 from mlasdi.problems import SOURCES, data_source
 
 
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, DataError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:  # DataError is a ValueError
         print(f"mlasdi: error: {exc}", file=sys.stderr)
         return 2
 

@@ -447,6 +447,9 @@ def load_snapshot_set(
             snapshots = handle["snapshots"][unique][inverse]
             params = info.params[idx]
         coord_names = json.loads(handle.attrs.get("coord_names", "[]"))
+        absent = [name for name in coord_names if f"coords/{name}" not in handle]
+        if absent:
+            raise DataError(f"{path}: coord_names lists {absent} but coords/ lacks them; {FIX}")
         coords = {name: handle[f"coords/{name}"][...] for name in coord_names}
     try:
         return SnapshotSet(

@@ -3,8 +3,9 @@
 A spec names the data (problem, resolution, parameter grid), the two methods with their
 architectures, latent sizes and iteration budgets, the seeds, the shared training settings and the
 resources of one trial. Everything is checked here, before Ray starts: unknown keys, latent sizes
-that are not smaller than the state, budgets that do not increase, a data file that is missing and
-may not be generated. Whether the cluster can ever satisfy the resources is checked by
+that are not smaller than the state, budgets that do not increase, and the ``[data]`` table through
+its data source (:mod:`mlasdi.problems`: its keys, a file's header and training split, a stale
+cache). Whether the cluster can ever satisfy the resources is checked by
 :func:`check_resources` against the nodes it is given.
 
 ``load_spec`` accepts a path or the name of a preset shipped in this directory

@@ -374,7 +374,8 @@ def test_bad_file_is_one_line_exit_2_and_nothing_under_out(
     path = _bad_file(tmp_path, case, edit)
     spec = _file_spec(tmp_path, path, **keys)
     out = tmp_path / "out"
-    for command in (["run", spec, "--out", str(out)], ["plan", spec]):
+    budget = ["budget", spec, "--budget", "200", "--no-ray", "--out", str(out)]
+    for command in (["run", spec, "--out", str(out)], ["plan", spec], budget):
         if case == "nan" and command[0] == "plan":
             continue  # plan reads no snapshots: values are checked when a run loads them
         assert study_main(command) == 2
@@ -435,3 +436,17 @@ def test_non_finite_snapshots_are_refused_by_the_reader(tmp_path):
         load_snapshot_set(path)
     with pytest.raises(DataError, match="does not exist"):
         import_npz(tmp_path / "none.npz", tmp_path / "x.h5")
+
+
+def test_fit_names_any_registered_problem_and_checks_its_keys(tmp_path, capsys):
+    out = tmp_path / "fit"
+    base = ["fit", "--iters", "2,2", "--out", str(out), "--quiet"]
+    assert mlasdi_main([*base, "--problem", "vlasov", "--set", "nx=9"]) == 2
+    assert "nx must be even and >= 8" in capsys.readouterr().err
+    assert mlasdi_main([*base, "--problem", "oscillator", "--set", "nv=8"]) == 2
+    assert "data.nv does not apply to problem 'oscillator'" in capsys.readouterr().err
+    assert mlasdi_main([*base, "--problem", "vlasov", "--data", str(tmp_path / "a.h5")]) == 2
+    assert "--data reads a snapshot file; it does not go with --problem vlasov" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
