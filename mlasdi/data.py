@@ -307,6 +307,33 @@ def read_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.loads(handle.attrs["settings"])
 
 
+def cache_matches(
+    path: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+    params: np.ndarray,
+    *,
+    complete: bool = True,
+) -> bool:
+    """True if ``path`` is a snapshot file with these settings and parameters (and, with
+    ``complete``, every parameter written): a generated cache that may be reused.
+
+    Raises :class:`DataError` ("...; delete it") when ``path`` is not a readable snapshot file.
+    """
+    try:
+        with h5py.File(path, "r") as handle:
+            stored = json.loads(handle.attrs["settings"])
+            return (
+                stored == json.loads(json.dumps(settings))
+                and handle["params"].shape == params.shape
+                and np.array_equal(handle["params"][...], params)
+                and (not complete or bool(handle["completed"][...].all()))
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(
+            f"{path} exists but is not a readable snapshot file ({exc}); delete it"
+        ) from None
+
+
 FIX = "make it with 'mlasdi data import' or mlasdi.data.save_snapshot_set (docs/data.md)"
 
 

@@ -8,7 +8,9 @@ u(x, t; c, nu) = sum_k a_k exp(-nu k^2 t) sin(k (x - c t) + phi_k).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import ClassVar
 
 import h5py
 import numpy as np
@@ -19,6 +21,7 @@ from mlasdi.config import ConfigError
 from mlasdi.data import DataError, SnapshotSet, import_npz, load_snapshot_set, save_snapshot_set
 from mlasdi.problems import SOURCES, data_source
 from mlasdi.problems import vlasov as vlasov_module
+from mlasdi.problems.source import GeneratedGrid
 from studies.cli import main as study_main
 from studies.plan import format_plan
 from studies.spec import dump_toml, load_spec, smoke_spec, spec_from_dict, tomllib
@@ -84,7 +87,7 @@ def test_registry_names_and_presets_keep_their_data():
         64,
         64,
         (21, 21),
-        0.05,
+        (0.05,),
     )
     assert (paper.n_state, paper.n_times, paper.n_train()) == (4096, 251, 25)
     quick = load_spec("vlasov_quick").data
@@ -121,7 +124,10 @@ def test_oscillator_source_gives_the_same_data_and_split_as_the_module():
         ({"problem": "vlasov", "n_t": 3}, "data.n_t does not apply to problem 'vlasov'"),
         ({"problem": "vlasov", "colour": 1}, "unknown key(s) ['colour'] in [data]"),
         ({"problem": "vlasov", "nx": 9}, "nx must be even and >= 8"),
-        ({"problem": "vlasov", "grid": [5, 5], "train_stride": 0.03}, "data.train_stride: stride"),
+        (
+            {"problem": "vlasov", "grid": [5, 5], "train_stride": 0.03},
+            "data.train_stride 0.03 does not divide the range [0.9, 1.1] of parameter T",
+        ),
         ({"problem": "vlasov", "time_stride": 200}, "leaves 2 of 251 snapshots; need at least 3"),
         ({}, "data.file must name the snapshot file"),
     ],
@@ -450,3 +456,75 @@ def test_fit_names_any_registered_problem_and_checks_its_keys(tmp_path, capsys):
         capsys.readouterr().err
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize("preset", ["vlasov_paper", "vlasov_quick"])
+def test_vlasov_presets_train_on_the_same_points_in_the_same_order(preset):
+    source = load_spec(preset).data
+    params = source.parameters()
+    np.testing.assert_array_equal(
+        source._train_rows(), vlasov_module.training_indices(params, stride=0.05)
+    )
+    smoke = smoke_spec(load_spec(preset)).data
+    np.testing.assert_array_equal(
+        smoke._train_rows(), vlasov_module.training_indices(smoke.parameters(), stride=0.05)
+    )
+
+
+# ----- a new generated problem: one module (this class) and one line (the registry) ----------
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvectionData(GeneratedGrid):
+    """The advection-diffusion set as a generated, cached problem (what a solver module adds)."""
+
+    problem: ClassVar[str] = "advdiff"
+    param_names: ClassVar[tuple[str, ...]] = ("c", "nu")
+
+    grid: tuple[int, ...] = (3, 3)
+    nx: int = 16
+
+    @property
+    def n_state(self) -> int:
+        return self.nx
+
+    @property
+    def n_raw_times(self) -> int:
+        return 9
+
+    def parameters(self) -> np.ndarray:
+        return advection_set(*self.grid, n_x=self.nx).params
+
+    def stored_settings(self) -> dict:
+        return {"problem": "advection-diffusion", "nx": self.nx}
+
+    def default_file(self) -> str:
+        return f"advdiff_{self.nx}_{self.grid[0]}x{self.grid[1]}.h5"
+
+    def generate_file(self, path, *, progress: bool) -> None:
+        if not path.exists():
+            data = advection_set(*self.grid, n_x=self.nx)
+            save_snapshot_set(path, dataclasses.replace(data, settings=self.stored_settings()))
+
+
+def test_a_generated_problem_is_one_class_and_one_registry_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(SOURCES, "advdiff", AdvectionData)  # the one line
+    monkeypatch.chdir(tmp_path)
+    raw = {"problem": "advdiff", "train_params": [[0.5, 0.01], [1.5, 0.05], [1.0, 0.03]]}
+    spec_path = _file_spec(tmp_path, "unused", name="gen")
+    spec_raw = tomllib.loads((tmp_path / "gen.toml").read_text())
+    spec_raw["data"] = raw
+    spec = spec_from_dict(spec_raw)
+    assert spec.data.n_train() == 3 and not (tmp_path / "data").exists()  # nothing solved yet
+    data = load_study_data(spec, progress=False)
+    assert (tmp_path / "data" / "advdiff_16_3x3.h5").is_file()
+    np.testing.assert_allclose(data.params_train, [[0.5, 0.01], [1.5, 0.05], [1.0, 0.03]])
+    np.testing.assert_array_equal(np.flatnonzero(data.is_train), [0, 4, 8])
+    assert spec_from_dict(tomllib.loads(spec.to_toml())) == spec
+    # the cached file is reused only while its settings match: another nx is refused clearly
+    spec_raw["data"] = {**raw, "file": "data/advdiff_16_3x3.h5", "nx": 12}
+    (tmp_path / "gen.toml").write_text(dump_toml(spec_raw))
+    assert study_main(["plan", spec_path]) == 2
+    err = capsys.readouterr().err
+    assert "holds a snapshot set with other settings or parameters than [data] asks for" in err
+    assert "grid [3, 3], nx 12" in err and "delete it or point data.file at another path" in err

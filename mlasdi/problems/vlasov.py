@@ -42,7 +42,6 @@ when more rows need it), on GPU densely (no data-dependent shapes, no host synch
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -52,14 +51,19 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from mlasdi.config import ConfigError
-from mlasdi.data import DataError, SnapshotFileWriter, SnapshotSet, load_snapshot_set
-from mlasdi.problems.source import DataSource, bool_key, grid_key, int_key
+from mlasdi.data import (
+    DataError,
+    SnapshotFileWriter,
+    SnapshotSet,
+    cache_matches,
+    load_snapshot_set,
+)
+from mlasdi.problems.source import GeneratedGrid, bool_key, int_key
 
 __all__ = [
     "PARAM_NAMES",
@@ -763,26 +767,6 @@ def solve(
     )
 
 
-def _existing_matches(
-    path: Path, settings: dict[str, Any], params: np.ndarray, complete: bool = True
-) -> bool:
-    """True if ``path`` is a snapshot file with these settings and parameters (and, with
-    ``complete``, every parameter written)."""
-    try:
-        with h5py.File(path, "r") as handle:
-            stored = json.loads(handle.attrs["settings"])
-            return (
-                stored == json.loads(json.dumps(settings))
-                and handle["params"].shape == params.shape
-                and np.array_equal(handle["params"][...], params)
-                and (not complete or bool(handle["completed"][...].all()))
-            )
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(
-            f"{path} exists but is not a readable snapshot file ({exc}); delete it"
-        ) from None
-
-
 def generate_snapshot_file(
     path: str | os.PathLike[str],
     *,
@@ -821,7 +805,7 @@ def generate_snapshot_file(
         raise DataError(f"output directory {path.parent} does not exist")
     settings_dict = settings.to_dict()
     if path.exists() and not overwrite:
-        if _existing_matches(path, settings_dict, params):
+        if cache_matches(path, settings_dict, params):
             return path
         raise DataError(
             f"{path} exists with other settings or parameters; pass overwrite=True "
@@ -869,30 +853,22 @@ def load_or_generate(path: str | os.PathLike[str], **kwargs: Any) -> SnapshotSet
 
 
 @dataclass(frozen=True)
-class VlasovData(DataSource):
+class VlasovData(GeneratedGrid):
     """``problem = "vlasov"``: this solver at ``nx`` x ``nv`` on a ``grid`` = [n_T, n_k] grid
     over T in [0.9, 1.1], k in [1.0, 1.2]; training points every ``train_stride`` (the paper's
-    5 x 5). The file (``file``, default ``data/vlasov_<nx>x<nv>_<n_T>x<n_k>.h5`` under the current
-    directory) is generated and cached when ``generate`` is true; a cached file is reused only when
-    its settings and parameters match.
+    5 x 5), or ``train_index`` / ``train_params`` (:class:`~mlasdi.problems.source.GeneratedGrid`).
+    The file (``file``, default ``data/vlasov_<nx>x<nv>_<n_T>x<n_k>.h5`` under the current
+    directory) is generated and cached when ``generate`` is true.
     """
 
     problem: ClassVar[str] = "vlasov"
+    param_names: ClassVar[tuple[str, ...]] = PARAM_NAMES
 
     nx: int = 64
     nv: int = 64
     grid: tuple[int, ...] = (21, 21)
-    train_stride: float = 0.05
+    train_stride: float | tuple[float, ...] = 0.05
     periodic_field: bool = False
-    file: str = ""
-    generate: bool = True
-
-    @property
-    def path(self) -> Path:
-        if self.file:
-            return Path(self.file).expanduser().resolve()
-        name = f"vlasov_{self.nx}x{self.nv}_{self.grid[0]}x{self.grid[1]}.h5"
-        return (Path("data") / name).resolve()
 
     @property
     def n_state(self) -> int:
@@ -902,65 +878,37 @@ class VlasovData(DataSource):
     def n_raw_times(self) -> int:
         return VlasovSettings().n_times
 
-    def _params(self) -> np.ndarray:
+    def parameters(self) -> np.ndarray:
         return parameter_grid(*self.grid)
 
-    def n_train(self) -> int:
-        return int(training_indices(self._params(), self.train_stride).size)
+    def _settings(self) -> VlasovSettings:
+        try:
+            return VlasovSettings(nx=self.nx, nv=self.nv, periodic_field=self.periodic_field)
+        except ValueError as exc:
+            raise ConfigError(f"data: {exc}") from None
+
+    def stored_settings(self) -> dict[str, Any]:
+        return self._settings().to_dict()
+
+    def default_file(self) -> str:
+        return f"vlasov_{self.nx}x{self.nv}_{self.grid[0]}x{self.grid[1]}.h5"
 
     def check(self) -> None:
         for key in ("nx", "nv"):
             int_key(getattr(self, key), key, 2)
-        grid_key(self.grid, "grid", 2, self.problem)
-        if isinstance(self.train_stride, bool) or not self.train_stride > 0:
-            raise ConfigError(f"data.train_stride must be > 0, got {self.train_stride!r}")
         bool_key(self.periodic_field, "periodic_field")
-        bool_key(self.generate, "generate")
+        self._settings()
         super().check()
-        try:
-            settings = VlasovSettings(nx=self.nx, nv=self.nv, periodic_field=self.periodic_field)
-        except ValueError as exc:
-            raise ConfigError(f"data: {exc}") from None
-        try:
-            self.n_train()
-        except ValueError as exc:
-            raise ConfigError(f"data.train_stride: {exc} (grid {list(self.grid)})") from None
-        path = self.path
-        if not self.generate and not path.is_file():
-            raise ConfigError(
-                f"data file {path} does not exist (data.generate = false); generate it with "
-                "'mlasdi data vlasov' or set data.generate = true"
-            )
-        params = self._params()
-        partial = path.with_name(path.name + ".partial")
-        try:
-            stale = path.exists() and not _existing_matches(path, settings.to_dict(), params)
-            stale_partial = partial.exists() and not _existing_matches(
-                partial, settings.to_dict(), params, complete=False
-            )
-        except DataError as exc:
-            raise DataError(f"{exc} or point data.file at another path") from None
-        fix = "delete it or point data.file at another path"
-        if stale:
-            raise DataError(
-                f"{path} holds a snapshot set with other settings or parameters than [data] "
-                f"asks for (nx {self.nx}, nv {self.nv}, grid {list(self.grid)}, periodic_field "
-                f"{str(self.periodic_field).lower()}); {fix}"
-            )
-        if stale_partial:
-            raise DataError(f"{partial} is an interrupted generation with other settings; {fix}")
 
-    def load(self, *, progress: bool = True) -> SnapshotSet:
-        path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def generate_file(self, path: Path, *, progress: bool) -> None:
         threads = torch.get_num_threads()
         # One thread: when the solver runs in this process (a single batch), OpenMP barriers stall
         # 30-45x on cores shared with other work (measured: 1.6 vs 45-77 steps/s at 32x32).
         torch.set_num_threads(1)
         try:
-            return load_or_generate(
+            generate_snapshot_file(
                 path,
-                params=self._params(),
+                params=self.parameters(),
                 nx=self.nx,
                 nv=self.nv,
                 periodic_field=self.periodic_field,
@@ -969,11 +917,16 @@ class VlasovData(DataSource):
         finally:
             torch.set_num_threads(threads)
 
-    def training_indices(self, data: SnapshotSet) -> np.ndarray:
-        return np.asarray(training_indices(data.params, stride=self.train_stride))
-
     def smoke(self) -> VlasovData:
-        """16 x 16 on a 5 x 5 grid, every 10th snapshot (or coarser), the default cache file."""
+        """16 x 16 on a 5 x 5 grid, every 10th snapshot (or coarser), the default cache file,
+        trained by ``train_stride`` (explicit training points need not be on the smaller grid)."""
         return replace(
-            self, nx=16, nv=16, grid=(5, 5), time_stride=max(self.time_stride, 10), file=""
+            self,
+            nx=16,
+            nv=16,
+            grid=(5, 5),
+            time_stride=max(self.time_stride, 10),
+            file="",
+            train_index=(),
+            train_params=(),
         )
