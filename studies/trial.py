@@ -78,7 +78,8 @@ class StudyData:
     params_train : [n_train, n_p]; times : [n_t].
     params_test : [n_test, n_p]; truth_test : float32 [n_test, n_t, n_state] (every test point,
     training points included); is_train : bool [n_test]; u0_test : float32 [n_test, n_state] the
-    initial conditions the predictions start from (the data source's).
+    initial conditions the predictions start from (the data source's); fingerprint : the
+    source's digest of the data (empty where the spec's keys determine them).
     """
 
     U_train: np.ndarray
@@ -88,6 +89,7 @@ class StudyData:
     truth_test: np.ndarray
     is_train: np.ndarray
     u0_test: np.ndarray
+    fingerprint: str = ""
 
     @property
     def n_state(self) -> int:
@@ -122,9 +124,11 @@ def load_study_data(spec: StudySpec, *, progress: bool = True) -> StudyData:
     """
     source = spec.data
     data = source.load(progress=progress)
-    return _study_data(
+    study = _study_data(
         data, source.training_indices(data), source.time_stride, source.initial_conditions(data)
     )
+    study.fingerprint = source.fingerprint(data)
+    return study
 
 
 def _shared_tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -228,7 +228,13 @@ def test_a_study_on_a_user_file_runs_through_the_smoke_path(adv_file, tmp_path, 
     assert len(df) == 4 and set(df["status"]) == {"ok"}
     errors = read_param_errors(out)
     assert len(errors) == 4 * 4 and np.isfinite(errors["err"]).all()
-    assert (out / "spec.toml").is_file()
+    assert (out / "spec.toml").is_file() and (out / "data.sha256").is_file()
+    # The file changes under its name: no rows from other data are added to these.
+    next((out / "results").glob("*.parquet")).unlink()
+    _edit(adv_file, lambda h: h["snapshots"].__setitem__((3, 2, 5), 0.5))
+    assert study_main(["run", spec, "--smoke", "--out", str(out), "-v", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds results made from other data than {adv_file} now holds" in err
 
 
 def test_fit_on_a_user_file_with_train_points(tmp_path):

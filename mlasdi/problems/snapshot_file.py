@@ -18,6 +18,7 @@ it); ``train_index`` still counts rows of the whole file.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -116,6 +117,15 @@ class FileData(DataSource):
     def training_indices(self, data: SnapshotSet) -> np.ndarray:
         info = self.info()
         return data.index_of(info.params[self._train_rows(info)], atol=0.0)
+
+    def fingerprint(self, data: SnapshotSet) -> str:
+        """sha256 of the parameters, times and snapshots used (and the file's training split)."""
+        digest = hashlib.sha256()
+        for array in (data.params, data.times, data.snapshots, self.training_indices(data)):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(memoryview(array).cast("B"))
+        return digest.hexdigest()
 
     def smoke(self) -> FileData:
         """Two training and up to two test parameters of the file, about 11 snapshots."""

@@ -87,6 +87,12 @@ class DataSource:
         """u0 [n_mu, *grid] of each parameter of ``data``: its first snapshot by default."""
         return data.snapshots[:, 0]
 
+    def fingerprint(self, data: SnapshotSet) -> str:
+        """A digest of ``data`` (from :meth:`load`) where the keys do not determine it (a user's
+        file can change under the same name); empty when they do. A study refuses to add rows to
+        results made from data with another fingerprint."""
+        return ""
+
     def smoke(self) -> DataSource:
         """A version of this source that a seconds-long study can use (default: itself)."""
         return self
