@@ -1,15 +1,19 @@
-"""Command line: ``mlasdi fit`` trains and evaluates a ROM; ``mlasdi data`` generates snapshot sets."""
+"""Command line: ``mlasdi fit`` trains and evaluates a ROM; ``mlasdi data`` generates or imports
+snapshot sets."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mlasdi.config import AutoencoderConfig, ResidualStageConfig, ROMConfig, Stage1Config
-from mlasdi.problems import oscillator
+from mlasdi.data import flatten_grid
+from mlasdi.problems import SOURCES, data_source
 
 
 def _parse_params(text: str) -> list[tuple[float, ...]]:
@@ -58,6 +62,47 @@ def oscillator_config(n_stages: int, iters: list[int], seed: int) -> ROMConfig:
     )
 
 
+def _parse_indices(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--train-index must look like 0,4,20, got {text!r}"
+        ) from exc
+
+
+def _parse_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``, the value read as JSON (``nx=32``, ``grid=[9,9]``) or else a string
+    (``file=data/my.h5``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--set must look like KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _fit_data_table(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``[data]`` table that ``fit``'s options describe (the same keys as a study spec)."""
+    table: dict[str, Any] = dict(args.set or [])
+    if args.data is not None:
+        if args.problem not in (None, "file"):
+            raise ValueError(
+                f"--data reads a snapshot file; it does not go with --problem {args.problem}"
+            )
+        table["file"] = str(args.data)
+        table["problem"] = "file"
+    else:
+        table["problem"] = args.problem or "oscillator"
+    if args.train is not None:
+        table["train_params"] = [list(p) for p in args.train]
+    if args.train_index is not None:
+        table["train_index"] = args.train_index
+    return table
+
+
 def _fit(args: argparse.Namespace) -> int:
     from mlasdi.experiment import run_fit
 
@@ -67,18 +112,19 @@ def _fit(args: argparse.Namespace) -> int:
         args.iters = [10_000] * args.stages
     if len(args.iters) != args.stages:
         raise ValueError(f"--iters gives {len(args.iters)} budgets for --stages {args.stages}")
-    if args.problem == "oscillator":
-        data = oscillator.snapshot_set()
-        train_index = data.index_of(np.array(oscillator.TRAIN_AMPLITUDES)[:, None])
-        config = oscillator_config(args.stages, args.iters, args.seed)
-    else:
-        raise ValueError(f"unknown problem {args.problem!r}")
+    source = data_source(_fit_data_table(args))
+    full = source.load(progress=not args.quiet)
+    train_index = source.training_indices(full)
+    u0 = flatten_grid(source.initial_conditions(full), len(full.grid_shape))
+    data = full.every(source.time_stride)
+    config = oscillator_config(args.stages, args.iters, args.seed)
     report = run_fit(
         data,
         train_index,
         config,
         out=args.out,
-        problem=args.problem,
+        problem=source.problem,
+        u0=u0,
         device=args.device,
         progress=not args.quiet,
     )
@@ -181,12 +227,44 @@ def _data_vlasov(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_import(args: argparse.Namespace) -> int:
+    from mlasdi.data import import_npz
+
+    path = import_npz(args.npz, args.out, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlasdi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     fit = commands.add_parser("fit", help="train and evaluate a multi-stage ROM")
-    fit.add_argument("--problem", choices=["oscillator"], default="oscillator")
+    fit.add_argument(
+        "--problem",
+        choices=list(SOURCES),
+        default=None,
+        help="a built-in problem, generated (default oscillator; file with --data)",
+    )
+    fit.add_argument("--data", type=Path, default=None, help="a snapshot file (HDF5, docs/data.md)")
+    fit.add_argument(
+        "--train",
+        type=_parse_params,
+        default=None,
+        help='training parameters of the data, e.g. "0.7,0.9;0.9,1.1" (default: the '
+        "problem's split; for a file its train dataset)",
+    )
+    fit.add_argument(
+        "--train-index", type=_parse_indices, default=None, help="training rows, e.g. 0,4,20"
+    )
+    fit.add_argument(
+        "--set",
+        type=_parse_setting,
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other [data] key of the problem (docs/data.md), e.g. --set nx=32 --set "
+        "grid=[9,9] --set time_stride=5",
+    )
     fit.add_argument("--stages", type=int, default=2, help="1 = GPLaSDI, 2+ = mLaSDI")
     fit.add_argument("--iters", type=_parse_iters, default=None, help="per stage, e.g. 10000,10000")
     fit.add_argument("--seed", type=int, default=0)
@@ -219,6 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
     vl.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     vl.add_argument("--quiet", action="store_true", help="no progress bar")
     vl.set_defaults(handler=_data_vlasov)
+    imp = problems.add_parser(
+        "import", help="a snapshot file from NumPy arrays (.npz: params, times, snapshots)"
+    )
+    imp.add_argument(
+        "--npz",
+        type=Path,
+        required=True,
+        help="arrays params [n_mu, n_p], times [n_t], snapshots [n_mu, n_t, *grid]; optional "
+        "param_names [n_p], coords ([n] for one grid axis, [n_axes, n] for several), train "
+        "(bool [n_mu])",
+    )
+    imp.add_argument("--out", type=Path, required=True, help="output HDF5 file")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    imp.set_defaults(handler=_data_import)
     return parser
 
 
@@ -227,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:  # DataError is a ValueError
         print(f"mlasdi: error: {exc}", file=sys.stderr)
         return 2
 

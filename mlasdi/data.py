@@ -133,6 +133,19 @@ class SnapshotSet:
         """[n_mu, n_t, n_state], first grid axis fastest (see module docstring)."""
         return flatten_grid(self.snapshots, len(self.grid_shape))
 
+    def every(self, time_stride: int) -> SnapshotSet:
+        """The snapshot set at every ``time_stride``-th time (1: itself)."""
+        if time_stride == 1:
+            return self
+        return SnapshotSet(
+            params=self.params,
+            times=self.times[::time_stride],
+            snapshots=self.snapshots[:, ::time_stride],
+            param_names=self.param_names,
+            coords=self.coords,
+            settings=self.settings,
+        )
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> SnapshotSet:
         """The snapshot set restricted to the parameters at ``indices``."""
         idx = np.asarray(indices, dtype=np.int64)
@@ -263,13 +276,29 @@ class SnapshotFileWriter:
         self.close()
 
 
-def save_snapshot_set(path: str | os.PathLike[str], data: SnapshotSet) -> Path:
-    """Write ``data`` to HDF5 atomically (temp file + rename)."""
+def save_snapshot_set(
+    path: str | os.PathLike[str], data: SnapshotSet, *, train: np.ndarray | None = None
+) -> Path:
+    """Write ``data`` to HDF5 atomically (temp file + rename).
+
+    ``train`` : optional bool [n_mu], stored as the ``train`` dataset (a file's default training
+    split, see docs/data.md).
+    """
+    if train is not None:
+        train = np.asarray(train)
+        if train.dtype != bool or train.shape != (data.params.shape[0],):
+            raise DataError(
+                f"train must be a boolean array of shape ({data.params.shape[0]},), got "
+                f"{train.dtype} {train.shape}"
+            )
     writer = SnapshotFileWriter(
         path, **data.file_layout(), dtype=data.snapshots.dtype, overwrite=True
     )
-    writer.write(np.arange(data.params.shape[0]), data.snapshots)
-    return writer.finish()
+    with writer:
+        if train is not None:
+            writer._file.create_dataset("train", data=train)
+        writer.write(np.arange(data.params.shape[0]), data.snapshots)
+        return writer.finish()
 
 
 def read_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -278,41 +307,268 @@ def read_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.loads(handle.attrs["settings"])
 
 
+def cache_matches(
+    path: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+    params: np.ndarray,
+    *,
+    complete: bool = True,
+) -> bool:
+    """True if ``path`` is a snapshot file with these settings and parameters (and, with
+    ``complete``, every parameter written): a generated cache that may be reused.
+
+    Raises :class:`DataError` ("...; delete it") when ``path`` is not a readable snapshot file.
+    """
+    try:
+        with h5py.File(path, "r") as handle:
+            stored = json.loads(handle.attrs["settings"])
+            return (
+                stored == json.loads(json.dumps(settings))
+                and handle["params"].shape == params.shape
+                and np.array_equal(handle["params"][...], params)
+                and (not complete or bool(handle["completed"][...].all()))
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(
+            f"{path} exists but is not a readable snapshot file ({exc}); delete it"
+        ) from None
+
+
+FIX = "make it with 'mlasdi data import' or mlasdi.data.save_snapshot_set (docs/data.md)"
+
+
+@dataclass(frozen=True)
+class SnapshotFileInfo:
+    """What a snapshot file holds besides the snapshots (:func:`inspect_snapshot_file`).
+
+    params : [n_mu, n_p]; times : [n_t]; grid_shape : the snapshots' grid axes; train : the
+    optional boolean ``train`` dataset [n_mu] (None when absent).
+    """
+
+    path: Path
+    params: np.ndarray
+    times: np.ndarray
+    grid_shape: tuple[int, ...]
+    param_names: tuple[str, ...]
+    train: np.ndarray | None
+    settings: Mapping[str, Any]
+
+    @property
+    def n_state(self) -> int:
+        return int(np.prod(self.grid_shape))
+
+
+def _check_header(path: Path, handle: h5py.File) -> SnapshotFileInfo:
+    missing = {"snapshots", "params", "times", "completed"} - set(handle)
+    if missing:
+        raise DataError(f"{path} is not a snapshot file: missing datasets {sorted(missing)}; {FIX}")
+    version = int(handle.attrs.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"{path} has format version {version}, expected {FORMAT_VERSION}; rewrite it: {FIX}"
+        )
+    if not handle["completed"][...].all():
+        raise DataError(f"{path} is incomplete (an interrupted generation); delete it and rerun")
+    shape = handle["snapshots"].shape
+    params = handle["params"][...]
+    times = handle["times"][...]
+    if len(shape) < 3:
+        raise DataError(
+            f"{path}: snapshots has shape {shape} (rank {len(shape)}); it must be "
+            f"[n_mu, n_t, *grid] (rank >= 3, one parameter per row, one time per column)"
+        )
+    if params.ndim != 2:
+        raise DataError(f"{path}: params has shape {params.shape}; it must be [n_mu, n_p] (rank 2)")
+    if times.ndim != 1:
+        raise DataError(f"{path}: times has shape {times.shape}; it must be [n_t] (rank 1)")
+    if params.shape[0] != shape[0] or times.size != shape[1]:
+        raise DataError(
+            f"{path}: snapshots {shape} does not match params {params.shape} and times "
+            f"{times.shape}; snapshots must be [n_mu, n_t, *grid]"
+        )
+    if times.size < 3:
+        raise DataError(f"{path} has {times.size} snapshots per parameter; at least 3 are needed")
+    if not np.all(np.isfinite(params)) or not np.all(np.isfinite(times)):
+        raise DataError(f"{path}: params or times contain NaN or Inf")
+    steps = np.diff(times)
+    if np.any(steps <= 0):
+        i = int(np.flatnonzero(steps <= 0)[0])
+        raise DataError(
+            f"{path}: times must be increasing, but times[{i + 1}] = {times[i + 1]:g} follows "
+            f"times[{i}] = {times[i]:g}"
+        )
+    if not np.allclose(steps, steps[0], rtol=1e-6, atol=0):
+        i = int(np.argmax(np.abs(steps - steps[0])))
+        raise DataError(
+            f"{path}: times must be uniformly spaced (step {steps[0]:g}, but times[{i + 1}] - "
+            f"times[{i}] = {steps[i]:g}); resample the snapshots to a uniform time grid"
+        )
+    unique, first, counts = np.unique(params, axis=0, return_index=True, return_counts=True)
+    if unique.shape[0] != params.shape[0]:
+        dup = unique[counts > 1][0]
+        rows = np.flatnonzero(np.all(params == dup, axis=1)).tolist()
+        raise DataError(
+            f"{path}: duplicate parameters {dup.tolist()} in rows {rows}; each parameter must "
+            "appear once"
+        )
+    names = tuple(json.loads(handle.attrs.get("param_names", "[]")))
+    if len(names) != params.shape[1]:
+        raise DataError(f"{path}: {len(names)} parameter names for {params.shape[1]} parameters")
+    train = None
+    if "train" in handle:
+        train = handle["train"][...]
+        if train.dtype != bool or train.shape != (params.shape[0],):
+            raise DataError(
+                f"{path}: the train dataset must be boolean of shape ({params.shape[0]},), got "
+                f"{train.dtype} {train.shape}"
+            )
+    return SnapshotFileInfo(
+        path=path,
+        params=params.astype(np.float64),
+        times=times.astype(np.float64),
+        grid_shape=tuple(int(n) for n in shape[2:]),
+        param_names=names,
+        train=train,
+        settings=json.loads(handle.attrs.get("settings", "{}")),
+    )
+
+
+def _open(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise DataError(f"snapshot file {path} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path} is not a readable HDF5 file ({exc}); {FIX}") from None
+
+
+def inspect_snapshot_file(path: str | os.PathLike[str]) -> SnapshotFileInfo:
+    """Read and check a snapshot file's layout, parameters and times (no snapshot data is read).
+
+    Raises :class:`DataError` naming the file for a missing file, junk, a missing dataset, wrong
+    ranks or shapes, non-finite parameters or times, times that are not increasing and uniform,
+    fewer than 3 snapshots, duplicate parameters and a malformed ``train`` dataset.
+    """
+    path = Path(path)
+    with _open(path) as handle:
+        return _check_header(path, handle)
+
+
 def load_snapshot_set(
     path: str | os.PathLike[str], *, indices: Sequence[int] | np.ndarray | None = None
 ) -> SnapshotSet:
     """Read and validate a snapshot file (optionally only the parameters at ``indices``)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"snapshot file {path} does not exist")
-    with h5py.File(path, "r") as handle:
-        missing = {"snapshots", "params", "times", "completed"} - set(handle)
-        if missing:
-            raise DataError(f"{path} is not a snapshot file: missing datasets {sorted(missing)}")
-        version = int(handle.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise DataError(f"{path} has format version {version}, expected {FORMAT_VERSION}")
-        if not handle["completed"][...].all():
-            raise DataError(f"{path} is incomplete (an interrupted generation)")
+    with _open(path) as handle:
+        info = _check_header(path, handle)
         if indices is None:
             snapshots = handle["snapshots"][...]
-            params = handle["params"][...]
+            params = info.params
         else:
             idx = np.asarray(indices, dtype=np.int64)
-            n_mu = handle["params"].shape[0]
+            n_mu = info.params.shape[0]
             if idx.size and (idx.min() < -n_mu or idx.max() >= n_mu):
                 raise DataError(f"indices out of range for {n_mu} parameters: {idx.tolist()}")
             # h5py reads only strictly increasing indices: read each once, then reorder.
             unique, inverse = np.unique(idx % n_mu, return_inverse=True)
             snapshots = handle["snapshots"][unique][inverse]
-            params = handle["params"][...][idx]
+            params = info.params[idx]
         coord_names = json.loads(handle.attrs.get("coord_names", "[]"))
+        absent = [name for name in coord_names if f"coords/{name}" not in handle]
+        if absent:
+            raise DataError(f"{path}: coord_names lists {absent} but coords/ lacks them; {FIX}")
         coords = {name: handle[f"coords/{name}"][...] for name in coord_names}
+    try:
         return SnapshotSet(
             params=params,
-            times=handle["times"][...],
+            times=info.times,
             snapshots=snapshots,
-            param_names=tuple(json.loads(handle.attrs["param_names"])),
+            param_names=info.param_names,
             coords=coords,
-            settings=json.loads(handle.attrs["settings"]),
+            settings=info.settings,
         )
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+
+
+NPZ_KEYS = ("params", "times", "snapshots", "param_names", "coords", "coord_names", "train")
+
+
+def import_npz(
+    npz: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Write the snapshot file ``out`` from the NumPy arrays in ``npz`` (``mlasdi data import``).
+
+    Keys: ``params`` [n_mu, n_p] (or [n_mu] for one parameter), ``times`` [n_t], ``snapshots``
+    [n_mu, n_t, *grid]; optional ``param_names`` [n_p] (default p0, p1, ...), ``coords`` ([n] for
+    a one-axis grid, [n_axes, n] for several axes of one length), ``coord_names`` [n_axes]
+    (default x, y, z, ...) and ``train`` (bool [n_mu]: the default training split). Every check
+    of :func:`inspect_snapshot_file` is made before ``out`` is written.
+    """
+    npz, out = Path(npz), Path(out)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise DataError(f"output directory {out.parent} does not exist")
+    try:
+        arrays = np.load(npz, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{npz} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{npz} is not a readable .npz file ({exc})") from None
+    with arrays:
+        keys = set(arrays.files)
+        missing = [k for k in ("params", "times", "snapshots") if k not in keys]
+        if missing:
+            raise DataError(
+                f"{npz} has no array(s) {missing}; it needs params [n_mu, n_p], times [n_t] and "
+                f"snapshots [n_mu, n_t, *grid] (it has {sorted(keys)})"
+            )
+        unknown = sorted(keys - set(NPZ_KEYS))
+        if unknown:
+            raise DataError(f"{npz}: unknown array(s) {unknown}; valid keys: {list(NPZ_KEYS)}")
+        try:
+            loaded = {k: arrays[k] for k in arrays.files}
+        except ValueError as exc:  # object arrays need pickle, which is refused
+            raise DataError(f"{npz}: {exc}; store names as string arrays") from None
+    params = loaded["params"]
+    if params.ndim == 1:
+        params = params[:, None]
+    snapshots = loaded["snapshots"]
+    n_p = params.shape[1] if params.ndim == 2 else 0
+    names = tuple(str(n) for n in loaded.get("param_names", [f"p{i}" for i in range(n_p)]))
+    coords: dict[str, np.ndarray] = {}
+    if "coords" in loaded:
+        c = loaded["coords"]
+        n_axes = max(snapshots.ndim - 2, 0)
+        axes = [c] if c.ndim == 1 else list(c)
+        default = ["x", "y", "z"][:n_axes] if n_axes <= 3 else [f"x{i}" for i in range(n_axes)]
+        coord_names = [str(n) for n in loaded.get("coord_names", default)]
+        if len(axes) != n_axes or len(coord_names) != n_axes:
+            raise DataError(
+                f"{npz}: coords give {len(axes)} axes (names {coord_names}) for a grid of "
+                f"{n_axes} axes {snapshots.shape[2:]}"
+            )
+        for name, axis, n in zip(coord_names, axes, snapshots.shape[2:], strict=True):
+            if axis.shape != (n,):
+                raise DataError(f"{npz}: coords {name} has shape {axis.shape}, the grid axis {n}")
+            coords[name] = axis
+    try:
+        data = SnapshotSet(
+            params=params,
+            times=loaded["times"],
+            snapshots=snapshots,
+            param_names=names,
+            coords=coords,
+            settings={"problem": "file", "source": npz.name},
+        )
+    except DataError as exc:
+        raise DataError(f"{npz}: {exc}") from None
+    unique = np.unique(data.params, axis=0)
+    if unique.shape[0] != data.params.shape[0]:
+        raise DataError(f"{npz}: duplicate parameters in params; each parameter must appear once")
+    train = loaded.get("train")
+    try:
+        return save_snapshot_set(out, data, train=train)
+    except DataError as exc:
+        raise DataError(f"{npz}: {exc}") from None

@@ -47,12 +47,23 @@ def run_fit(
     *,
     out: Path,
     problem: str,
+    u0: np.ndarray | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> FitReport:
-    """Fit ``config`` on ``data[train_index]``, evaluate every parameter of ``data``, write results."""
+    """Fit ``config`` on ``data[train_index]``, evaluate every parameter of ``data``, write results.
+
+    ``u0`` [n_mu, n_state]: the initial conditions the predictions start from (default: each
+    parameter's first snapshot).
+    """
     if np.any(train_index < 0):
         raise ValueError("a training parameter is missing from the snapshot set")
+    latent = config.autoencoder.latent_dim
+    if latent + 1 > data.times.size:
+        raise ValueError(
+            f"latent size {latent} needs at least {latent + 1} snapshots per parameter to fit "
+            f"its dynamics; the data give {data.times.size}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch_device = resolve_device(device)
@@ -80,7 +91,7 @@ def run_fit(
         checkpoints=checkpoints,
     )
     start = time.perf_counter()
-    errors = evaluate(fit.rom, data.params, data.flat_snapshots())
+    errors = evaluate(fit.rom, data.params, data.flat_snapshots(), u0=u0)
     eval_time = time.perf_counter() - start
     is_train = np.zeros(data.params.shape[0], dtype=bool)
     is_train[train_index] = True

@@ -606,7 +606,10 @@ def run_search(
     if not 0.0 < val_fraction < 1.0:
         raise BudgetError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     out = Path(out)
-    # A given storage is opened first, so that a bad URL fails before anything is written.
+    seed = spec.seeds[0]
+    # The data and a given storage come first, so that a bad file or URL fails before anything
+    # is written under out.
+    data, val_index = search_data(spec, val_fraction, seed)
     rdb = open_storage(storage) if storage is not None else None
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -617,8 +620,6 @@ def run_search(
         rdb = open_storage(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    seed = spec.seeds[0]
-    data, val_index = search_data(spec, val_fraction, seed)
     setup = SearchSetup(
         spec_name=spec.name,
         budget=budget,

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlasdi.data import DataError
 from studies.spec import SpecError, load_spec, smoke_spec
 
 
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except SpecError as exc:
+    except (SpecError, DataError) as exc:
         print(f"mlasdi-study: error: {exc}", file=sys.stderr)
         return 2
 

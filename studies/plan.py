@@ -147,17 +147,8 @@ class Trial:
 
 
 def n_train_points(spec: StudySpec) -> int:
-    """Training parameters of the spec's data (computed from the grid, no data generated)."""
-    d = spec.data
-    if d.problem == "oscillator":
-        return 2
-    import numpy as np
-
-    from mlasdi.problems import vlasov
-
-    return int(
-        np.asarray(vlasov.training_indices(vlasov.parameter_grid(*d.grid), d.train_stride)).size
-    )
+    """Training parameters of the spec's data (from its source, no data generated)."""
+    return spec.data.n_train()
 
 
 def trials(spec: StudySpec) -> list[Trial]:

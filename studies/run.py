@@ -30,13 +30,15 @@ from studies.results import ResultWriter, finished_evaluations
 from studies.spec import SpecError, StudySpec, check_resources, spec_from_dict, tomllib
 from studies.trial import META_FILE, TrialRunner, load_study_data, run_trial
 
+DATA_FINGERPRINT = "data.sha256"
+
 
 def default_out(spec: StudySpec) -> Path:
     return Path("results") / spec.name
 
 
 def _check_out(spec: StudySpec, out: Path) -> None:
-    """OUT holds this study or nothing: never mix two specs' rows."""
+    """OUT holds this study or nothing: never mix two specs' rows (reads only)."""
     path = out / "spec.toml"
     if path.is_file():
         old = spec_from_dict(tomllib.loads(path.read_text()), source=spec.source)
@@ -44,11 +46,31 @@ def _check_out(spec: StudySpec, out: Path) -> None:
             raise SpecError(
                 f"{out} holds results of a different spec ({path}); use another --out or delete it"
             )
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(spec.to_toml())
-        os.replace(tmp, path)
+
+
+def _check_data(spec: StudySpec, out: Path, fingerprint: str) -> None:
+    """OUT's rows were made from these data (a user's file may have changed under its name)."""
+    path = out / DATA_FINGERPRINT
+    if fingerprint and path.is_file():
+        old = path.read_text().strip()
+        if old != fingerprint:
+            raise SpecError(
+                f"{out} holds results made from other data than "
+                f"{getattr(spec.data, 'path', 'the [data] table')} now holds (sha256 "
+                f"{old[:12]}... then, {fingerprint[:12]}... now); use another --out or delete it"
+            )
+
+
+def _write_spec(spec: StudySpec, out: Path, fingerprint: str) -> None:
+    """Record the spec (and the data's fingerprint) in OUT: the first writes under OUT, once the
+    data have been checked."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("spec.toml", spec.to_toml()), (DATA_FINGERPRINT, fingerprint)):
+        path = out / name
+        if text and not path.is_file():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
 
 
 def previous_checkpoints(storage: Path) -> dict[str, str]:
@@ -167,7 +189,11 @@ def run_study(
     check: bool = True,
     verbose: int = 1,
 ) -> int:
-    """Run (or finish) a study; returns the exit code (0 when every evaluation has a row)."""
+    """Run (or finish) a study; returns the exit code (0 when every evaluation has a row).
+
+    Nothing is written under ``out`` before the spec, the resources and the data have been
+    checked (a bad data file raises :class:`~mlasdi.data.DataError`).
+    """
     t_command = time.perf_counter()
     out = Path(out).resolve()
     _check_out(spec, out)
@@ -189,6 +215,8 @@ def run_study(
     t_data = time.perf_counter()
     data = load_study_data(spec, progress=verbose >= 1)
     data_s = time.perf_counter() - t_data
+    _check_data(spec, out, data.fingerprint)
+    _write_spec(spec, out, data.fingerprint)
     print(
         f"data: {data.truth_test.shape[0]} test / {data.U_train.shape[0]} training parameters, "
         f"{data.U_train.shape[1]} snapshots of {data.n_state} values ({data_s:.1f} s)",

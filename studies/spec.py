@@ -3,8 +3,9 @@
 A spec names the data (problem, resolution, parameter grid), the two methods with their
 architectures, latent sizes and iteration budgets, the seeds, the shared training settings and the
 resources of one trial. Everything is checked here, before Ray starts: unknown keys, latent sizes
-that are not smaller than the state, budgets that do not increase, a data file that is missing and
-may not be generated. Whether the cluster can ever satisfy the resources is checked by
+that are not smaller than the state, budgets that do not increase, and the ``[data]`` table through
+its data source (:mod:`mlasdi.problems`: its keys, a file's header and training split, a stale
+cache). Whether the cluster can ever satisfy the resources is checked by
 :func:`check_resources` against the nodes it is given.
 
 ``load_spec`` accepts a path or the name of a preset shipped in this directory
@@ -33,6 +34,8 @@ from mlasdi.config import (
     Stage1Config,
     from_dict,
 )
+from mlasdi.data import DataError
+from mlasdi.problems import DataSource, data_source
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,8 +44,6 @@ else:  # pragma: no cover
 
 PRESET_DIR = Path(__file__).resolve().parent
 PRESETS = ("vlasov_paper", "vlasov_quick", "smoke")
-PROBLEMS = ("vlasov", "oscillator")
-VLASOV_N_T = 251  # snapshots 0..5 step 0.02 written by mlasdi.problems.vlasov
 
 
 class SpecError(ValueError):
@@ -90,46 +91,6 @@ def _int_list(value: Any, where: str, minimum: int = 1) -> tuple[int, ...]:
 def hidden_label(hidden: Sequence[int]) -> str:
     """``(1000, 500, 50)`` -> ``"1000-500-50"`` (the ``hidden`` result column)."""
     return "-".join(str(w) for w in hidden)
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Where the snapshots come from.
-
-    ``vlasov``: ``mlasdi.problems.vlasov`` at ``nx`` x ``nv``; test parameters on a ``grid`` =
-    [n_T, n_k] grid over T in [0.9, 1.1], k in [1.0, 1.2]; training points every ``train_stride``;
-    every ``time_stride``-th snapshot. The file is generated (cached) when ``generate`` is true.
-    ``oscillator``: the paper's toy at ``nx`` points, ``n_t`` times, ``grid`` = [n_A] amplitudes in
-    [1.0, 1.4], trained on the two end points.
-    """
-
-    problem: str = "vlasov"
-    nx: int = 64
-    nv: int = 64
-    grid: tuple[int, ...] = (21, 21)
-    train_stride: float = 0.05
-    time_stride: int = 1
-    n_t: int = 201
-    periodic_field: bool = False
-    file: str = ""
-    generate: bool = True
-
-    @property
-    def n_state(self) -> int:
-        return self.nx * self.nv if self.problem == "vlasov" else self.nx
-
-    @property
-    def n_times(self) -> int:
-        n = VLASOV_N_T if self.problem == "vlasov" else self.n_t
-        return len(range(0, n, self.time_stride))
-
-    @property
-    def path(self) -> Path:
-        """The snapshot file (vlasov): ``file`` or ``data/vlasov_<nx>x<nv>_<n_T>x<n_k>.h5``."""
-        if self.file:
-            return Path(self.file).expanduser().resolve()
-        name = f"vlasov_{self.nx}x{self.nv}_{self.grid[0]}x{self.grid[1]}.h5"
-        return (Path("data") / name).resolve()
 
 
 @dataclass(frozen=True)
@@ -203,7 +164,7 @@ class RunSpec:
 class StudySpec:
     name: str
     seeds: tuple[int, ...]
-    data: DataSpec
+    data: DataSource
     methods: tuple[MethodSpec, ...]
     training: TrainingSpec = field(default_factory=TrainingSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
@@ -263,13 +224,7 @@ class StudySpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as a TOML-ready dict (round-trips through :func:`spec_from_dict`)."""
-        skip = (
-            ("nv", "train_stride", "periodic_field", "file", "generate")
-            if self.data.problem == "oscillator"
-            else ("n_t",)
-        )
-        data = {k: v for k, v in dataclasses.asdict(self.data).items() if k not in skip}
-        data["grid"] = list(self.data.grid)
+        data = self.data.to_dict()
         out: dict[str, Any] = {"name": self.name, "seeds": list(self.seeds), "data": data}
         for m in self.methods:
             entry: dict[str, Any] = {
@@ -330,49 +285,12 @@ def dump_toml(data: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _data_spec(raw: Any) -> DataSpec:
-    keys = [f.name for f in dataclasses.fields(DataSpec)]
-    d = _table(raw, "data", keys, required=["problem"])
-    problem = _choice(d["problem"], "data.problem", PROBLEMS)
-    if problem == "oscillator":
-        for k in ("nv", "train_stride", "periodic_field", "file", "generate"):
-            if k in d:
-                raise SpecError(f"data.{k} does not apply to problem 'oscillator'")
-        d.setdefault("nx", 600)
-        d.setdefault("grid", [3])
-    else:
-        if "n_t" in d:
-            raise SpecError("data.n_t does not apply to problem 'vlasov' (251 snapshots)")
-    for k in ("nx", "nv", "time_stride", "n_t"):
-        if k in d:
-            _int(d[k], f"data.{k}", 2 if k != "time_stride" else 1)
-    grid = _int_list(d.get("grid", [21, 21]), "data.grid", 2)
-    want = 1 if problem == "oscillator" else 2
-    if len(grid) != want:
-        raise SpecError(
-            f"data.grid must have {want} entr{'y' if want == 1 else 'ies'} for {problem}"
-        )
-    d["grid"] = grid
-    if "train_stride" in d:
-        d["train_stride"] = _num(d["train_stride"], "data.train_stride", 0.0, strict=True)
-    for k in ("periodic_field", "generate"):
-        if k in d and not isinstance(d[k], bool):
-            raise SpecError(f"data.{k} must be true or false, got {d[k]!r}")
-    if "file" in d and not isinstance(d["file"], str):
-        raise SpecError(f"data.file must be a path string, got {d['file']!r}")
-    spec = DataSpec(**d)
-    n = VLASOV_N_T if problem == "vlasov" else spec.n_t
-    if spec.n_times < 3:
-        raise SpecError(
-            f"data.time_stride = {spec.time_stride} leaves {spec.n_times} of {n} snapshots; "
-            "need at least 3"
-        )
-    if problem == "vlasov" and not spec.generate and not spec.path.is_file():
-        raise SpecError(
-            f"data file {spec.path} does not exist (data.generate = false); generate it with "
-            f"'mlasdi data vlasov' or set data.generate = true"
-        )
-    return spec
+def _data_spec(raw: Any) -> DataSource:
+    """The ``[data]`` table through the data-source registry (:mod:`mlasdi.problems`)."""
+    try:
+        return data_source(raw)
+    except (ConfigError, DataError) as exc:
+        raise SpecError(str(exc)) from None
 
 
 def _budgets(raw: Any, where: str, one_stage: bool) -> tuple[tuple[int, ...], ...]:
@@ -407,7 +325,7 @@ def _budgets(raw: Any, where: str, one_stage: bool) -> tuple[tuple[int, ...], ..
     return tuple(budgets)
 
 
-def _method_spec(name: str, raw: Any, n_state: int) -> MethodSpec:
+def _method_spec(name: str, raw: Any, n_state: int, n_times: int) -> MethodSpec:
     keys = ["hidden", "latent_dims", "budgets"]
     if name == "mlasdi":
         keys += ["residual_hidden", "residual_kappa", "residual_activation", "residual_lr"]
@@ -424,6 +342,11 @@ def _method_spec(name: str, raw: Any, n_state: int) -> MethodSpec:
         if r >= n_state:
             raise SpecError(
                 f"{name}.latent_dims: latent size {r} must be smaller than the state size {n_state}"
+            )
+        if r + 1 > n_times:
+            raise SpecError(
+                f"{name}.latent_dims: latent size {r} needs at least {r + 1} snapshots per "
+                f"parameter to fit its dynamics; the data give {n_times}"
             )
     budgets = _budgets(d["budgets"], f"{name}.budgets", one_stage=name == "gplasdi")
     extra: dict[str, Any] = {}
@@ -505,7 +428,9 @@ def spec_from_dict(raw: Mapping[str, Any], *, source: str = "") -> StudySpec:
     if len(set(seeds)) != len(seeds):
         raise SpecError(f"seeds has duplicates: {list(seeds)}")
     data = _data_spec(d["data"])
-    methods = tuple(_method_spec(m, d[m], data.n_state) for m in ("gplasdi", "mlasdi") if m in d)
+    methods = tuple(
+        _method_spec(m, d[m], data.n_state, data.n_times) for m in ("gplasdi", "mlasdi") if m in d
+    )
     if not methods:
         raise SpecError("a study needs at least one of the tables [gplasdi] and [mlasdi]")
     return StudySpec(
@@ -546,7 +471,9 @@ def load_spec(path_or_name: str | Path) -> StudySpec:
 
 def smoke_spec(spec: StudySpec) -> StudySpec:
     """A seconds-long version of ``spec`` (``--smoke``): first architecture and latent size of
-    each method, one seed, two tiny budgets with the method's number of stages, a coarse grid."""
+    each method, one seed, two tiny budgets with the method's number of stages, and the data
+    source's smoke version (:meth:`~mlasdi.problems.source.DataSource.smoke`: a coarse Vlasov
+    grid; a few parameters and snapshots of a user's file)."""
     methods = []
     for m in spec.methods:
         rest = (20,) * (m.n_stages - 1)
@@ -556,16 +483,11 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
                 m, hidden=m.hidden[:1], latent_dims=m.latent_dims[:1], budgets=budgets
             )
         )
-    data = spec.data
-    if data.problem == "vlasov":
-        data = dataclasses.replace(
-            data, nx=16, nv=16, grid=(5, 5), time_stride=max(data.time_stride, 10), file=""
-        )
     return dataclasses.replace(
         spec,
         name=f"{spec.name}-smoke",
         seeds=spec.seeds[:1],
-        data=data,
+        data=spec.data.smoke(),
         methods=tuple(methods),
         run=dataclasses.replace(spec.run, checkpoint_every=0),
         resources=ResourceSpec(cpus=min(spec.resources.cpus, 1.0)),

@@ -44,7 +44,7 @@ from mlasdi.config import (
     ROMConfig,
     to_dict,
 )
-from mlasdi.data import SnapshotSet
+from mlasdi.data import SnapshotSet, flatten_grid
 from mlasdi.metrics import summarize_errors
 from mlasdi.rom import (
     MultiStageROM,
@@ -77,7 +77,9 @@ class StudyData:
     U_train : float32 [n_train, n_t, n_state] training snapshots.
     params_train : [n_train, n_p]; times : [n_t].
     params_test : [n_test, n_p]; truth_test : float32 [n_test, n_t, n_state] (every test point,
-    training points included); is_train : bool [n_test].
+    training points included); is_train : bool [n_test]; u0_test : float32 [n_test, n_state] the
+    initial conditions the predictions start from (the data source's); fingerprint : the
+    source's digest of the data (empty where the spec's keys determine them).
     """
 
     U_train: np.ndarray
@@ -86,24 +88,21 @@ class StudyData:
     params_test: np.ndarray
     truth_test: np.ndarray
     is_train: np.ndarray
+    u0_test: np.ndarray
+    fingerprint: str = ""
 
     @property
     def n_state(self) -> int:
         return int(self.U_train.shape[-1])
 
 
-def _study_data(data: SnapshotSet, train_index: np.ndarray, time_stride: int) -> StudyData:
+def _study_data(
+    data: SnapshotSet, train_index: np.ndarray, time_stride: int, u0: np.ndarray
+) -> StudyData:
     train_index = np.asarray(train_index, dtype=np.int64)
     if train_index.size < 2 or np.any(train_index < 0):
         raise ValueError(f"need at least two training points inside the test grid: {train_index}")
-    subset = SnapshotSet(
-        params=data.params,
-        times=data.times[::time_stride],
-        snapshots=data.snapshots[:, ::time_stride],
-        param_names=data.param_names,
-        coords=data.coords,
-        settings=data.settings,
-    )
+    subset = data.every(time_stride)
     truth = subset.flat_snapshots().astype(np.float32)
     is_train = np.zeros(truth.shape[0], dtype=bool)
     is_train[train_index] = True
@@ -114,40 +113,22 @@ def _study_data(data: SnapshotSet, train_index: np.ndarray, time_stride: int) ->
         params_test=subset.params,
         truth_test=truth,
         is_train=is_train,
+        u0_test=flatten_grid(u0, len(data.grid_shape)).astype(np.float32),
     )
 
 
 def load_study_data(spec: StudySpec, *, progress: bool = True) -> StudyData:
-    """Load (or generate, cached) the spec's snapshots and split them (driver side)."""
-    d = spec.data
-    if d.problem == "oscillator":
-        from mlasdi.problems import oscillator
+    """Load (or generate, cached) the spec's snapshots and split them (driver side).
 
-        amplitudes = np.linspace(1.0, 1.4, d.grid[0])
-        data = oscillator.snapshot_set(amplitudes, n_x=d.nx, n_t=d.n_t)
-        return _study_data(data, np.array([0, d.grid[0] - 1]), d.time_stride)
-    from mlasdi.problems import vlasov
-
-    params = vlasov.parameter_grid(*d.grid)
-    path = d.path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    # One thread: when the solver runs in this process (a single batch), OpenMP barriers stall
-    # 30-45x on cores shared with other work (measured: 1.6 vs 45-77 steps/s at 32x32).
-    torch.set_num_threads(1)
-    try:
-        data = vlasov.load_or_generate(
-            path,
-            params=params,
-            nx=d.nx,
-            nv=d.nv,
-            periodic_field=d.periodic_field,
-            progress=progress,
-        )
-    finally:
-        torch.set_num_threads(threads)
-    train = vlasov.training_indices(data.params, stride=d.train_stride)
-    return _study_data(data, np.asarray(train), d.time_stride)
+    Raises :class:`~mlasdi.data.DataError` naming the file when the data are bad.
+    """
+    source = spec.data
+    data = source.load(progress=progress)
+    study = _study_data(
+        data, source.training_indices(data), source.time_stride, source.initial_conditions(data)
+    )
+    study.fingerprint = source.fingerprint(data)
+    return study
 
 
 def _shared_tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -303,6 +284,7 @@ class TrialRunner:
                 rom,
                 self.data.params_test,
                 self.data.truth_test,
+                u0=self.data.u0_test,
                 batch_size=self.spec.run.eval_batch_size,
             )
         except DivergenceError as exc:

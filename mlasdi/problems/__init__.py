@@ -1,1 +1,58 @@
-"""Full-order data sources, each producing a :class:`mlasdi.data.SnapshotSet`."""
+"""Full-order data sources behind one interface (:mod:`mlasdi.problems.source`) and the registry
+that maps ``[data] problem`` names to them.
+
+Adding a problem is one module that defines a :class:`~mlasdi.problems.source.DataSource`
+subclass and one line in :data:`SOURCES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mlasdi.config import ConfigError, from_dict
+from mlasdi.problems.oscillator import OscillatorData
+from mlasdi.problems.snapshot_file import FileData
+from mlasdi.problems.source import DataSource
+from mlasdi.problems.vlasov import VlasovData
+
+SOURCES: dict[str, type[DataSource]] = {
+    "vlasov": VlasovData,
+    "oscillator": OscillatorData,
+    "file": FileData,
+}
+
+
+def source_keys(cls: type[DataSource]) -> list[str]:
+    """The ``[data]`` keys a source takes (besides ``problem``)."""
+    return list(cls.__dataclass_fields__)
+
+
+def data_source(raw: Mapping[str, Any]) -> DataSource:
+    """The checked data source of a ``[data]`` table (``problem`` omitted: ``"file"``).
+
+    Raises :class:`~mlasdi.config.ConfigError` naming the key, or
+    :class:`~mlasdi.data.DataError` naming the file.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"[data] must be a table, got {type(raw).__name__}")
+    d = dict(raw)
+    problem = d.pop("problem", "file")
+    if problem not in SOURCES:
+        raise ConfigError(f"data.problem must be one of {list(SOURCES)}, got {problem!r}")
+    cls = SOURCES[problem]
+    keys = source_keys(cls)
+    for key in d:
+        if key not in keys:
+            if any(key in source_keys(other) for other in SOURCES.values()):
+                raise ConfigError(f"data.{key} does not apply to problem {problem!r}")
+            raise ConfigError(
+                f"unknown key(s) [{key!r}] in [data]; valid keys for problem {problem!r}: "
+                f"{sorted(['problem', *keys])}"
+            )
+    source = from_dict(cls, d, where="data")
+    source.check()
+    return source
+
+
+__all__ = ["SOURCES", "DataSource", "data_source", "source_keys"]

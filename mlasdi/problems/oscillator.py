@@ -7,10 +7,13 @@ x = linspace(-3, 3, 600), t = linspace(0, 2 pi, 201); train on A in {1.0, 1.4}, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from mlasdi.data import SnapshotSet
+from mlasdi.problems.source import DataSource, grid_key, int_key
 
 TRAIN_AMPLITUDES = (1.0, 1.4)
 TEST_AMPLITUDES = (1.2,)
@@ -48,3 +51,39 @@ def snapshot_set(
         coords={"x": x},
         settings={"problem": "oscillator", "n_x": n_x, "n_t": n_t},
     )
+
+
+@dataclass(frozen=True)
+class OscillatorData(DataSource):
+    """``problem = "oscillator"``: the toy at ``nx`` points and ``n_t`` times on ``grid`` = [n_A]
+    amplitudes in [1.0, 1.4], trained on the two end points."""
+
+    problem: ClassVar[str] = "oscillator"
+
+    nx: int = 600
+    n_t: int = 201
+    grid: tuple[int, ...] = (3,)
+
+    @property
+    def n_state(self) -> int:
+        return self.nx
+
+    @property
+    def n_raw_times(self) -> int:
+        return self.n_t
+
+    def n_train(self) -> int:
+        return 2
+
+    def check(self) -> None:
+        int_key(self.nx, "nx", 2)
+        int_key(self.n_t, "n_t", 2)
+        grid_key(self.grid, "grid", 1, self.problem)
+        super().check()
+
+    def load(self, *, progress: bool = True) -> SnapshotSet:
+        amplitudes = np.linspace(TRAIN_AMPLITUDES[0], TRAIN_AMPLITUDES[1], self.grid[0])
+        return snapshot_set(amplitudes, n_x=self.nx, n_t=self.n_t)
+
+    def training_indices(self, data: SnapshotSet) -> np.ndarray:
+        return np.array([0, data.params.shape[0] - 1])

@@ -42,25 +42,32 @@ when more rows need it), on GPU densely (no data-dependent shapes, no host synch
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mlasdi.data import DataError, SnapshotFileWriter, SnapshotSet, load_snapshot_set
+from mlasdi.config import ConfigError
+from mlasdi.data import (
+    DataError,
+    SnapshotFileWriter,
+    SnapshotSet,
+    cache_matches,
+    load_snapshot_set,
+)
+from mlasdi.problems.source import GeneratedGrid, bool_key, int_key
 
 __all__ = [
     "PARAM_NAMES",
+    "VlasovData",
     "VlasovSettings",
     "electric_field",
     "generate_snapshot_file",
@@ -760,21 +767,6 @@ def solve(
     )
 
 
-def _existing_matches(path: Path, settings: dict[str, Any], params: np.ndarray) -> bool:
-    """True if ``path`` is a complete snapshot file with these settings and parameters."""
-    try:
-        with h5py.File(path, "r") as handle:
-            stored = json.loads(handle.attrs["settings"])
-            return (
-                stored == json.loads(json.dumps(settings))
-                and handle["params"].shape == params.shape
-                and np.array_equal(handle["params"][...], params)
-                and bool(handle["completed"][...].all())
-            )
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{path} exists but is not a readable snapshot file ({exc})") from exc
-
-
 def generate_snapshot_file(
     path: str | os.PathLike[str],
     *,
@@ -813,7 +805,7 @@ def generate_snapshot_file(
         raise DataError(f"output directory {path.parent} does not exist")
     settings_dict = settings.to_dict()
     if path.exists() and not overwrite:
-        if _existing_matches(path, settings_dict, params):
+        if cache_matches(path, settings_dict, params):
             return path
         raise DataError(
             f"{path} exists with other settings or parameters; pass overwrite=True "
@@ -853,3 +845,88 @@ def generate_snapshot_file(
 def load_or_generate(path: str | os.PathLike[str], **kwargs: Any) -> SnapshotSet:
     """:func:`generate_snapshot_file` (a no-op when the cached file matches), then load it."""
     return load_snapshot_set(generate_snapshot_file(path, **kwargs))
+
+
+# --------------------------------------------------------------------------------------------
+# Data source (the ``[data]`` keys of ``problem = "vlasov"``)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VlasovData(GeneratedGrid):
+    """``problem = "vlasov"``: this solver at ``nx`` x ``nv`` on a ``grid`` = [n_T, n_k] grid
+    over T in [0.9, 1.1], k in [1.0, 1.2]; training points every ``train_stride`` (the paper's
+    5 x 5), or ``train_index`` / ``train_params`` (:class:`~mlasdi.problems.source.GeneratedGrid`).
+    The file (``file``, default ``data/vlasov_<nx>x<nv>_<n_T>x<n_k>.h5`` under the current
+    directory) is generated and cached when ``generate`` is true.
+    """
+
+    problem: ClassVar[str] = "vlasov"
+    param_names: ClassVar[tuple[str, ...]] = PARAM_NAMES
+
+    nx: int = 64
+    nv: int = 64
+    grid: tuple[int, ...] = (21, 21)
+    train_stride: float | tuple[float, ...] = 0.05
+    periodic_field: bool = False
+
+    @property
+    def n_state(self) -> int:
+        return self.nx * self.nv
+
+    @property
+    def n_raw_times(self) -> int:
+        return VlasovSettings().n_times
+
+    def parameters(self) -> np.ndarray:
+        return parameter_grid(*self.grid)
+
+    def _settings(self) -> VlasovSettings:
+        try:
+            return VlasovSettings(nx=self.nx, nv=self.nv, periodic_field=self.periodic_field)
+        except ValueError as exc:
+            raise ConfigError(f"data: {exc}") from None
+
+    def stored_settings(self) -> dict[str, Any]:
+        return self._settings().to_dict()
+
+    def default_file(self) -> str:
+        return f"vlasov_{self.nx}x{self.nv}_{self.grid[0]}x{self.grid[1]}.h5"
+
+    def check(self) -> None:
+        for key in ("nx", "nv"):
+            int_key(getattr(self, key), key, 2)
+        bool_key(self.periodic_field, "periodic_field")
+        self._settings()
+        super().check()
+
+    def generate_file(self, path: Path, *, progress: bool) -> None:
+        threads = torch.get_num_threads()
+        # One thread: when the solver runs in this process (a single batch), OpenMP barriers stall
+        # 30-45x on cores shared with other work (measured: 1.6 vs 45-77 steps/s at 32x32).
+        torch.set_num_threads(1)
+        try:
+            generate_snapshot_file(
+                path,
+                params=self.parameters(),
+                nx=self.nx,
+                nv=self.nv,
+                periodic_field=self.periodic_field,
+                progress=progress,
+            )
+        finally:
+            torch.set_num_threads(threads)
+
+    def smoke(self) -> VlasovData:
+        """16 x 16 on a 5 x 5 grid, every 10th snapshot (or coarser), the default cache file,
+        trained by ``train_stride`` (explicit training points need not be on the smaller grid)."""
+        return replace(
+            self,
+            nx=16,
+            nv=16,
+            grid=(5, 5),
+            time_stride=max(self.time_stride, 10),
+            file="",
+            train_index=(),
+            train_params=(),
+        )
