@@ -4,9 +4,10 @@ Threads. Float32 results depend on the number of torch threads (the order of the
 OpenMP pool larger than the free cores collapses on a shared host: a parallel region ends at a
 barrier that waits for every thread to be scheduled, and with OpenMP's default wait policy the
 idle threads spin on the cores the others need. Measured on ``mlasdi fit --stages 2 --iters
-300,300`` on a 2-core host (``benchmarks/threads.py``, docs/threads.md): a passive wait policy
-with one thread per core was the fastest option both on the host as it was and with a busy loop
-on every core, so that is the default:
+300,300`` on a shared 2-core host (``benchmarks/threads.py``, docs/threads.md), the default pool
+took a median 161 s where a passive wait took 22 s and one thread 21 s; with a busy loop added
+per core 262, 46 and 74 s; on a lightly loaded host 9.9, 5.7 and 6.6 s. So the default is a
+passive wait with one thread per core:
 
 - ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it. OpenMP reads it once, when torch loads its
   runtime, so ``mlasdi/__init__.py`` calls :func:`passive_openmp_wait` before importing torch
