@@ -1,7 +1,8 @@
-"""Hold-out splits of training parameters: validation points for searches and stage acceptance.
+"""Held-out training parameters: the split that decides without touching the test points.
 
-Pure numerics on parameter arrays; the budget search (``studies.budget``) and the residual-stage
-acceptance both choose their held-out points with :func:`validation_split`.
+Both the budget search (``mlasdi-study budget``) and the validation-accepted residual stages of
+``mlasdi_val`` (:mod:`mlasdi.acceptance`) hold some training parameters out of what they train
+and judge by the error there, so that test-only parameters are never read.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import numpy as np
 
 
 class BudgetError(ValueError):
-    """Invalid arguments for the budget search; raised before any work starts."""
+    """Invalid arguments for the budget search or a validation split; raised before any work
+    starts."""
 
 
 def validation_split(
