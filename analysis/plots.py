@@ -515,3 +515,46 @@ def plot_search_params(params: pd.DataFrame, *, value_name: str = "validation er
     if sc is not None:
         fig.colorbar(sc, ax=list(axes), label="trial number", shrink=0.9)
     return fig
+
+
+def plot_importance(values: Mapping[str, float]) -> Figure:
+    """Horizontal bars of the budget search's parameter importances (most important on top)."""
+    fig = Figure(figsize=(6.0, 0.5 * max(len(values), 1) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
+    names = list(values)[::-1]
+    ax.barh(names, [values[n] for n in names], color="#0072B2")
+    ax.set_xlabel("importance for validation err_max (fANOVA)")
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+def plot_pareto(table: pd.DataFrame) -> Figure:
+    """Budget search trials: validation err_max (``value_0``) against training time
+    (``value_1``); the Pareto front (``pareto``) joined by a line."""
+    t = table[(table["state"] == "COMPLETE") & np.isfinite(table["value_0"].astype(float))]
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    rest = t[~t["pareto"].astype(bool)]
+    front = t[t["pareto"].astype(bool)].sort_values("value_1")
+    ax.scatter(rest["value_1"], rest["value_0"], s=18, color="#999999", label="trial")
+    ax.step(front["value_1"], front["value_0"], where="post", color="#D55E00")
+    ax.scatter(front["value_1"], front["value_0"], s=24, color="#D55E00", label="Pareto front")
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("validation err_max")
+    v = t["value_0"].to_numpy(float)
+    if v.size and v.min() > 0 and v.max() / v.min() > 20:
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(frameon=False)
+    return fig
+
+
+def save_png(fig: Figure, path: Path) -> None:
+    """Write ``path`` (PNG, 150 dpi) atomically: a temporary file beside it, then a rename, so
+    that a killed run never leaves half a figure."""
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=150, bbox_inches="tight")
+    tmp.replace(path)
+
+
+__all__ += ["plot_importance", "plot_pareto", "save_png"]

@@ -56,6 +56,9 @@ _RESULT_REQUIRED = (
     "seed",  # a null would drop the row from the pairing groups
 )
 _PARAM_ERROR_REQUIRED = ("evaluation_id", "method", "param_index", "params", "is_train")
+# Columns appended to RESULT_COLUMNS after results were first published: a file written before
+# them still reads, with the column null.
+_RESULT_ADDED = ("torch_threads", "torch_version", "numpy_version", "git_commit")
 
 
 class SchemaError(ValueError):
@@ -108,13 +111,20 @@ def _compatible(found: pa.DataType, expected: pa.DataType) -> bool:
     return False
 
 
-def _conform(table: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
-    """Select and cast the documented columns of one file; raise SchemaError naming file/column."""
+def _conform(
+    table: pa.Table, schema: pa.Schema, path: Path, optional: Sequence[str] = ()
+) -> pa.Table:
+    """Select and cast the documented columns of one file; raise SchemaError naming file/column.
+
+    A missing column named in ``optional`` is read as nulls."""
     missing = [f.name for f in schema if f.name not in table.column_names]
-    if missing:
-        raise SchemaError(f"{path}: missing column(s) {missing}")
+    if set(missing) - set(optional):
+        raise SchemaError(f"{path}: missing column(s) {[m for m in missing if m not in optional]}")
     columns = []
     for f in schema:
+        if f.name in missing:
+            columns.append(pa.nulls(table.num_rows, f.type))
+            continue
         col = table.column(f.name)
         if not _compatible(col.type, f.type):
             raise SchemaError(f"{path}: column {f.name!r} has type {col.type}, expected {f.type}")
@@ -146,10 +156,11 @@ def read_table_dir(
     *,
     required: Sequence[str] = (),
     allowed: dict[str, Sequence[str]] | None = None,
+    optional: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, list[Path]]:
     """Read every ``*.parquet`` file of a directory with the explicit schema of ``columns``.
 
-    Extra columns in a file are ignored. Returns the concatenated frame (columns in schema order)
+    Extra columns in a file are ignored; missing ``optional`` ones are read as nulls. Returns the concatenated frame (columns in schema order)
     and the files read, sorted by name. Raises ``FileNotFoundError`` for a missing or empty
     directory and ``SchemaError`` for a file that does not match.
     """
@@ -164,7 +175,7 @@ def read_table_dir(
             table = pq.read_table(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise SchemaError(f"{path}: not a readable Parquet file: {exc}") from exc
-        df = _conform(table, schema, path).to_pandas()
+        df = _conform(table, schema, path, optional).to_pandas()
         _check_values(df, path, required, allowed or {})
         frames.append(df)
     frames = [f for f in frames if len(f)] or frames[:1]
@@ -196,6 +207,7 @@ def read_results(results_dir: str | Path) -> pd.DataFrame:
         RESULT_COLUMNS,
         required=_RESULT_REQUIRED,
         allowed={"method": METHODS, "status": STATUSES},
+        optional=_RESULT_ADDED,
     )
     n_read = len(df)
     dup_ids = sorted(df.loc[df["evaluation_id"].duplicated(), "evaluation_id"].unique())

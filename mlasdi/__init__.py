@@ -3,6 +3,11 @@
 The public surface; everything else is reachable through its module (``mlasdi.dynamics``, ...).
 """
 
+from mlasdi.runtime import passive_openmp_wait
+
+# Before the first torch import: OpenMP reads its wait policy once, when torch loads it.
+passive_openmp_wait()
+
 from mlasdi.config import (
     AutoencoderConfig,
     ConfigError,

@@ -14,6 +14,32 @@ import numpy as np
 from mlasdi.config import AutoencoderConfig, ResidualStageConfig, ROMConfig, Stage1Config
 from mlasdi.data import flatten_grid
 from mlasdi.problems import SOURCES, data_source
+from mlasdi.runtime import THREADS_ENV, set_threads
+
+FIT_DESCRIPTION = """Train a ROM with the paper's oscillator configuration (GPLaSDI with
+--stages 1, mLaSDI with 2 or more) on a problem's training split, evaluate it on every parameter
+and write OUT/metrics.json, the trained ROM under OUT/rom/, OUT/loss_history.npz and figures. The
+data: --problem (a built-in problem, generated; by default the multiscale oscillator, trained on
+A = 1.0 and 1.4 and tested on A = 1.2) or --data FILE (a snapshot file, docs/data.md), with
+--train/--train-index/--set choosing the split and settings. Torch threads: --threads, else the
+MLASDI_THREADS environment variable, else OMP_NUM_THREADS, else one per core (idle threads sleep:
+OMP_WAIT_POLICY=PASSIVE unless set)."""
+
+PERIODIC_FIELD_HELP = (
+    "fill the electric field's ghost values at the two x-ends periodically (the clean scheme); "
+    "by default they stay 0 as in HyPar, which produced the paper's data, so the v-fluxes of the "
+    "first and last x column take the Lax-Friedrichs branch. The two differ only in those two "
+    "columns (docs/vlasov.md)"
+)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _parse_params(text: str) -> list[tuple[float, ...]]:
@@ -106,6 +132,7 @@ def _fit_data_table(args: argparse.Namespace) -> dict[str, Any]:
 def _fit(args: argparse.Namespace) -> int:
     from mlasdi.experiment import run_fit
 
+    set_threads(args.threads)
     if args.stages < 1:
         raise ValueError(f"--stages must be >= 1, got {args.stages}")
     if args.iters is None:
@@ -239,7 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlasdi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    fit = commands.add_parser("fit", help="train and evaluate a multi-stage ROM")
+    fit = commands.add_parser(
+        "fit",
+        help="train and evaluate a multi-stage ROM",
+        description=FIT_DESCRIPTION,
+        formatter_class=_HelpFormatter,
+    )
     fit.add_argument(
         "--problem",
         choices=list(SOURCES),
@@ -266,27 +298,46 @@ def build_parser() -> argparse.ArgumentParser:
         "grid=[9,9] --set time_stride=5",
     )
     fit.add_argument("--stages", type=int, default=2, help="1 = GPLaSDI, 2+ = mLaSDI")
-    fit.add_argument("--iters", type=_parse_iters, default=None, help="per stage, e.g. 10000,10000")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--iters",
+        type=_parse_iters,
+        default=None,
+        help="iterations per stage, e.g. 10000,10000 (default: 10000 per stage)",
+    )
+    fit.add_argument("--seed", type=int, default=0, help="seed of every initialisation")
     fit.add_argument("--out", type=Path, required=True, help="output directory")
     fit.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    fit.add_argument("--no-figures", action="store_true")
+    fit.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"torch CPU threads (default: ${THREADS_ENV}, else $OMP_NUM_THREADS, else one per "
+        "core); results in float32 depend on it",
+    )
+    fit.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     fit.add_argument("--quiet", action="store_true", help="no progress output")
     fit.set_defaults(handler=_fit)
 
     data = commands.add_parser("data", help="generate a full-order snapshot set (HDF5)")
     problems = data.add_subparsers(dest="problem", required=True)
-    vl = problems.add_parser("vlasov", help="1D-1V Vlasov-Poisson two-stream problem")
+    vl = problems.add_parser(
+        "vlasov",
+        help="1D-1V Vlasov-Poisson two-stream problem",
+        description="Simulate the two-stream problem with HyPar's scheme for a grid or list of "
+        "(T, k) and write one HDF5 file; a file with the same settings is reused and an "
+        "interrupted run resumes (docs/vlasov.md).",
+        formatter_class=_HelpFormatter,
+    )
     vl.add_argument("--out", type=Path, required=True, help="output HDF5 file")
-    vl.add_argument("--nx", type=int, default=64)
-    vl.add_argument("--nv", type=int, default=64)
+    vl.add_argument("--nx", type=int, default=64, help="cells in x")
+    vl.add_argument("--nv", type=int, default=64, help="cells in v")
     which = vl.add_mutually_exclusive_group()
-    which.add_argument("--grid", type=_parse_grid, default=(21, 21), help="T x k grid, e.g. 21x21")
+    which.add_argument("--grid", type=_parse_grid, default="21x21", help="T x k grid, e.g. 5x5")
     which.add_argument("--params", type=_parse_params, help='explicit list "T,k;T,k;..."')
     vl.add_argument(
         "--periodic-field",
         action="store_true",
-        help="fill the field's x ghost values periodically (HyPar leaves them 0; see README)",
+        help=PERIODIC_FIELD_HELP,
     )
     vl.add_argument(
         "--overwrite", action="store_true", help="regenerate a file with other settings"

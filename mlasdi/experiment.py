@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from mlasdi import __version__
 from mlasdi.config import ROMConfig, to_dict
 from mlasdi.data import SnapshotSet
 from mlasdi.rom import FitResult, evaluate, fit_rom, resolve_device
+from mlasdi.runtime import provenance
 from mlasdi.train import CheckpointReport
 
 PROGRESS_EVERY = 500
@@ -103,7 +103,7 @@ def run_fit(
         "eval_time_s": eval_time,
         "n_model_params": fit.rom.n_model_params,
         "device": str(torch_device),
-        "torch_threads": torch.get_num_threads(),
+        **provenance(),  # torch_threads, torch_version, numpy_version, git_commit
         "host": platform.node(),
         "mlasdi_version": __version__,
         "parameters": [

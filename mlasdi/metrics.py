@@ -81,6 +81,11 @@ RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("config_json", "string"),
     ("mlasdi_version", "string"),
     ("created_at", "string"),  # ISO 8601, UTC
+    # Provenance (mlasdi.runtime.provenance); absent from files written before it, read as null.
+    ("torch_threads", "int64"),  # float32 results depend on the thread count
+    ("torch_version", "string"),
+    ("numpy_version", "string"),
+    ("git_commit", "string"),  # of the checkout that ran; null outside a git checkout
 )
 
 # One row per (evaluated model, test parameter): r(mu) for heatmaps.

@@ -56,6 +56,7 @@ from mlasdi.rom import (
     stage1_rom,
     torch_dtype,
 )
+from mlasdi.runtime import provenance
 from mlasdi.train import (
     TRAINER_STATE_FORMAT,
     DivergenceError,
@@ -252,6 +253,7 @@ class TrialRunner:
             "config_json": json.dumps(to_dict(self.rom_config(budget)), sort_keys=True),
             "mlasdi_version": mlasdi.__version__,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            **provenance(),
         }
         row.update(values)
         return row

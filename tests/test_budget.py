@@ -1,4 +1,4 @@
-"""The Optuna budget search (studies/budget.py) on the smoke preset (oscillator, seconds)."""
+"""The Optuna budget search (studies/budget/) on the smoke preset (oscillator, seconds)."""
 
 from __future__ import annotations
 
@@ -421,3 +421,20 @@ def test_sigkill_then_rerun_loses_no_trial(tmp_path):
         assert after[t.number].state.name == "FAIL"
         retries = [u for u in after.values() if u.user_attrs.get("retry_of") == t.number]
         assert len(retries) == 1 and retries[0].params == t.params
+
+
+# --- package layout -----------------------------------------------------------------------------
+
+
+def test_budget_package_keeps_its_import_surface_and_draws_nothing_itself():
+    from mlasdi.validation import BudgetError, validation_split
+
+    for name in B.__all__:
+        assert getattr(B, name) is not None, name
+    # One split and one error class: the core's, re-exported (a search failure is a BudgetError).
+    assert B.validation_split is validation_split and B.BudgetError is BudgetError
+    names = {"space", "validation", "worker", "driver", "storage", "outputs", "cli"}
+    assert {p.stem for p in Path(B.__file__).parent.glob("*.py")} == names | {"__init__"}
+    # studies computes, analysis draws: no module of the package imports matplotlib itself.
+    for path in Path(B.__file__).parent.glob("*.py"):
+        assert "matplotlib" not in path.read_text(), path.name

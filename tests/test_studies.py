@@ -812,3 +812,32 @@ def test_a_trial_ray_gave_up_on_gets_failed_rows(tiny, tmp_path):
     assert set(df["status"]) == {"failed"}
     assert df["message"].str.startswith("trial errored in Ray after retries").all()
     assert df["err_max"].isna().all() and len(read_param_errors(tmp_path)) == 2 * 3
+
+
+def test_rows_record_threads_versions_and_commit(tiny, tmp_path):
+    import torch
+
+    from studies.results import write_evaluation
+
+    spec, data = tiny
+    t = trials(spec)[0]
+    threads = torch.get_num_threads()
+    for m, _ in _run_trial(spec, data, t):
+        if m["kind"] == "eval":
+            payload = json.loads(m["payload"])
+            write_evaluation(
+                tmp_path, payload["row"], payload["param_err"], data.params_test, data.is_train
+            )
+    df = read_results(tmp_path)
+    head = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert len(df) == len(t.evaluation_ids)
+    assert (df["torch_threads"] == threads).all()
+    assert (df["torch_version"] == torch.__version__).all()
+    assert (df["numpy_version"] == np.__version__).all()
+    commit = head.stdout.strip() if head.returncode == 0 else None
+    assert df["git_commit"].tolist() == [commit] * len(df)

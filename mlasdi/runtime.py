@@ -1,0 +1,113 @@
+"""The process's CPU thread settings, and the provenance recorded with every result.
+
+Threads. Float32 results depend on the number of torch threads (the order of the sums), and an
+OpenMP pool larger than the free cores collapses on a shared host: a parallel region ends at a
+barrier that waits for every thread to be scheduled, and with OpenMP's default wait policy the
+idle threads spin on the cores the others need. Measured on ``mlasdi fit --stages 2 --iters
+300,300`` on a shared 2-core host (``benchmarks/threads.py``, docs/threads.md), the default pool
+took a median 161 s where a passive wait took 22 s and one thread 21 s; with a busy loop added
+per core 262, 46 and 74 s; on a lightly loaded host 9.9, 5.7 and 6.6 s. So the default is a
+passive wait with one thread per core:
+
+- ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it. OpenMP reads it once, when torch loads its
+  runtime, so ``mlasdi/__init__.py`` calls :func:`passive_openmp_wait` before importing torch
+  (a process that imported torch earlier keeps its policy).
+- :func:`resolve_threads`: ``--threads`` over ``MLASDI_THREADS`` over ``OMP_NUM_THREADS`` over
+  the cores this process may run on.
+
+Studies do not use this default: each trial sets its thread count from the spec's resources
+(``studies.trial.run_trial``), so a study's numbers do not depend on the host.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+THREADS_ENV = "MLASDI_THREADS"
+
+
+def passive_openmp_wait() -> None:
+    """Let idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which a container or taskset limits)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _positive(text: str, where: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{where} must be a positive number of threads, got {text!r}")
+    return n
+
+
+def resolve_threads(flag: int | None, environ: Mapping[str, str], cores: int) -> int:
+    """The torch thread count: ``flag`` (``--threads``), else ``MLASDI_THREADS``, else
+    ``OMP_NUM_THREADS`` (what torch itself would use), else ``cores``.
+
+    Raises ``ValueError`` (one line) for a value that is not a positive integer.
+    """
+    if flag is not None:
+        return _positive(str(flag), "--threads")
+    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
+        value = environ.get(name, "").strip()
+        if value:
+            return _positive(value, name)
+    return cores
+
+
+def set_threads(flag: int | None = None) -> int:
+    """Resolve the thread count (:func:`resolve_threads`) and give it to torch; returns it."""
+    import torch
+
+    n = resolve_threads(flag, os.environ, available_cores())
+    torch.set_num_threads(n)
+    return n
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """``git rev-parse HEAD`` of the checkout this package runs from; None when it does not run
+    from a git checkout (an installed wheel) or git is missing."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = result.stdout.split()
+    if result.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root:
+        return None  # not a checkout, or a checkout that merely contains an installed copy
+    return lines[1]
+
+
+def provenance() -> dict[str, Any]:
+    """What made a number: ``torch_threads``, ``torch_version``, ``numpy_version``, ``git_commit``
+    (None outside a git checkout). Recorded in every result row and in ``metrics.json``."""
+    import torch
+
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "git_commit": git_commit(),
+    }

@@ -1,0 +1,160 @@
+"""Thread settings (flag > MLASDI_THREADS > OMP_NUM_THREADS > cores), provenance, CLI help."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from analysis.schema import arrow_schema, read_results
+from mlasdi import runtime
+from mlasdi.cli import main
+from mlasdi.metrics import RESULT_COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+PROVENANCE = ("torch_threads", "torch_version", "numpy_version", "git_commit")
+
+
+@pytest.mark.parametrize(
+    ("flag", "environ", "expected"),
+    [
+        (None, {}, 7),  # the cores
+        (None, {"OMP_NUM_THREADS": "3"}, 3),  # what torch itself would use
+        (None, {"OMP_NUM_THREADS": "3", "MLASDI_THREADS": "2"}, 2),
+        (1, {"OMP_NUM_THREADS": "3", "MLASDI_THREADS": "2"}, 1),  # the flag wins
+        (None, {"MLASDI_THREADS": " ", "OMP_NUM_THREADS": ""}, 7),  # blank = unset
+    ],
+)
+def test_thread_count_resolution_order(flag, environ, expected):
+    assert runtime.resolve_threads(flag, environ, 7) == expected
+
+
+@pytest.mark.parametrize(
+    ("flag", "environ", "needle"),
+    [
+        (0, {}, "--threads must be a positive number of threads, got '0'"),
+        (None, {"MLASDI_THREADS": "two"}, "MLASDI_THREADS must be a positive number"),
+        (None, {"OMP_NUM_THREADS": "-1"}, "OMP_NUM_THREADS must be a positive number"),
+    ],
+)
+def test_bad_thread_counts_are_clear_errors(flag, environ, needle):
+    with pytest.raises(ValueError, match=needle):
+        runtime.resolve_threads(flag, environ, 2)
+
+
+def test_bad_threads_in_fit_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLASDI_THREADS", "0")
+    out = tmp_path / "out"
+    assert main(["fit", "--iters", "2,2", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == "mlasdi: error: MLASDI_THREADS must be a positive number of threads, got '0'\n"
+    assert not out.exists()
+
+
+def test_importing_mlasdi_sets_a_passive_openmp_wait_unless_the_user_chose():
+    script = "import os, mlasdi; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+        result = subprocess.run(
+            [sys.executable, "-c", script], env=run_env, capture_output=True, text=True, check=True
+        )
+        assert result.stdout.strip() == expected
+
+
+def test_provenance_records_threads_versions_and_the_checkout_commit():
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    if head.returncode != 0:
+        pytest.skip("tests run outside a git checkout")
+    record = runtime.provenance()
+    assert record == {
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "git_commit": head.stdout.strip(),
+    }
+
+
+def test_git_commit_is_none_outside_a_checkout(tmp_path):
+    # A copy of the module in a package directory that is no git checkout (an installed wheel).
+    package = tmp_path / "site" / "mlasdi"
+    package.mkdir(parents=True)
+    shutil.copy(runtime.__file__, package / "runtime.py")
+    spec = importlib.util.spec_from_file_location("runtime_copy", package / "runtime.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.git_commit() is None
+
+
+def test_fit_records_provenance_in_metrics_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLASDI_THREADS", "2")
+    out = tmp_path / "out"
+    before = torch.get_num_threads()
+    try:
+        args = ["fit", "--iters", "2,2", "--threads", "1", "--out", str(out), "--quiet"]
+        assert main([*args, "--no-figures"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["torch_threads"] == 1  # --threads over MLASDI_THREADS
+    expected = {k: v for k, v in runtime.provenance().items() if k != "torch_threads"}
+    assert {k: metrics[k] for k in expected} == expected
+
+
+def test_results_written_before_the_provenance_columns_still_load(tmp_path):
+    old = [(n, k) for n, k in RESULT_COLUMNS if n not in PROVENANCE]
+    assert [n for n, _ in RESULT_COLUMNS[len(old) :]] == list(PROVENANCE)  # appended at the end
+    row = {n: None for n, _ in old} | {
+        "evaluation_id": "t/b0",
+        "method": "gplasdi",
+        "status": "ok",
+        "arch_index": 0,
+        "latent_dim": 3,
+        "budget_index": 0,
+        "seed": 0,
+    }
+    (tmp_path / "results").mkdir()
+    pq.write_table(
+        pa.Table.from_pylist([row], schema=arrow_schema(old)), tmp_path / "results" / "a.parquet"
+    )
+    df = read_results(tmp_path)
+    assert list(df.columns) == [n for n, _ in RESULT_COLUMNS]
+    assert df[list(PROVENANCE)].isna().all().all()
+
+
+def _help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_fit_help_has_a_description_and_the_defaults(capsys):
+    text = _help(["fit", "--help"], capsys)
+    assert "Train a ROM on the multiscale oscillator" in text
+    for default in (
+        "1 = GPLaSDI, 2+ = mLaSDI (default: 2)",
+        "(default: 10000 per stage)",
+        "(default: oscillator)",
+        "(default: auto)",
+        "seed of every initialisation (default: 0)",
+        "(default: $MLASDI_THREADS, else $OMP_NUM_THREADS, else one per core)",
+    ):
+        assert default in text
+
+
+def test_vlasov_help_explains_periodic_field_itself(capsys):
+    text = _help(["data", "vlasov", "--help"], capsys)
+    assert "README" not in text
+    assert "ghost values at the two x-ends periodically" in text
+    assert "cells in x (default: 64)" in text and "(default: 21x21)" in text
