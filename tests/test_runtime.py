@@ -141,11 +141,11 @@ def _help(argv, capsys):
 
 def test_fit_help_has_a_description_and_the_defaults(capsys):
     text = _help(["fit", "--help"], capsys)
-    assert "Train a ROM on the multiscale oscillator" in text
+    assert "Train a ROM with the paper's oscillator configuration" in text
     for default in (
         "1 = GPLaSDI, 2+ = mLaSDI (default: 2)",
         "(default: 10000 per stage)",
-        "(default: oscillator)",
+        "(default oscillator; file with --data)",
         "(default: auto)",
         "seed of every initialisation (default: 0)",
         "(default: $MLASDI_THREADS, else $OMP_NUM_THREADS, else one per core)",
