@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +261,67 @@ class SnapshotFileWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _existing_matches(path: Path, settings: Mapping[str, Any], params: np.ndarray) -> bool:
+    """True if ``path`` is a complete snapshot file with these settings and parameters."""
+    try:
+        with h5py.File(path, "r") as handle:
+            stored = json.loads(handle.attrs["settings"])
+            return (
+                stored == json.loads(json.dumps(settings))
+                and handle["params"].shape == params.shape
+                and np.array_equal(handle["params"][...], params)
+                and bool(handle["completed"][...].all())
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path} exists but is not a readable snapshot file ({exc})") from exc
+
+
+def generate_cached(
+    path: str | os.PathLike[str],
+    layout: Mapping[str, Any],
+    solve: Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarray]]],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a generated snapshot set to ``path``, cached by settings and resumable.
+
+    ``layout`` holds the :class:`SnapshotFileWriter` arguments (``params``, ``times``,
+    ``grid_shape``, ``param_names``, ``coords``, ``settings``). ``solve(todo)`` receives the
+    indices of the parameters not written yet and yields ``(indices, snapshots)`` pairs, indices
+    into ``todo`` and snapshots [len(indices), n_t, *grid].
+
+    * An existing complete file with the same settings and parameters is reused (returns at once).
+    * An existing file with other settings or parameters is an error unless ``overwrite=True``
+      (then it is replaced atomically once the new set is complete).
+    * Each yielded batch is written to ``path + '.partial'``; an interrupted run keeps those and a
+      rerun with the same settings skips them. The final name appears only when every parameter is
+      written.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise DataError(f"output directory {path.parent} does not exist")
+    params = np.asarray(layout["params"], dtype=np.float64)
+    if path.exists() and not overwrite:
+        if _existing_matches(path, layout["settings"], params):
+            return path
+        raise DataError(
+            f"{path} exists with other settings or parameters; pass overwrite=True "
+            "(CLI: --overwrite) to regenerate it"
+        )
+    try:
+        writer = SnapshotFileWriter(path, **layout)
+    except DataError:
+        if not overwrite:
+            raise
+        writer = SnapshotFileWriter(path, **layout, overwrite=True)
+    with writer:
+        todo = np.flatnonzero(~writer.completed)
+        if todo.size:
+            for idx, snaps in solve(todo):
+                writer.write(todo[idx], snaps)
+        return writer.finish()
 
 
 def save_snapshot_set(path: str | os.PathLike[str], data: SnapshotSet) -> Path:

@@ -42,7 +42,6 @@ when more rows need it), on GPU densely (no data-dependent shapes, no host synch
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -52,12 +51,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mlasdi.data import DataError, SnapshotFileWriter, SnapshotSet, load_snapshot_set
+from mlasdi.data import SnapshotSet, generate_cached, load_snapshot_set
 
 __all__ = [
     "PARAM_NAMES",
@@ -760,21 +758,6 @@ def solve(
     )
 
 
-def _existing_matches(path: Path, settings: dict[str, Any], params: np.ndarray) -> bool:
-    """True if ``path`` is a complete snapshot file with these settings and parameters."""
-    try:
-        with h5py.File(path, "r") as handle:
-            stored = json.loads(handle.attrs["settings"])
-            return (
-                stored == json.loads(json.dumps(settings))
-                and handle["params"].shape == params.shape
-                and np.array_equal(handle["params"][...], params)
-                and bool(handle["completed"][...].all())
-            )
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{path} exists but is not a readable snapshot file ({exc})") from exc
-
-
 def generate_snapshot_file(
     path: str | os.PathLike[str],
     *,
@@ -808,17 +791,6 @@ def generate_snapshot_file(
     params = _check_params(params)
     settings = VlasovSettings(nx=nx, nv=nv, periodic_field=periodic_field, **solver_settings)
     dev = _resolve_device(device)
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise DataError(f"output directory {path.parent} does not exist")
-    settings_dict = settings.to_dict()
-    if path.exists() and not overwrite:
-        if _existing_matches(path, settings_dict, params):
-            return path
-        raise DataError(
-            f"{path} exists with other settings or parameters; pass overwrite=True "
-            "(CLI: --overwrite) to regenerate it"
-        )
     x, v = phase_space_grid(nx, nv)
     layout = dict(
         params=params,
@@ -826,28 +798,21 @@ def generate_snapshot_file(
         grid_shape=(nx, nv),
         param_names=PARAM_NAMES,
         coords={"x": x, "v": v},
-        settings=settings_dict,
+        settings=settings.to_dict(),
     )
-    try:
-        writer = SnapshotFileWriter(path, **layout)
-    except DataError:
-        if not overwrite:
-            raise
-        writer = SnapshotFileWriter(path, **layout, overwrite=True)
-    with writer:
-        todo = np.flatnonzero(~writer.completed)
-        if todo.size:
-            for idx, snaps in _solve_batches(
-                params[todo],
-                settings,
-                device=dev,
-                batch_size=batch_size,
-                compile=compile,
-                progress=progress,
-                workers=workers,
-            ):
-                writer.write(todo[idx], snaps)
-        return writer.finish()
+
+    def solve_todo(todo: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return _solve_batches(
+            params[todo],
+            settings,
+            device=dev,
+            batch_size=batch_size,
+            compile=compile,
+            progress=progress,
+            workers=workers,
+        )
+
+    return generate_cached(path, layout, solve_todo, overwrite=overwrite)
 
 
 def load_or_generate(path: str | os.PathLike[str], **kwargs: Any) -> SnapshotSet:
