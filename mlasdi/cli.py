@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="regenerate a file with other settings"
     )
     bg.add_argument(
-        "--batch-size", type=int, default=None, help="parameters per batch (default: 32)"
+        "--batch-size", type=int, default=None, help="parameters per batch (default: 16)"
     )
     bg.add_argument("--quiet", action="store_true", help="no progress bar")
     bg.set_defaults(handler=_data_burgers1d)
