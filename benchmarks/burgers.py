@@ -1,12 +1,14 @@
-"""Benchmark: generate GPLaSDI's Burgers 1D example (441 parameters, 1001 x 1001) into HDF5.
+"""Benchmark: GPLaSDI's Burgers 1D example, 441 parameters on its 1001-node, 1001-level grid.
 
-Prints the wall time (HDF5 writing included), cell-updates per second, the Newton iteration counts
-and the peak resident memory; the machine-readable lines are ``burgers_441_s=<seconds>`` and
-``burgers_cell_updates_per_s=<rate>``. ``--smoke`` runs 4 parameters on a 101 x 101 grid for CI
-(``burgers_smoke_s=``).
+Two timed passes: the solver alone (batches of parameters integrated and dropped, no disk), then
+the user's command, generation into an HDF5 file (3.4 GiB; disk writing included). Prints the
+Newton iteration counts over every step of every parameter and the peak resident memory. The
+machine-readable lines are ``burgers_441_s=`` (HDF5 generation), ``burgers_441_solve_s=`` (solver
+only), ``burgers_cell_updates_per_s=`` (solver only) and ``burgers_newton_iters_max=``.
+``--smoke`` runs 4 parameters on a 101 x 101 grid for CI (``burgers_smoke_s=`` etc.).
 
 A cell-update is one time step at one unknown: n_mu * (nx - 1) * (nt - 1) per run, whatever the
-number of Newton iterations (also printed).
+number of Newton iterations.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from mlasdi.problems import burgers1d
@@ -27,7 +28,7 @@ from mlasdi.problems import burgers1d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="4 parameters on 101 x 101 (CI)")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -38,41 +39,42 @@ def main(argv: list[str] | None = None) -> int:
         params = burgers1d.parameter_grid(21, 21)
         settings = {}
     config = burgers1d.BurgersSettings(**settings)
+    x = config.grid()
+
+    start = time.perf_counter()
+    iterations, failures = [], 0
+    for lo in range(0, params.shape[0], args.batch_size):
+        u0 = burgers1d.initial_condition(params[lo : lo + args.batch_size], x)
+        _, report = burgers1d.integrate(u0, config)
+        iterations.append(report.iterations)
+        failures += int(np.sum(report.failed_step >= 0))
+    solve_s = time.perf_counter() - start
+    iterations = np.concatenate(iterations)
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "burgers1d.h5"
         start = time.perf_counter()
         burgers1d.generate_snapshot_file(
             out, params=params, batch_size=args.batch_size, progress=args.progress, **settings
         )
-        wall = time.perf_counter() - start
+        file_s = time.perf_counter() - start
         size_mb = out.stat().st_size / 2**20
-        with h5py.File(out, "r") as handle:
-            first, last = handle["snapshots"][0], handle["snapshots"][-1]
-    # Newton iterations per step for the first and last parameter (the extremes of the grid)
-    x = config.grid()
-    _, report = burgers1d.integrate(burgers1d.initial_condition(params[[0, -1]], x), config)
+
     cell_updates = params.shape[0] * (config.nx - 1) * (config.nt - 1)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"parameters: {params.shape[0]}  grid: {config.nx}  time levels: {config.nt}")
-    print(f"file size: {size_mb:.1f} MiB")
-    print(f"wall time (HDF5 writing included): {wall:.1f} s")
+    print(f"parameters: {params.shape[0]}  nodes: {config.nx}  time levels: {config.nt}")
+    print(f"solver only: {solve_s:.1f} s; into HDF5 ({size_mb:.0f} MiB): {file_s:.1f} s")
     print(
-        f"Newton iterations per step (a, w) = {tuple(params[0].tolist())}: "
-        f"max {report.iterations[0].max()}, mean {report.iterations[0].mean():.3f}; "
-        f"{tuple(params[-1].tolist())}: max {report.iterations[1].max()}, "
-        f"mean {report.iterations[1].mean():.3f}"
-    )
-    print(
-        f"u range at t = 1: first [{first[-1].min():.4f}, {first[-1].max():.4f}], "
-        f"last [{last[-1].min():.4f}, {last[-1].max():.4f}]"
+        f"Newton iterations per step: max {iterations.max()}, mean {iterations.mean():.4f}; "
+        f"steps that did not converge: {failures}"
     )
     print(f"peak RSS: {peak_rss_mb:.0f} MiB")
-    name = "burgers_smoke_s" if args.smoke else "burgers_441_s"
-    print(f"{name}={wall:.2f}")
-    print(f"burgers_cell_updates_per_s={cell_updates / wall:.4g}")
-    print(f"burgers_newton_iters_max={int(report.iterations.max())}")
-    assert np.all(report.failed_step < 0), "Newton failed on the benchmark grid"
-    return 0
+    tag = "smoke" if args.smoke else "441"
+    print(f"burgers_{tag}_s={file_s:.2f}")
+    print(f"burgers_{tag}_solve_s={solve_s:.2f}")
+    print(f"burgers_cell_updates_per_s={cell_updates / solve_s:.4g}")
+    print(f"burgers_newton_iters_max={int(iterations.max())}")
+    return 0 if failures == 0 else 1
 
 
 if __name__ == "__main__":
