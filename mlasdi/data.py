@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,6 +299,9 @@ def generate_cached(
     * Each yielded batch is written to ``path + '.partial'``; an interrupted run keeps those and a
       rerun with the same settings skips them. The final name appears only when every parameter is
       written.
+
+    A batch is written in a background thread while ``solve`` computes the next one (h5py
+    releases the GIL during I/O); at most one batch waits to be written.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -319,9 +323,25 @@ def generate_cached(
     with writer:
         todo = np.flatnonzero(~writer.completed)
         if todo.size:
-            for idx, snaps in solve(todo):
-                writer.write(todo[idx], snaps)
+            _write_behind(writer, todo, solve(todo))
         return writer.finish()
+
+
+def _write_behind(
+    writer: SnapshotFileWriter,
+    todo: np.ndarray,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    # An exception from the solver (an interrupt too) first lets the pending write finish, so the
+    # .partial file keeps every batch that was computed; a write error surfaces at the next batch.
+    pending: Future[None] | None = None
+    with ThreadPoolExecutor(1) as pool:
+        for idx, snaps in batches:
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write, todo[idx], snaps)
+        if pending is not None:
+            pending.result()
 
 
 def save_snapshot_set(path: str | os.PathLike[str], data: SnapshotSet) -> Path:
