@@ -17,7 +17,7 @@ from scipy.sparse import SparseEfficiencyWarning, spdiags
 from scipy.sparse.linalg import spsolve
 
 from mlasdi import cli
-from mlasdi.data import DataError, load_snapshot_set
+from mlasdi.data import DataError, SnapshotFileWriter, load_snapshot_set
 from mlasdi.problems import burgers1d
 
 SMALL = dict(nx=101, nt=101)  # c = dt / dx = 1/6 as in the full example
@@ -357,6 +357,28 @@ def test_generate_is_cached_resumable_and_refuses_other_settings(tmp_path, monke
         path, params=params[:1], nx=101, nt=51, overwrite=True, progress=False
     )
     assert data.snapshots.shape == (1, 51, 101)
+
+
+def test_a_failed_write_surfaces_and_keeps_the_batches_written_before(tmp_path, monkeypatch):
+    """Batches are written in a background thread; its error must still stop the run."""
+    real = SnapshotFileWriter.write
+    calls = []
+
+    def flaky(self, indices, snapshots):
+        calls.append(np.asarray(indices).tolist())
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(self, indices, snapshots)
+
+    monkeypatch.setattr(SnapshotFileWriter, "write", flaky)
+    path = tmp_path / "b.h5"
+    with pytest.raises(OSError, match="disk full"):
+        burgers1d.generate_snapshot_file(
+            path, params=burgers1d.parameter_grid(2, 2), **SMALL, batch_size=1, progress=False
+        )
+    assert calls == [[0], [1]] and not path.exists()
+    with h5py.File(tmp_path / "b.h5.partial", "r") as handle:
+        assert handle["completed"][...].tolist() == [True, False, False, False]
 
 
 def test_cli_generates_a_file(tmp_path, capsys):
