@@ -262,6 +262,24 @@ def _data_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_burgers1d(args: argparse.Namespace) -> int:
+    from mlasdi.problems import burgers1d
+
+    params = args.params if args.params is not None else burgers1d.parameter_grid(*args.grid)
+    burgers1d.generate_snapshot_file(
+        args.out,
+        params=params,
+        nx=args.nx,
+        nt=args.nt,
+        on_failure=args.on_failure,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlasdi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -362,6 +380,28 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", type=Path, required=True, help="output HDF5 file")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     imp.set_defaults(handler=_data_import)
+
+    bg = problems.add_parser("burgers1d", help="1D Burgers, GPLaSDI's packaged example")
+    bg.add_argument("--out", type=Path, required=True, help="output HDF5 file")
+    bg.add_argument("--nx", type=int, default=1001, help="grid nodes incl. both ends")
+    bg.add_argument("--nt", type=int, default=1001, help="time levels incl. t = 0 (to t = 1)")
+    which = bg.add_mutually_exclusive_group()
+    which.add_argument("--grid", type=_parse_grid, default=(21, 21), help="a x w grid, e.g. 21x21")
+    which.add_argument("--params", type=_parse_params, help='explicit list "a,w;a,w;..."')
+    bg.add_argument(
+        "--on-failure",
+        choices=["zero", "raise"],
+        default="zero",
+        help="Newton not converged in 10 iterations: keep GPLaSDI's zero levels (warns) or fail",
+    )
+    bg.add_argument(
+        "--overwrite", action="store_true", help="regenerate a file with other settings"
+    )
+    bg.add_argument(
+        "--batch-size", type=int, default=None, help="parameters per batch (default: 16)"
+    )
+    bg.add_argument("--quiet", action="store_true", help="no progress bar")
+    bg.set_defaults(handler=_data_burgers1d)
     return parser
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,71 @@ class SnapshotFileWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def generate_cached(
+    path: str | os.PathLike[str],
+    layout: Mapping[str, Any],
+    solve: Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarray]]],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a generated snapshot set to ``path``, cached by settings and resumable.
+
+    ``layout`` holds the :class:`SnapshotFileWriter` arguments (``params``, ``times``,
+    ``grid_shape``, ``param_names``, ``coords``, ``settings``). ``solve(todo)`` receives the
+    indices of the parameters not written yet and yields ``(indices, snapshots)`` pairs, indices
+    into ``todo`` and snapshots [len(indices), n_t, *grid].
+
+    * An existing complete file with the same settings and parameters is reused (returns at once).
+    * An existing file with other settings or parameters is an error unless ``overwrite=True``
+      (then it is replaced atomically once the new set is complete).
+    * Each yielded batch is written to ``path + '.partial'``; an interrupted run keeps those and a
+      rerun with the same settings skips them. The final name appears only when every parameter is
+      written.
+
+    A batch is written in a background thread while ``solve`` computes the next one (h5py
+    releases the GIL during I/O); at most one batch waits to be written.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise DataError(f"output directory {path.parent} does not exist")
+    params = np.asarray(layout["params"], dtype=np.float64)
+    if path.exists() and not overwrite:
+        if cache_matches(path, layout["settings"], params):
+            return path
+        raise DataError(
+            f"{path} exists with other settings or parameters; pass overwrite=True "
+            "(CLI: --overwrite) to regenerate it"
+        )
+    try:
+        writer = SnapshotFileWriter(path, **layout)
+    except DataError:
+        if not overwrite:
+            raise
+        writer = SnapshotFileWriter(path, **layout, overwrite=True)
+    with writer:
+        todo = np.flatnonzero(~writer.completed)
+        if todo.size:
+            _write_behind(writer, todo, solve(todo))
+        return writer.finish()
+
+
+def _write_behind(
+    writer: SnapshotFileWriter,
+    todo: np.ndarray,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    # An exception from the solver (an interrupt too) first lets the pending write finish, so the
+    # .partial file keeps every batch that was computed; a write error surfaces at the next batch.
+    pending: Future[None] | None = None
+    with ThreadPoolExecutor(1) as pool:
+        for idx, snaps in batches:
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write, todo[idx], snaps)
+        if pending is not None:
+            pending.result()
 
 
 def save_snapshot_set(

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlasdi.config import ConfigError, from_dict
+from mlasdi.problems.burgers1d import Burgers1DData
 from mlasdi.problems.oscillator import OscillatorData
 from mlasdi.problems.snapshot_file import FileData
 from mlasdi.problems.source import DataSource
@@ -19,6 +20,7 @@ from mlasdi.problems.vlasov import VlasovData
 SOURCES: dict[str, type[DataSource]] = {
     "vlasov": VlasovData,
     "oscillator": OscillatorData,
+    "burgers1d": Burgers1DData,
     "file": FileData,
 }
 

@@ -56,13 +56,7 @@ import torch
 from tqdm import tqdm
 
 from mlasdi.config import ConfigError
-from mlasdi.data import (
-    DataError,
-    SnapshotFileWriter,
-    SnapshotSet,
-    cache_matches,
-    load_snapshot_set,
-)
+from mlasdi.data import SnapshotSet, generate_cached, load_snapshot_set
 from mlasdi.problems.source import GeneratedGrid, bool_key, int_key
 
 __all__ = [
@@ -800,17 +794,6 @@ def generate_snapshot_file(
     params = _check_params(params)
     settings = VlasovSettings(nx=nx, nv=nv, periodic_field=periodic_field, **solver_settings)
     dev = _resolve_device(device)
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise DataError(f"output directory {path.parent} does not exist")
-    settings_dict = settings.to_dict()
-    if path.exists() and not overwrite:
-        if cache_matches(path, settings_dict, params):
-            return path
-        raise DataError(
-            f"{path} exists with other settings or parameters; pass overwrite=True "
-            "(CLI: --overwrite) to regenerate it"
-        )
     x, v = phase_space_grid(nx, nv)
     layout = dict(
         params=params,
@@ -818,28 +801,21 @@ def generate_snapshot_file(
         grid_shape=(nx, nv),
         param_names=PARAM_NAMES,
         coords={"x": x, "v": v},
-        settings=settings_dict,
+        settings=settings.to_dict(),
     )
-    try:
-        writer = SnapshotFileWriter(path, **layout)
-    except DataError:
-        if not overwrite:
-            raise
-        writer = SnapshotFileWriter(path, **layout, overwrite=True)
-    with writer:
-        todo = np.flatnonzero(~writer.completed)
-        if todo.size:
-            for idx, snaps in _solve_batches(
-                params[todo],
-                settings,
-                device=dev,
-                batch_size=batch_size,
-                compile=compile,
-                progress=progress,
-                workers=workers,
-            ):
-                writer.write(todo[idx], snaps)
-        return writer.finish()
+
+    def solve_todo(todo: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return _solve_batches(
+            params[todo],
+            settings,
+            device=dev,
+            batch_size=batch_size,
+            compile=compile,
+            progress=progress,
+            workers=workers,
+        )
+
+    return generate_cached(path, layout, solve_todo, overwrite=overwrite)
 
 
 def load_or_generate(path: str | os.PathLike[str], **kwargs: Any) -> SnapshotSet:
