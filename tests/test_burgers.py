@@ -416,3 +416,25 @@ def test_cli_missing_directory_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert cli.main(["data", "burgers1d", "--out", str(missing), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# GPLaSDI's 14 training points of its example run (issue 14): the corners, then in greedy order.
+GPLASDI_14 = [
+    [0.7, 0.9], [0.7, 1.1], [0.9, 0.9], [0.9, 1.1], [0.78, 0.99], [0.80, 0.90], [0.70, 0.97],
+    [0.80, 1.10], [0.88, 1.01], [0.72, 1.06], [0.85, 0.94], [0.90, 0.96], [0.75, 0.93],
+    [0.75, 1.10],
+]  # fmt: skip
+
+
+def test_burgers_is_a_registered_data_source_with_gplasdi_training_points():
+    from mlasdi.problems import data_source
+
+    default = data_source({"problem": "burgers1d"})
+    assert (default.n_state, default.n_times, default.n_train()) == (1001, 1001, 4)
+    corners = default.parameters()[default._train_rows()]
+    assert sorted(map(tuple, corners.round(12))) == [(0.7, 0.9), (0.7, 1.1), (0.9, 0.9), (0.9, 1.1)]
+    gplasdi = data_source({"problem": "burgers1d", "train_params": GPLASDI_14})
+    rows = gplasdi._train_rows()
+    np.testing.assert_allclose(gplasdi.parameters()[rows], GPLASDI_14, rtol=0, atol=1e-12)
+    smoke = gplasdi.smoke()
+    assert (smoke.nx, smoke.nt, smoke.grid, smoke.n_train()) == (101, 101, (3, 3), 4)

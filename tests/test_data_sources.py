@@ -80,7 +80,7 @@ def _file_spec(tmp_path, file, name="adv", **data_keys) -> str:
 
 
 def test_registry_names_and_presets_keep_their_data():
-    assert list(SOURCES) == ["vlasov", "oscillator", "file"]
+    assert list(SOURCES) == ["vlasov", "oscillator", "burgers1d", "file"]
     paper = load_spec("vlasov_paper").data
     assert (paper.problem, paper.nx, paper.nv, paper.grid, paper.train_stride) == (
         "vlasov",
@@ -116,7 +116,7 @@ def test_oscillator_source_gives_the_same_data_and_split_as_the_module():
 @pytest.mark.parametrize(
     ("raw", "needle"),
     [
-        ({"problem": "custom"}, "data.problem must be one of ['vlasov', 'oscillator', 'file']"),
+        ({"problem": "custom"}, "data.problem must be one of ['vlasov', 'oscillator', 'burgers1d', 'file']"),
         (
             {"problem": "oscillator", "file": "a.h5"},
             "data.file does not apply to problem 'oscillator'",
