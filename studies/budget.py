@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from mlasdi.validation import BudgetError, validation_split
 from studies.spec import StudySpec, load_spec, smoke_spec, spec_from_dict
 
 DEFAULT_MIN_STAGE = 100
@@ -66,10 +67,6 @@ KAPPA_RANGE = (0.1, 30.0)
 WIDTH_MULTS = (0.5, 1.0, 2.0, 4.0)
 HEARTBEAT_S = 30.0
 GRACE_S = 120.0
-
-
-class BudgetError(ValueError):
-    """Invalid arguments for the budget search; raised before any work starts."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,31 +216,6 @@ def check_arguments(
 # --------------------------------------------------------------------------------------------
 # Validation split
 # --------------------------------------------------------------------------------------------
-
-
-def validation_split(
-    params_train: np.ndarray, *, fraction: float = 0.2, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(fit indices, validation indices) into ``params_train`` [n, n_p].
-
-    ``max(2, round(fraction * n))`` points are held out, keeping at least 2 for training (one of
-    each when n is 2 or 3). Points inside the training box are preferred, then points on its
-    faces, corners last: a held-out corner would turn validation into extrapolation, while test
-    parameters lie inside the box. Ties are broken by a seeded permutation.
-    """
-    params = np.atleast_2d(np.asarray(params_train, dtype=np.float64))
-    n = params.shape[0]
-    if n < 2:
-        raise BudgetError(f"need at least 2 training parameters to hold some out, got {n}")
-    n_val = 1 if n < 4 else min(max(2, int(round(fraction * n))), n - 2)
-    lo, hi = params.min(axis=0), params.max(axis=0)
-    extreme = (np.isclose(params, lo) | np.isclose(params, hi)) & (hi > lo)
-    rank = extreme.sum(axis=1)
-    tie = np.random.default_rng(seed).permutation(n)
-    order = np.lexsort((tie, rank))
-    val = np.sort(order[:n_val])
-    fit = np.setdiff1d(np.arange(n), val)
-    return fit, val
 
 
 @dataclass
