@@ -13,6 +13,11 @@ the result row (JSON) and r(mu) for every test parameter; the driver-side
 trainers, one per stage of the branch being trained, and the evaluations done) so that a trial
 restarted after a lost node resumes where it was.
 
+``mlasdi_val`` trials grow the same tree; their residual stages train on the fit split of the
+training parameters, score the held-out split every ``val_every`` iterations and, at each stop,
+keep the stage at its best held-out checkpoint or reject it (:mod:`mlasdi.acceptance`); the
+best checkpoint so far travels in the trial state with the stage's trainer.
+
 Outcomes: a NaN/Inf loss, a residual with nothing left to fit or predicted latent trajectories that
 blow up raise :class:`~mlasdi.train.DivergenceError`; the affected evaluations are reported with
 status ``diverged`` and the error's message. Any other exception marks the trial's remaining
