@@ -498,7 +498,7 @@ class TrialRunner:
         else:
             Z, target, scale = residual_stage_data(rom, held_out.U_fit, held_out.params_fit)
             every = self.spec.method(self.trial.method).val_every
-            selector = StageSelector.for_rom(rom, held_out.params_val, held_out.U_val, scale, every)
+            selector = StageSelector.for_rom(rom, held_out, scale, every)
         setup = time.perf_counter() - start
         config = self.rom_config((*run.prefix, run.until)).residual_stages[-1]
         trainer = ResidualTrainer.create(

@@ -7,6 +7,7 @@ so that held-out errors computed two ways agree to round-off.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -18,8 +19,11 @@ from mlasdi.acceptance import (
     StageSelector,
     choose_stop,
     fit_accepted_rom,
+    held_out_rom,
     train_accepted_stage,
 )
+from mlasdi.dynamics import fit_affine, time_derivative
+from mlasdi.interpolation import CoefficientGP
 from mlasdi.metrics import max_relative_error
 from mlasdi.nn import ResidualDecoder
 from mlasdi.problems import oscillator
@@ -46,9 +50,21 @@ def five(tiny_config):
     return train, config, U, held_out, rom
 
 
+def _refit(rom: MultiStageROM, held_out: HeldOut) -> MultiStageROM:
+    """``rom`` with a GP fitted by hand on the fit split's coefficients (encoded trajectories,
+    least squares on [1, z], as in training)."""
+    with torch.no_grad():
+        Z = rom.autoencoder.encode(held_out.U_fit)
+    Xi = fit_affine(Z, time_derivative(Z, float(rom.times[1] - rom.times[0]), "central4"))
+    gp = CoefficientGP(rom.config.gp, rom.config.seed)
+    gp.fit(held_out.params_fit, Xi.reshape(Xi.shape[0], -1).numpy())
+    return dataclasses.replace(rom, gp=gp)
+
+
 def _heldout_max(rom: MultiStageROM, held_out: HeldOut) -> float:
-    """Independent held-out max error: predict with every stage, r(mu) in numpy."""
-    prediction = rom.predict(held_out.params_val, held_out.U_val[:, 0]).numpy()
+    """Independent held-out max error: the fit split's GP, every stage, r(mu) in numpy."""
+    view = _refit(rom, held_out)
+    prediction = view.predict(held_out.params_val, held_out.U_val[:, 0]).numpy()
     return float(max_relative_error(held_out.U_val.numpy(), prediction).max())
 
 
@@ -71,6 +87,22 @@ def test_split_is_validation_split(five):
     np.testing.assert_array_equal(held_out.U_fit.numpy(), U[fit].numpy())
 
 
+def test_held_out_trajectories_come_from_the_fit_splits_gp(five):
+    _, _, _, held_out, rom = five
+    view = held_out_rom(rom, held_out)
+    assert view.autoencoder is rom.autoencoder and view.gp is not rom.gp
+    by_hand = _refit(rom, held_out)
+    np.testing.assert_allclose(
+        view.coefficients(held_out.params_val).numpy(),
+        by_hand.coefficients(held_out.params_val).numpy(),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    # The full GP (trained on the held-out points too) predicts other coefficients there.
+    full = rom.coefficients(held_out.params_val).numpy()
+    assert np.abs(full - view.coefficients(held_out.params_val).numpy()).max() > 1e-6
+
+
 def test_choose_stop_is_the_argmin_over_the_grid_and_the_budget():
     iterations = [10, 20, 25, 30, 40, 50]
     errors = [0.5, 0.3, 0.1, 0.3, 0.2, 0.05]
@@ -87,7 +119,7 @@ def test_choose_stop_is_the_argmin_over_the_grid_and_the_budget():
 def test_stopping_iteration_is_the_argmin_of_independently_computed_errors(five):
     _, config, _, held_out, rom = five
     Z, target, scale = residual_stage_data(rom, held_out.U_fit, held_out.params_fit)
-    selector = StageSelector.for_rom(rom, held_out.params_val, held_out.U_val, scale, every=5)
+    selector = StageSelector.for_rom(rom, held_out, scale, every=5)
     assert selector.err_without == pytest.approx(_heldout_max(rom, held_out), rel=1e-12)
     stage = config.residual_stages[0]
     trainer = ResidualTrainer.create(Z, target, stage, seed=8)
@@ -122,7 +154,7 @@ def test_a_stage_that_worsens_the_held_out_error_is_rejected(five):
         decoder[-1].weight.mul_(1e3)  # a stage whose output is far too large
         decoder[-1].bias.fill_(10.0)
     _, _, scale = residual_stage_data(rom, held_out.U_fit, held_out.params_fit)
-    selector = StageSelector.for_rom(rom, held_out.params_val, held_out.U_val, scale, every=5)
+    selector = StageSelector.for_rom(rom, held_out, scale, every=5)
     decision = selector.decide(10, decoder)
     assert not decision.accepted and decision.stop_iteration == 10
     independent = _heldout_max(rom.with_stage(decoder, scale), held_out)
@@ -136,8 +168,8 @@ def test_a_stage_that_worsens_the_held_out_error_is_rejected(five):
 def test_a_stage_that_helps_is_accepted_and_kept_at_its_stopping_state(five):
     _, _, _, held_out, rom = five
     scale = 0.25
-    selector = StageSelector.for_rom(rom, held_out.params_val, held_out.U_val, scale, every=5)
-    base = rom.predict(held_out.params_val, held_out.U_val[:, 0])
+    selector = StageSelector.for_rom(rom, held_out, scale, every=5)
+    base = _refit(rom, held_out).predict(held_out.params_val, held_out.U_val[:, 0])
     # base + scale * dec = base + (truth - base) / 2: every relative error exactly halves.
     half = Fixed((held_out.U_val - base) / (2 * scale))
     decision = selector.decide(20, half)
@@ -147,7 +179,7 @@ def test_a_stage_that_helps_is_accepted_and_kept_at_its_stopping_state(five):
     assert kept.n_stages == 2 and kept.scales == [scale]
     assert _heldout_max(kept, held_out) == pytest.approx(selector.err_without / 2, rel=1e-12)
     # Resumed from its state, a selector decides the same.
-    again = StageSelector.for_rom(rom, held_out.params_val, held_out.U_val, scale, every=5)
+    again = StageSelector.for_rom(rom, held_out, scale, every=5)
     selector.best = (10, decision.err_with, half.state_dict())
     again.load_state_dict(selector.state_dict())
     resumed = again.decide(20, Fixed(torch.zeros_like(base)))
