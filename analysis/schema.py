@@ -41,6 +41,7 @@ _KINDS: dict[str, pa.DataType] = {
     "int64": pa.int64(),
     "float64": pa.float64(),
     "bool": pa.bool_(),
+    "list<bool>": pa.list_(pa.bool_()),
     "list<int64>": pa.list_(pa.int64()),
     "list<float64>": pa.list_(pa.float64()),
 }
@@ -58,7 +59,16 @@ _RESULT_REQUIRED = (
 _PARAM_ERROR_REQUIRED = ("evaluation_id", "method", "param_index", "params", "is_train")
 # Columns appended to RESULT_COLUMNS after results were first published: a file written before
 # them still reads, with the column null.
-_RESULT_ADDED = ("torch_threads", "torch_version", "numpy_version", "git_commit")
+_RESULT_ADDED = (
+    "torch_threads",
+    "torch_version",
+    "numpy_version",
+    "git_commit",
+    "stage_accepted",
+    "stage_stop_iters",
+    "stage_heldout_err_max",
+    "heldout_err_max",
+)
 
 
 class SchemaError(ValueError):

@@ -9,8 +9,8 @@ shape [..., n_t, n_state] and return the same kind.
 
 ``RESULT_COLUMNS`` and ``PARAM_ERROR_COLUMNS`` are the single definition of the Parquet result
 tables: the study harness writes them and the analysis validates them, without either importing
-the other. Kinds are ``string``, ``int64``, ``float64``, ``bool``, ``list<int64>``,
-``list<float64>``.
+the other. Kinds are ``string``, ``int64``, ``float64``, ``bool``, ``list<bool>``,
+``list<int64>``, ``list<float64>``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("study", "string"),
     ("trial_id", "string"),
     ("evaluation_id", "string"),  # unique per row: "<trial_id>/b<budget_index>"
-    ("method", "string"),  # gplasdi | mlasdi
+    ("method", "string"),  # gplasdi | mlasdi | mlasdi_val
     ("hidden", "string"),  # stage-1 hidden widths, e.g. "1000-500-50"
     ("arch_index", "int64"),  # position of the architecture in the spec (Table 1 row)
     ("n_model_params", "int64"),  # parameters of every network used at prediction
@@ -86,6 +86,14 @@ RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("torch_version", "string"),
     ("numpy_version", "string"),
     ("git_commit", "string"),  # of the checkout that ran; null outside a git checkout
+    # mlasdi_val (mlasdi.acceptance), one entry per residual stage (stage 2, 3, ...); empty lists
+    # for the other methods. Held-out = training parameters the residual stages did not train on.
+    ("stage_accepted", "list<bool>"),  # whether the stage was kept
+    ("stage_stop_iters", "list<int64>"),  # its stopping iteration (best held-out checkpoint)
+    ("stage_heldout_err_max", "list<float64>"),  # held-out max error with it at that iteration
+    # Held-out max error of the model kept after stage 1, 2, ... (n_stages entries; empty lists
+    # for the other methods): never increasing.
+    ("heldout_err_max", "list<float64>"),
 )
 
 # One row per (evaluated model, test parameter): r(mu) for heatmaps.

@@ -203,8 +203,10 @@ class MultiStageROM:
         dtype = torch_dtype(config.dtype)
         weights = torch.load(directory / "weights.pt", map_location=device, weights_only=True)
         ae = config.autoencoder
+        # Modules in the saved dtype before loading: load_state_dict copies into the module's
+        # dtype, and a float64 ROM loaded into float32 modules would lose its low bits.
         autoencoder = Autoencoder(meta["n_state"], ae.hidden, ae.latent_dim, ae.activation)
-        autoencoder.load_state_dict(weights["autoencoder"])
+        autoencoder.to(device=device, dtype=dtype).load_state_dict(weights["autoencoder"])
         decoders = []
         for i, stage in enumerate(config.residual_stages[: len(meta["scales"])]):
             decoder = ResidualDecoder(
@@ -214,14 +216,14 @@ class MultiStageROM:
                 kappa=stage.kappa,
                 activation=stage.activation,
             )
-            decoder.load_state_dict(weights[f"residual_{i}"])
-            decoders.append(decoder.to(device=device, dtype=dtype).eval())
+            decoder.to(device=device, dtype=dtype).load_state_dict(weights[f"residual_{i}"])
+            decoders.append(decoder.eval())
         with np.load(directory / "gp.npz", allow_pickle=False) as arrays:
             state = {k: arrays[k] for k in arrays.files}
         times = state.pop("times")
         gp = CoefficientGP.from_state(config.gp, config.seed, state)
         return cls(
-            autoencoder=autoencoder.to(device=device, dtype=dtype).eval(),
+            autoencoder=autoencoder.eval(),
             gp=gp,
             times=times,
             config=config,

@@ -14,7 +14,8 @@ the same number of stages for each) form a prefix tree, trained as one :class:`R
 Compute is counted as the GEMM floor of an iteration, ``6 x n_snapshots x weights trained`` (a
 forward and backward pass over every training snapshot): stage 1 trains encoder + decoder, a
 residual stage only its decoder (every residual stage has the same widths). The naive count
-trains every budget's stages from scratch.
+trains every budget's stages from scratch. ``mlasdi_val`` runs the same tree (its residual stages
+train on the fit split, a subset of the training snapshots, so its count is an upper bound).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def trials(spec: StudySpec) -> list[Trial]:
     out = []
     for m in spec.methods:
         for a, hidden in enumerate(m.hidden):
-            residual = m.residual_widths(hidden) if m.name == "mlasdi" else ()
+            residual = m.residual_widths(hidden) if m.name != "gplasdi" else ()
             for r in m.latent_dims:
                 for s in spec.seeds:
                     out.append(Trial(spec.name, m.name, a, hidden, r, s, m.budgets, residual))

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlasdi.metrics import METHODS
 from studies.plan import Trial, trials
 from studies.results import ResultWriter, finished_evaluations
 from studies.spec import SpecError, StudySpec, check_resources, spec_from_dict, tomllib
@@ -122,7 +123,7 @@ def _summary(out: Path, spec: StudySpec) -> str:
     counts = df.groupby(["method", "status"]).size()
     lines.append("status: " + ", ".join(f"{m} {s}: {n}" for (m, s), n in counts.items()))
     ok = df[df["status"] == "ok"]
-    for method in ("gplasdi", "mlasdi"):
+    for method in METHODS:
         sub = ok[ok["method"] == method].sort_values("err_max")
         if sub.empty:
             continue

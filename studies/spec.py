@@ -1,6 +1,7 @@
 """Study specs: a TOML file turned into a frozen, validated :class:`StudySpec`.
 
-A spec names the data (problem, resolution, parameter grid), the two methods with their
+A spec names the data (problem, resolution, parameter grid), the methods (``gplasdi``, the
+paper's ``mlasdi`` and ``mlasdi_val``, mLaSDI with validation-accepted residual stages) with their
 architectures, latent sizes and iteration budgets, the seeds, the shared training settings and the
 resources of one trial. Everything is checked here, before Ray starts: unknown keys, latent sizes
 that are not smaller than the state, budgets that do not increase, and the ``[data]`` table through
@@ -45,6 +46,7 @@ else:  # pragma: no cover
 PRESET_DIR = Path(__file__).resolve().parent
 # Every *.toml beside this module is a preset (shipped as package data).
 PRESETS = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+METHOD_NAMES = ("gplasdi", "mlasdi", "mlasdi_val")
 
 
 class SpecError(ValueError):
@@ -102,6 +104,9 @@ class MethodSpec:
     same n >= 2 for every mLaSDI budget.
     ``residual_hidden`` is ``"mirror"`` (the stage-1 hidden layers reversed, as in the paper) or
     explicit widths used for every architecture.
+    ``mlasdi_val`` only (:mod:`mlasdi.acceptance`): ``val_fraction`` of the training parameters
+    are held out of the residual stages, which stop at the best of every ``val_every``-th
+    iteration (and the budget) and are kept only if they lower the held-out max error.
     """
 
     name: str
@@ -112,6 +117,8 @@ class MethodSpec:
     residual_kappa: float = 1.0
     residual_activation: str = "tanh"
     residual_lr: float = 1e-3
+    val_fraction: float = 0.2
+    val_every: int = 100
 
     @property
     def n_stages(self) -> int:
@@ -187,12 +194,13 @@ class StudySpec:
         stage_iters: Sequence[int],
         residual_hidden: Sequence[int] = (),
         residual_kappa: float | None = None,
+        method: str = "mlasdi",
     ) -> ROMConfig:
         """The ROMConfig of one model of this study: the shared training settings, stage-1
         ``hidden``/``latent_dim``, and one residual stage per entry of ``stage_iters[1:]`` with the
-        mLaSDI section's residual settings (``residual_kappa`` overrides its kappa)."""
+        residual settings of the ``method`` section (``residual_kappa`` overrides its kappa)."""
         tr = self.training
-        mlasdi = next((m for m in self.methods if m.name == "mlasdi"), None)
+        mlasdi = next((m for m in self.methods if m.name == method), None)
         defaults = ResidualStageConfig()
         residual = tuple(
             ResidualStageConfig(
@@ -235,13 +243,16 @@ class StudySpec:
                 if m.name == "gplasdi"
                 else [list(b) for b in m.budgets],
             }
-            if m.name == "mlasdi":
+            if m.name != "gplasdi":
                 entry["residual_hidden"] = (
                     m.residual_hidden if m.residual_hidden == "mirror" else list(m.residual_hidden)
                 )
                 entry["residual_kappa"] = m.residual_kappa
                 entry["residual_activation"] = m.residual_activation
                 entry["residual_lr"] = m.residual_lr
+            if m.name == "mlasdi_val":
+                entry["val_fraction"] = m.val_fraction
+                entry["val_every"] = m.val_every
             out[m.name] = entry
         training = dataclasses.asdict(self.training)
         out["training"] = training
@@ -328,8 +339,10 @@ def _budgets(raw: Any, where: str, one_stage: bool) -> tuple[tuple[int, ...], ..
 
 def _method_spec(name: str, raw: Any, n_state: int, n_times: int) -> MethodSpec:
     keys = ["hidden", "latent_dims", "budgets"]
-    if name == "mlasdi":
+    if name != "gplasdi":
         keys += ["residual_hidden", "residual_kappa", "residual_activation", "residual_lr"]
+    if name == "mlasdi_val":
+        keys += ["val_fraction", "val_every"]
     d = _table(raw, name, keys, required=["hidden", "latent_dims", "budgets"])
     if not isinstance(d["hidden"], (list, tuple)) or not d["hidden"]:
         raise SpecError(f"{name}.hidden must be a non-empty list of lists of widths")
@@ -351,19 +364,26 @@ def _method_spec(name: str, raw: Any, n_state: int, n_times: int) -> MethodSpec:
             )
     budgets = _budgets(d["budgets"], f"{name}.budgets", one_stage=name == "gplasdi")
     extra: dict[str, Any] = {}
-    if name == "mlasdi":
+    if name != "gplasdi":
         rh = d.get("residual_hidden", "mirror")
         if rh != "mirror":
-            rh = _int_list(rh, "mlasdi.residual_hidden")
+            rh = _int_list(rh, f"{name}.residual_hidden")
         extra["residual_hidden"] = rh
         if "residual_kappa" in d:
-            extra["residual_kappa"] = _num(d["residual_kappa"], "mlasdi.residual_kappa", 0, True)
+            extra["residual_kappa"] = _num(d["residual_kappa"], f"{name}.residual_kappa", 0, True)
         if "residual_lr" in d:
-            extra["residual_lr"] = _num(d["residual_lr"], "mlasdi.residual_lr", 0, True)
+            extra["residual_lr"] = _num(d["residual_lr"], f"{name}.residual_lr", 0, True)
         if "residual_activation" in d:
             extra["residual_activation"] = _choice(
-                d["residual_activation"], "mlasdi.residual_activation", ACTIVATIONS
+                d["residual_activation"], f"{name}.residual_activation", ACTIVATIONS
             )
+    if "val_fraction" in d:
+        fraction = _num(d["val_fraction"], f"{name}.val_fraction", 0, strict=True)
+        if fraction >= 1:
+            raise SpecError(f"{name}.val_fraction must be < 1, got {fraction!r}")
+        extra["val_fraction"] = fraction
+    if "val_every" in d:
+        extra["val_every"] = _int(d["val_every"], f"{name}.val_every")
     return MethodSpec(name, hidden, latents, budgets, **extra)
 
 
@@ -416,7 +436,7 @@ def _run_spec(raw: Any) -> RunSpec:
     return RunSpec(**d)
 
 
-TOP_KEYS = ("name", "seeds", "data", "gplasdi", "mlasdi", "training", "resources", "run")
+TOP_KEYS = ("name", "seeds", "data", *METHOD_NAMES, "training", "resources", "run")
 
 
 def spec_from_dict(raw: Mapping[str, Any], *, source: str = "") -> StudySpec:
@@ -430,10 +450,12 @@ def spec_from_dict(raw: Mapping[str, Any], *, source: str = "") -> StudySpec:
         raise SpecError(f"seeds has duplicates: {list(seeds)}")
     data = _data_spec(d["data"])
     methods = tuple(
-        _method_spec(m, d[m], data.n_state, data.n_times) for m in ("gplasdi", "mlasdi") if m in d
+        _method_spec(m, d[m], data.n_state, data.n_times) for m in METHOD_NAMES if m in d
     )
     if not methods:
-        raise SpecError("a study needs at least one of the tables [gplasdi] and [mlasdi]")
+        raise SpecError(
+            "a study needs at least one of the tables " + ", ".join(f"[{m}]" for m in METHOD_NAMES)
+        )
     return StudySpec(
         name=name,
         seeds=seeds,
@@ -472,16 +494,21 @@ def load_spec(path_or_name: str | Path) -> StudySpec:
 
 def smoke_spec(spec: StudySpec) -> StudySpec:
     """A seconds-long version of ``spec`` (``--smoke``): first architecture and latent size of
-    each method, one seed, two tiny budgets with the method's number of stages, and the data
-    source's smoke version (:meth:`~mlasdi.problems.source.DataSource.smoke`: a coarse Vlasov
-    grid; a few parameters and snapshots of a user's file)."""
+    each method, one seed, two tiny budgets with the method's number of stages (held-out checks
+    every 10 of them), and the data source's smoke version
+    (:meth:`~mlasdi.problems.source.DataSource.smoke`: a coarse Vlasov grid; a few parameters
+    and snapshots of a user's file)."""
     methods = []
     for m in spec.methods:
         rest = (20,) * (m.n_stages - 1)
         budgets = ((*rest, 20), (*rest, 40))
         methods.append(
             dataclasses.replace(
-                m, hidden=m.hidden[:1], latent_dims=m.latent_dims[:1], budgets=budgets
+                m,
+                hidden=m.hidden[:1],
+                latent_dims=m.latent_dims[:1],
+                budgets=budgets,
+                val_every=min(m.val_every, 10) if m.name == "mlasdi_val" else m.val_every,
             )
         )
     return dataclasses.replace(

@@ -13,6 +13,11 @@ the result row (JSON) and r(mu) for every test parameter; the driver-side
 trainers, one per stage of the branch being trained, and the evaluations done) so that a trial
 restarted after a lost node resumes where it was.
 
+``mlasdi_val`` trials grow the same tree; their residual stages train on the fit split of the
+training parameters, score the held-out split every ``val_every`` iterations and, at each stop,
+keep the stage at its best held-out checkpoint or reject it (:mod:`mlasdi.acceptance`); the
+best checkpoint so far travels in the trial state with the stage's trainer.
+
 Outcomes: a NaN/Inf loss, a residual with nothing left to fit or predicted latent trajectories that
 blow up raise :class:`~mlasdi.train.DivergenceError`; the affected evaluations are reported with
 status ``diverged`` and the error's message. Any other exception marks the trial's remaining
@@ -40,6 +45,7 @@ import numpy as np
 import torch
 
 import mlasdi
+from mlasdi.acceptance import HeldOut, StageDecision, StageSelector
 from mlasdi.config import (
     ROMConfig,
     to_dict,
@@ -179,8 +185,9 @@ class TrialRunner:
         self.node_id = _node_id()
         self.host = socket.gethostname()
         self.last_report = time.perf_counter()
-        # The live trainers of the branch being trained, stage 1 first: (prefix, trainer).
-        self.stack: list[tuple[tuple[int, ...], FullBatchTrainer]] = []
+        # The live trainers of the branch being trained, stage 1 first: (prefix, trainer, the
+        # held-out selector of an mlasdi_val residual stage or None).
+        self.stack: list[tuple[tuple[int, ...], FullBatchTrainer, StageSelector | None]] = []
         self.every = spec.run.checkpoint_every
         self.resumed_at = 0  # stage-1 iteration restored from a checkpoint (0: from scratch)
 
@@ -193,6 +200,7 @@ class TrialRunner:
             seed=t.seed,
             stage_iters=budget,
             residual_hidden=t.residual_hidden if len(budget) > 1 else (),
+            method=t.method,
         )
 
     # ----- reporting ---------------------------------------------------------------------------
@@ -200,8 +208,12 @@ class TrialRunner:
         return {
             "done": sorted(self.done),
             "stages": [
-                {"prefix": list(prefix), "trainer": trainer.state_dict()}
-                for prefix, trainer in self.stack
+                {
+                    "prefix": list(prefix),
+                    "trainer": trainer.state_dict(),
+                    **({"selector": selector.state_dict()} if selector is not None else {}),
+                }
+                for prefix, trainer, selector in self.stack
             ],
         }
 
@@ -254,6 +266,10 @@ class TrialRunner:
             "mlasdi_version": mlasdi.__version__,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             **provenance(),
+            "stage_accepted": [],
+            "stage_stop_iters": [],
+            "stage_heldout_err_max": [],
+            "heldout_err_max": [],
         }
         row.update(values)
         return row
@@ -279,7 +295,13 @@ class TrialRunner:
             if i not in self.done:
                 self._report_row(i, self._row(i, status, message), [math.nan] * n)
 
-    def _evaluate(self, i: int, rom: MultiStageROM, stage_times: list[float]) -> None:
+    def _evaluate(
+        self,
+        i: int,
+        rom: MultiStageROM,
+        stage_times: list[float],
+        decisions: list[StageDecision],
+    ) -> None:
         start = time.perf_counter()
         try:
             errors = evaluate(
@@ -304,19 +326,34 @@ class TrialRunner:
             "eval_time_s": eval_time,
             "n_model_params": rom.n_model_params,
         }
+        if decisions:
+            values |= {
+                "stage_accepted": [d.accepted for d in decisions],
+                "stage_stop_iters": [d.stop_iteration for d in decisions],
+                "stage_heldout_err_max": [d.err_with for d in decisions],
+                "heldout_err_max": [decisions[0].err_without, *(d.err_kept for d in decisions)],
+            }
         status, message = "ok", ""
         if not np.all(np.isfinite(r)):
             status, message = "diverged", "prediction error is not finite"
         self._report_row(i, self._row(i, status, message, **values), [float(x) for x in r])
 
     # ----- training ----------------------------------------------------------------------------
-    def _train_to(self, trainer: FullBatchTrainer, until: int) -> None:
-        """Train to ``until``, reporting a checkpoint every ``run.checkpoint_every`` iterations."""
+    def _train_to(
+        self, trainer: FullBatchTrainer, until: int, selector: StageSelector | None
+    ) -> None:
+        """Train to ``until``, reporting a checkpoint every ``run.checkpoint_every`` iterations
+        (and scoring the held-out checkpoints of an mlasdi_val stage on the way)."""
         while True:
             stop = until
             if self.every:
                 stop = min(until, (trainer.iteration // self.every + 1) * self.every)
-            trainer.train(stop)  # raises rather than train backwards past an evaluation
+            # Raises rather than train backwards past an evaluation.
+            if selector is None:
+                trainer.train(stop)
+            else:
+                points = selector.checkpoints(trainer.iteration, stop)
+                trainer.train(stop, checkpoints=points, callback=selector.observe)
             if stop == until:
                 return
             self._emit({}, checkpoint=True)
@@ -335,7 +372,8 @@ class TrialRunner:
             self._report_bad(pending, status, message)
 
     def _usable_state(self, pending: list[int]) -> dict[tuple[int, ...], dict[str, Any]]:
-        """The saved trainer states by prefix, if they can continue the ``pending`` budgets.
+        """The saved stages (trainer state, and an mlasdi_val stage's selector state) by prefix,
+        if they can continue the ``pending`` budgets.
 
         A saved branch stands at the iteration counts of its trainers, stage 1 first, and can go
         on to exactly the budgets not lexicographically before those counts. A state past a
@@ -349,7 +387,7 @@ class TrialRunner:
         position = tuple(int(s["trainer"]["iteration"]) for s in stages)
         if not stages or position > min(self.trial.budgets[i] for i in pending):
             return {}
-        return {tuple(int(x) for x in s["prefix"]): s["trainer"] for s in stages}
+        return {tuple(int(x) for x in s["prefix"]): s for s in stages}
 
     def _run(self, pending: list[int]) -> None:
         t, data = self.trial, self.data
@@ -366,36 +404,44 @@ class TrialRunner:
         )
         saved = self._usable_state(pending)
         if () in saved:
-            trainer.load_state_dict(saved[()])
+            trainer.load_state_dict(saved[()]["trainer"])
             self.resumed_at = trainer.iteration
 
-        def build() -> MultiStageROM:
+        def build() -> tuple[MultiStageROM, list[StageDecision]]:
             config = self.rom_config((trainer.iteration,))
-            return stage1_rom(trainer.model, U, data.params_train, data.times, config)  # type: ignore[arg-type]
+            rom = stage1_rom(trainer.model, U, data.params_train, data.times, config)  # type: ignore[arg-type]
+            return rom, []
 
-        tree = _Tree(U, {run.prefix: run for run in branches}, saved)
-        self._grow(tree, stage1, trainer, build, 0.0, [])
+        held_out = None
+        if t.method == "mlasdi_val":
+            # One split for every trial of the study (seed 0), like the training points.
+            fraction = self.spec.method(t.method).val_fraction
+            held_out = HeldOut.split(U, data.params_train, fraction=fraction, seed=0)
+        tree = _Tree(U, {run.prefix: run for run in branches}, saved, held_out)
+        self._grow(tree, stage1, trainer, None, build, 0.0, [])
 
     def _grow(
         self,
         tree: _Tree,
         run: Run,
         trainer: FullBatchTrainer,
-        build: Callable[[], MultiStageROM],
+        selector: StageSelector | None,
+        build: Callable[[], tuple[MultiStageROM, list[StageDecision]]],
         setup_s: float,
         earlier_times: list[float],
     ) -> None:
-        """Train ``run`` through its stops; at each, build the model trained so far, evaluate the
-        budget that ends there and grow the branches that start there.
+        """Train ``run`` through its stops; at each, build the model trained so far (and the
+        acceptance decisions of its mlasdi_val stages), evaluate the budget that ends there and
+        grow the branches that start there.
 
         A divergence while training ends the run (its budgets are reported ``diverged``); one
         while building the model at a stop or starting a branch there, the budgets below that stop.
         """
-        self.stack.append((run.prefix, trainer))
+        self.stack.append((run.prefix, trainer, selector))
         try:
             for count in run.stops:
                 try:
-                    self._train_to(trainer, count)
+                    self._train_to(trainer, count, selector)
                 except DivergenceError as exc:
                     self._report_bad(list(run.indices), "diverged", str(exc))
                     return
@@ -403,45 +449,71 @@ class TrialRunner:
                 below = [i for i in run.indices if self.trial.budgets[i][: len(here)] == here]
                 try:
                     start = time.perf_counter()
-                    rom = build()
+                    rom, decisions = build()
                     stage_time = setup_s + trainer.elapsed_s + time.perf_counter() - start
                     times = [*earlier_times, stage_time]
                     for i in below:
                         if self.trial.budgets[i] == here:
-                            self._evaluate(i, rom, times)
+                            self._evaluate(i, rom, times, decisions)
                     if here in tree.runs:
-                        self._branch(tree, tree.runs[here], rom, times)
+                        self._branch(tree, tree.runs[here], rom, times, decisions)
                 except DivergenceError as exc:
                     self._report_bad(below, "diverged", str(exc))
         finally:
             self.stack.pop()
 
-    def _branch(self, tree: _Tree, run: Run, rom: MultiStageROM, times: list[float]) -> None:
-        """Start the residual ``run`` from ``rom``, the model trained to ``run.prefix``."""
+    def _branch(
+        self,
+        tree: _Tree,
+        run: Run,
+        rom: MultiStageROM,
+        times: list[float],
+        decisions: list[StageDecision],
+    ) -> None:
+        """Start the residual ``run`` from ``rom``, the model trained to ``run.prefix``.
+
+        mlasdi_val: the stage trains on the fit split only, and the model at each stop keeps it
+        at its best held-out checkpoint, or not at all (:mod:`mlasdi.acceptance`).
+        """
         start = time.perf_counter()
-        Z, target, scale = residual_stage_data(rom, tree.U, self.data.params_train)
+        held_out, selector = tree.held_out, None
+        if held_out is None:
+            Z, target, scale = residual_stage_data(rom, tree.U, self.data.params_train)
+        else:
+            Z, target, scale = residual_stage_data(rom, held_out.U_fit, held_out.params_fit)
+            every = self.spec.method(self.trial.method).val_every
+            selector = StageSelector.for_rom(rom, held_out, scale, every)
         setup = time.perf_counter() - start
         config = self.rom_config((*run.prefix, run.until)).residual_stages[-1]
         trainer = ResidualTrainer.create(
             Z, target, config, seed=residual_stage_seed(self.trial.seed, run.stage)
         )
-        if run.prefix in tree.saved:
-            trainer.load_state_dict(tree.saved[run.prefix])
+        saved = tree.saved.get(run.prefix)
+        if saved is not None:
+            trainer.load_state_dict(saved["trainer"])
+            if selector is not None:
+                selector.load_state_dict(saved["selector"])
 
-        def build() -> MultiStageROM:
-            return rom.with_stage(freeze(copy.deepcopy(trainer.model)), scale)  # type: ignore[arg-type]
+        def build() -> tuple[MultiStageROM, list[StageDecision]]:
+            if selector is None:
+                stage = freeze(copy.deepcopy(trainer.model))
+                return rom.with_stage(stage, scale), decisions  # type: ignore[arg-type]
+            decision = selector.decide(trainer.iteration, trainer.model)
+            return decision.apply(rom, trainer.model, scale), [*decisions, decision]
 
-        self._grow(tree, run, trainer, build, setup, times)
+        self._grow(tree, run, trainer, selector, build, setup, times)
 
 
 @dataclass
 class _Tree:
     """What the runs of one trial share: the training snapshots on the device, the branches by
-    prefix and the saved trainer states by prefix."""
+    prefix, the saved stages by prefix and (mlasdi_val) the held-out split of the training
+    parameters."""
 
     U: torch.Tensor
     runs: dict[tuple[int, ...], Run]
     saved: dict[tuple[int, ...], dict[str, Any]]
+    held_out: HeldOut | None = None
 
 
 def _tune_reporter(trial_id: str) -> Callable[[dict[str, Any], dict[str, Any] | None], None]:

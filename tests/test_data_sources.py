@@ -116,7 +116,10 @@ def test_oscillator_source_gives_the_same_data_and_split_as_the_module():
 @pytest.mark.parametrize(
     ("raw", "needle"),
     [
-        ({"problem": "custom"}, "data.problem must be one of ['vlasov', 'oscillator', 'burgers1d', 'file']"),
+        (
+            {"problem": "custom"},
+            "data.problem must be one of ['vlasov', 'oscillator', 'burgers1d', 'file']",
+        ),
         (
             {"problem": "oscillator", "file": "a.h5"},
             "data.file does not apply to problem 'oscillator'",

@@ -515,3 +515,24 @@ def test_mlp_slices_are_plain_sequentials_sharing_the_layers():
     assert head[0] is model.decoder[0]
     z = torch.randn(3, 2)
     assert torch.equal(model.decoder[-1](head(z)), model.decode(z))
+
+
+def test_float64_rom_round_trips_bit_for_bit(tiny_fit2_f64, tiny_oscillator, tmp_path):
+    # The modules are made in the saved dtype before loading: loading float64 weights into the
+    # float32 modules a constructor makes would round them to float32 (relative 1e-7).
+    rom = tiny_fit2_f64.rom
+    params, _, u0 = _inputs(tiny_oscillator)
+    loaded = MultiStageROM.load(rom.save(tmp_path / "rom"), device="cpu")
+    assert loaded.dtype == torch.float64
+    for got, want in zip(
+        [loaded.autoencoder, *loaded.residual_decoders],
+        [rom.autoencoder, *rom.residual_decoders],
+        strict=True,
+    ):
+        for name, value in want.state_dict().items():
+            assert torch.equal(got.state_dict()[name], value), name
+    # Predictions to round-off: the trained weights are strided views of one flat tensor, the
+    # loaded ones contiguous, and the GEMMs may sum in another order.
+    np.testing.assert_allclose(
+        loaded.predict(params, u0).numpy(), rom.predict(params, u0).numpy(), rtol=1e-12, atol=1e-14
+    )
