@@ -111,9 +111,12 @@ def test_fit_records_provenance_in_metrics_json(tmp_path, monkeypatch):
     assert {k: metrics[k] for k in expected} == expected
 
 
-def test_results_written_before_the_provenance_columns_still_load(tmp_path):
-    old = [(n, k) for n, k in RESULT_COLUMNS if n not in PROVENANCE]
-    assert [n for n, _ in RESULT_COLUMNS[len(old) :]] == list(PROVENANCE)  # appended at the end
+def test_results_written_before_the_appended_columns_still_load(tmp_path):
+    from analysis.schema import _RESULT_ADDED
+
+    assert set(PROVENANCE) <= set(_RESULT_ADDED)
+    old = [(n, k) for n, k in RESULT_COLUMNS if n not in _RESULT_ADDED]
+    assert [n for n, _ in RESULT_COLUMNS[len(old) :]] == list(_RESULT_ADDED)  # appended at the end
     row = {n: None for n, _ in old} | {
         "evaluation_id": "t/b0",
         "method": "gplasdi",
@@ -129,7 +132,7 @@ def test_results_written_before_the_provenance_columns_still_load(tmp_path):
     )
     df = read_results(tmp_path)
     assert list(df.columns) == [n for n, _ in RESULT_COLUMNS]
-    assert df[list(PROVENANCE)].isna().all().all()
+    assert df[list(_RESULT_ADDED)].isna().all().all()
 
 
 def _help(argv, capsys):

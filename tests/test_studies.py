@@ -179,7 +179,8 @@ def test_unsatisfiable_resources_fail_before_ray_starts(tmp_path, capsys):
 
 def test_unknown_preset_and_bad_toml(tmp_path, capsys):
     assert main(["plan", "no_such_study"]) == 2
-    assert "presets: ['vlasov_paper'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "presets: ['burgers1d_cpu', 'burgers1d_gplasdi', 'smoke', 'vlasov_paper'" in err
     bad = tmp_path / "bad.toml"
     bad.write_text("name = [")
     assert main(["plan", str(bad)]) == 2
