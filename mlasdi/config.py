@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 ACTIVATIONS = ("softplus", "tanh", "relu", "sigmoid", "elu", "gelu", "silu", "sin")
 FD_SCHEMES = ("central2", "central4", "forward1")
 INTEGRATORS = ("expm", "rk4")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+OUTPUT_LAYERS = ("adam", "lstsq")
 DTYPES = ("float32", "float64")
 
 
@@ -33,6 +34,31 @@ def _check_widths(name: str, widths: tuple[int, ...]) -> None:
     _check(
         all(isinstance(w, int) and w > 0 for w in widths),
         f"{name} must be positive integers, got {widths!r}",
+    )
+
+
+def _check_optimiser(where: str, config: Stage1Config | ResidualStageConfig) -> None:
+    _check(
+        isinstance(config.iters, int) and config.iters > 0,
+        f"{where}.iters must be > 0, got {config.iters!r}",
+    )
+    _check(config.lr > 0, f"{where}.lr must be > 0, got {config.lr!r}")
+    _check(
+        config.lr_schedule in LR_SCHEDULES,
+        f"{where}.lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}",
+    )
+    _check(
+        isinstance(config.warmup_iters, int) and config.warmup_iters >= 0,
+        f"{where}.warmup_iters must be an integer >= 0, got {config.warmup_iters!r}",
+    )
+    _check(
+        config.lr_schedule != "exponential" or config.lr_half_life > 0,
+        f"{where}.lr_half_life must be > 0 for the exponential schedule, "
+        f"got {config.lr_half_life!r}",
+    )
+    _check(
+        config.output_layer in OUTPUT_LAYERS,
+        f"{where}.output_layer must be one of {OUTPUT_LAYERS}, got {config.output_layer!r}",
     )
 
 
@@ -61,6 +87,15 @@ class Stage1Config:
     """Joint autoencoder + latent-dynamics training (GPLaSDI).
 
     loss = MSE(U, dec(enc(U))) + beta1 * mean_i MSE(dz_i/dt, [1, z_i] Xi_i) + beta2 * mean_i ||Xi_i||_F
+
+    Optimiser options (shared with :class:`ResidualStageConfig`; the defaults are the paper's):
+    ``lr_schedule`` ``constant``, ``cosine`` (lr -> lr / 100 over ``iters``) or ``exponential``
+    (lr halved every ``lr_half_life`` iterations, whatever the budget); ``warmup_iters`` ramps
+    the learning rate up linearly first; ``output_layer`` ``lstsq`` solves the decoder's linear
+    output layer exactly (least squares on the last hidden features) at every step instead of
+    stepping it with Adam. ``standardize`` trains the autoencoder on (U - mean) / std of the
+    training snapshots (mean per state entry, one std), kept inside the model: its inputs and
+    outputs stay in physical units.
     """
 
     iters: int = 10_000
@@ -69,17 +104,13 @@ class Stage1Config:
     beta1: float = 0.1
     beta2: float = 1e-3
     fd_scheme: str = "central4"
+    warmup_iters: int = 0
+    lr_half_life: float = 0.0
+    output_layer: str = "adam"
+    standardize: bool = False
 
     def __post_init__(self) -> None:
-        _check(
-            isinstance(self.iters, int) and self.iters > 0,
-            f"stage1.iters must be > 0, got {self.iters!r}",
-        )
-        _check(self.lr > 0, f"stage1.lr must be > 0, got {self.lr!r}")
-        _check(
-            self.lr_schedule in LR_SCHEDULES,
-            f"stage1.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}",
-        )
+        _check_optimiser("stage1", self)
         _check(self.beta1 >= 0 and self.beta2 >= 0, "stage1.beta1 and stage1.beta2 must be >= 0")
         _check(
             self.fd_scheme in FD_SCHEMES,
@@ -92,6 +123,7 @@ class ResidualStageConfig:
     """A residual decoder (stage k >= 2): latent -> hidden... -> n_state.
 
     The first layer is sin(kappa * (W z + b)); later hidden layers use ``activation``; output linear.
+    Optimiser options as in :class:`Stage1Config`.
     """
 
     hidden: tuple[int, ...] = (20, 200)
@@ -100,20 +132,15 @@ class ResidualStageConfig:
     lr: float = 1e-3
     lr_schedule: str = "constant"
     activation: str = "tanh"
+    warmup_iters: int = 0
+    lr_half_life: float = 0.0
+    output_layer: str = "adam"
 
     def __post_init__(self) -> None:
         _check_widths("residual.hidden", self.hidden)
         _check(len(self.hidden) >= 1, "residual.hidden needs at least one layer (the sine layer)")
         _check(self.kappa > 0, f"residual.kappa must be > 0, got {self.kappa!r}")
-        _check(
-            isinstance(self.iters, int) and self.iters > 0,
-            f"residual.iters must be > 0, got {self.iters!r}",
-        )
-        _check(self.lr > 0, f"residual.lr must be > 0, got {self.lr!r}")
-        _check(
-            self.lr_schedule in LR_SCHEDULES,
-            f"residual.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}",
-        )
+        _check_optimiser("residual", self)
         _check(
             self.activation in ACTIVATIONS,
             f"residual.activation must be one of {ACTIVATIONS}, got {self.activation!r}",
@@ -229,7 +256,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if (
-        hint in (int, float, str)
+        hint in (int, float, str, bool)
         and not isinstance(value, hint)
         or isinstance(value, bool)
         and hint is not bool

@@ -31,7 +31,7 @@ from mlasdi.metrics import relative_error_over_time
 from mlasdi.nn import Autoencoder, ResidualDecoder, count_parameters
 from mlasdi.train import Callback, DivergenceError, ResidualTrainer, Stage1Trainer
 
-SAVE_FORMAT_VERSION = 1
+SAVE_FORMAT_VERSION = 2  # 2: the autoencoder state holds its standardisation
 # A predicted latent trajectory this many times larger than the training latents has blown up.
 LATENT_BLOWUP_FACTOR = 1e3
 
@@ -203,8 +203,9 @@ class MultiStageROM:
         dtype = torch_dtype(config.dtype)
         weights = torch.load(directory / "weights.pt", map_location=device, weights_only=True)
         ae = config.autoencoder
+        # Cast before loading: a float64 state copied into float32 modules would lose its digits.
         autoencoder = Autoencoder(meta["n_state"], ae.hidden, ae.latent_dim, ae.activation)
-        autoencoder.load_state_dict(weights["autoencoder"])
+        autoencoder.to(device=device, dtype=dtype).load_state_dict(weights["autoencoder"])
         decoders = []
         for i, stage in enumerate(config.residual_stages[: len(meta["scales"])]):
             decoder = ResidualDecoder(
@@ -213,7 +214,7 @@ class MultiStageROM:
                 meta["n_state"],
                 kappa=stage.kappa,
                 activation=stage.activation,
-            )
+            ).to(device=device, dtype=dtype)
             decoder.load_state_dict(weights[f"residual_{i}"])
             decoders.append(decoder.to(device=device, dtype=dtype).eval())
         with np.load(directory / "gp.npz", allow_pickle=False) as arrays:
