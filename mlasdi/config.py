@@ -148,6 +148,33 @@ class ResidualStageConfig:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How every stage is trained, apart from its iterations and peak learning rate (see
+    :class:`Stage1Config`). ``RECIPES["paper"]`` is the paper's (the config defaults),
+    ``RECIPES["fast"]`` the one measured in benchmarks/time_to_accuracy.py. Every schedule here
+    is independent of the budget, so a run evaluated at several budgets equals the shorter runs.
+    """
+
+    lr_schedule: str = "constant"
+    warmup_iters: int = 0
+    lr_half_life: float = 0.0
+    output_layer: str = "adam"
+    standardize: bool = False
+
+    def stage1_options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def residual_options(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "standardize"}
+
+
+RECIPES = {
+    "paper": Recipe(),
+    "fast": Recipe(output_layer="lstsq", standardize=True),
+}
+
+
+@dataclass(frozen=True)
 class GPConfig:
     """Per-coefficient Gaussian process: Constant x Matern(nu) on standardised parameters."""
 

@@ -262,3 +262,47 @@ def test_warmup_and_exponential_schedules_against_their_closed_forms():
 def test_recipe_options_are_validated(values, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(Stage1Config, values, where="stage1")
+
+
+def test_fast_recipe_study_trial_equals_direct_fits_at_every_budget():
+    # A study trial trains one run per prefix and reports at several budgets: with the fast
+    # recipe (budget-independent schedule, exact output layer, standardisation) each reported
+    # model equals the model fitted directly to that budget (float32, seed 0, one thread: to
+    # rounding), and the recipe's keys are recorded in config_json.
+    import json
+
+    from mlasdi.data import SnapshotSet
+    from studies.plan import trials
+    from studies.spec import spec_from_dict
+    from studies.trial import TrialRunner, load_study_data
+
+    raw = {
+        "name": "t",
+        "data": {"problem": "oscillator", "nx": 40, "n_t": 21, "grid": [3]},
+        "mlasdi": {"hidden": [[8]], "latent_dims": [2], "budgets": [[10, 10], [10, 20], [20, 10]]},
+        "training": {"recipe": "fast", "lr": 3e-3, "gp": {"n_restarts": 0}},
+    }
+    spec = spec_from_dict(raw)
+    data = load_study_data(spec)
+    (t,) = trials(spec)
+    reports = []
+    TrialRunner(t, spec, data, frozenset(), lambda m, s: reports.append(m)).run()
+    rows = {m["evaluation_id"]: json.loads(m["payload"]) for m in reports if m["kind"] == "eval"}
+    train = SnapshotSet(
+        params=data.params_train, times=data.times, snapshots=data.U_train, param_names=("A",)
+    )
+    for i, budget in enumerate(t.budgets):
+        got = rows[t.evaluation_id(i)]
+        config = spec.rom_config(
+            hidden=t.hidden,
+            latent_dim=t.latent_dim,
+            seed=t.seed,
+            stage_iters=budget,
+            residual_hidden=t.residual_hidden,
+        )
+        recorded = json.loads(got["row"]["config_json"])
+        assert recorded["stage1"]["output_layer"] == "lstsq" and recorded["stage1"]["standardize"]
+        assert recorded["residual_stages"][0]["output_layer"] == "lstsq"
+        rom = fit_rom(train, config, device="cpu").rom
+        direct = evaluate(rom, data.params_test, data.truth_test)[-1].max(-1)
+        np.testing.assert_allclose(got["param_err"], direct, rtol=1e-6, atol=0)
