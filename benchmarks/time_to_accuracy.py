@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
+import multiprocessing
 import statistics
 import time
 
@@ -111,18 +113,47 @@ def mlasdi_err(data: StudyData, config: ROMConfig) -> tuple[float, float, float]
     return test_err_mean(rom, data), test_err_mean(both, data), seconds
 
 
+def measure(spec, data: StudyData, args, job: tuple[int, int]) -> tuple[list[str], int, int, float]:
+    """One (latent, seed): GPLaSDI with each recipe, then mLaSDI with the fast one."""
+    torch.set_num_threads(1)  # as a study trial with cpus = 1; stabler timings on a shared host
+    latent, seed = job
+    lines, iters = [], {}
+    for recipe, budget, every in (
+        ("paper", args.paper_budget, args.paper_every),
+        ("fast", args.fast_budget, args.every),
+    ):
+        config = config_of(spec, recipe, GPLASDI_HIDDEN, latent, seed, (budget,))
+        n, seconds, err = time_to_target(data, config, every)
+        iters[recipe] = n
+        lines.append(
+            f"gplasdi recipe={recipe} latent={latent} seed={seed} iters={n} "
+            f"seconds={seconds:.1f} err_mean={100 * err:.2f}% reached={err <= TARGET} "
+            f"budget={budget}"
+        )
+    config = config_of(spec, "fast", MLASDI_HIDDEN, latent, seed, tuple(args.mlasdi_split))
+    err1, err2, seconds = mlasdi_err(data, config)
+    lines.append(
+        f"mlasdi recipe=fast latent={latent} seed={seed} "
+        f"split={args.mlasdi_split[0]}+{args.mlasdi_split[1]} "
+        f"stage1_err_mean={100 * err1:.2f}% err_mean={100 * err2:.2f}% seconds={seconds:.1f}"
+    )
+    return lines, iters["paper"], iters["fast"], err2
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="seconds-long run on tiny data")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--latents", type=int, nargs="+", default=[4, 5])
-    parser.add_argument("--paper-budget", type=int, default=20_000)
+    parser.add_argument(
+        "--paper-budget", type=int, default=5_000, help="paper recipe (the paper needs ~20k)"
+    )
     parser.add_argument("--fast-budget", type=int, default=4_000)
-    parser.add_argument("--every", type=int, default=250, help="iterations between evaluations")
+    parser.add_argument("--every", type=int, default=100, help="iterations between evaluations")
     parser.add_argument("--paper-every", type=int, default=1000)
-    parser.add_argument("--mlasdi-split", type=int, nargs=2, default=[2000, 2000])
+    parser.add_argument("--mlasdi-split", type=int, nargs=2, default=[3000, 1000])
+    parser.add_argument("--workers", type=int, default=2, help="(latent, seed) jobs at a time")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # as a study trial with cpus = 1; stabler timings on a shared host
     spec = load_spec("vlasov_quick")
     if args.smoke:
         spec = smoke_spec(spec)
@@ -134,34 +165,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data_s={time.perf_counter() - start:.1f}")
     print(f"data_shape={list(data.truth_test.shape)} n_train={data.U_train.shape[0]}")
     print(f"target_err_mean={TARGET}")
+    jobs = [(latent, seed) for latent in args.latents for seed in args.seeds]
+    job = functools.partial(measure, spec, data, args)
+    if args.workers > 1:
+        # Forked workers share the data; each measures both recipes of its models back to back.
+        with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+            results = pool.map(job, jobs, chunksize=1)
+    else:
+        results = [job(j) for j in jobs]
     iters: dict[str, list[int]] = {"paper": [], "fast": []}
     ml_errs = []
-    for latent in args.latents:
-        for seed in args.seeds:
-            for recipe, budget, every in (
-                ("paper", args.paper_budget, args.paper_every),
-                ("fast", args.fast_budget, args.every),
-            ):
-                config = config_of(spec, recipe, GPLASDI_HIDDEN, latent, seed, (budget,))
-                n, seconds, err = time_to_target(data, config, every)
-                reached = err <= TARGET
-                iters[recipe].append(n)
-                print(
-                    f"gplasdi recipe={recipe} latent={latent} seed={seed} iters={n} "
-                    f"seconds={seconds:.1f} err_mean={100 * err:.2f}% reached={reached} "
-                    f"budget={budget}",
-                    flush=True,
-                )
-            config = config_of(spec, "fast", MLASDI_HIDDEN, latent, seed, tuple(args.mlasdi_split))
-            err1, err2, seconds = mlasdi_err(data, config)
-            ml_errs.append(err2)
-            print(
-                f"mlasdi recipe=fast latent={latent} seed={seed} "
-                f"split={args.mlasdi_split[0]}+{args.mlasdi_split[1]} "
-                f"stage1_err_mean={100 * err1:.2f}% err_mean={100 * err2:.2f}% "
-                f"seconds={seconds:.1f}",
-                flush=True,
-            )
+    for lines, paper, fast, ml in results:
+        print("\n".join(lines))
+        iters["paper"].append(paper)
+        iters["fast"].append(fast)
+        ml_errs.append(ml)
     ratios = [p / f for p, f in zip(iters["paper"], iters["fast"], strict=True)]
     print(f"total_s={time.perf_counter() - start:.1f}")
     print(f"tta_gplasdi_speedup={statistics.median(ratios):.2f}")

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 ACTIVATIONS = ("softplus", "tanh", "relu", "sigmoid", "elu", "gelu", "silu", "sin")
 FD_SCHEMES = ("central2", "central4", "forward1")
 INTEGRATORS = ("expm", "rk4")
-LR_SCHEDULES = ("constant", "cosine", "exponential")
+LR_SCHEDULES = ("constant", "cosine")
 OUTPUT_LAYERS = ("adam", "lstsq")
 DTYPES = ("float32", "float64")
 
@@ -46,15 +46,6 @@ def _check_optimiser(where: str, config: Stage1Config | ResidualStageConfig) -> 
     _check(
         config.lr_schedule in LR_SCHEDULES,
         f"{where}.lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}",
-    )
-    _check(
-        isinstance(config.warmup_iters, int) and config.warmup_iters >= 0,
-        f"{where}.warmup_iters must be an integer >= 0, got {config.warmup_iters!r}",
-    )
-    _check(
-        config.lr_schedule != "exponential" or config.lr_half_life > 0,
-        f"{where}.lr_half_life must be > 0 for the exponential schedule, "
-        f"got {config.lr_half_life!r}",
     )
     _check(
         config.output_layer in OUTPUT_LAYERS,
@@ -89,11 +80,9 @@ class Stage1Config:
     loss = MSE(U, dec(enc(U))) + beta1 * mean_i MSE(dz_i/dt, [1, z_i] Xi_i) + beta2 * mean_i ||Xi_i||_F
 
     Optimiser options (shared with :class:`ResidualStageConfig`; the defaults are the paper's):
-    ``lr_schedule`` ``constant``, ``cosine`` (lr -> lr / 100 over ``iters``) or ``exponential``
-    (lr halved every ``lr_half_life`` iterations, whatever the budget); ``warmup_iters`` ramps
-    the learning rate up linearly first; ``output_layer`` ``lstsq`` solves the decoder's linear
-    output layer exactly (least squares on the last hidden features) at every step instead of
-    stepping it with Adam. ``standardize`` trains the autoencoder on (U - mean) / std of the
+    ``lr_schedule`` ``constant`` or ``cosine`` (lr -> lr / 100 over ``iters``); ``output_layer``
+    ``lstsq`` solves the decoder's linear output layer exactly (least squares on the last hidden
+    features) at every step instead of stepping it with Adam. ``standardize`` trains the autoencoder on (U - mean) / std of the
     training snapshots (mean per state entry, one std), kept inside the model: its inputs and
     outputs stay in physical units.
     """
@@ -104,8 +93,6 @@ class Stage1Config:
     beta1: float = 0.1
     beta2: float = 1e-3
     fd_scheme: str = "central4"
-    warmup_iters: int = 0
-    lr_half_life: float = 0.0
     output_layer: str = "adam"
     standardize: bool = False
 
@@ -132,8 +119,6 @@ class ResidualStageConfig:
     lr: float = 1e-3
     lr_schedule: str = "constant"
     activation: str = "tanh"
-    warmup_iters: int = 0
-    lr_half_life: float = 0.0
     output_layer: str = "adam"
 
     def __post_init__(self) -> None:
@@ -149,15 +134,12 @@ class ResidualStageConfig:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How every stage is trained, apart from its iterations and peak learning rate (see
+    """How every stage is trained, apart from its iterations and learning rate (see
     :class:`Stage1Config`). ``RECIPES["paper"]`` is the paper's (the config defaults),
-    ``RECIPES["fast"]`` the one measured in benchmarks/time_to_accuracy.py. Every schedule here
-    is independent of the budget, so a run evaluated at several budgets equals the shorter runs.
+    ``RECIPES["fast"]`` the one measured in benchmarks/time_to_accuracy.py. Both keep the
+    constant learning rate, so a run evaluated at several budgets equals the shorter runs.
     """
 
-    lr_schedule: str = "constant"
-    warmup_iters: int = 0
-    lr_half_life: float = 0.0
     output_layer: str = "adam"
     standardize: bool = False
 

@@ -317,8 +317,6 @@ class FullBatchTrainer:
         self.lr = config.lr
         self.lr_schedule = config.lr_schedule
         self.schedule_iters = config.iters
-        self.warmup_iters = config.warmup_iters
-        self.lr_half_life = config.lr_half_life
         self.iteration = 0
         self.elapsed_s = 0.0
         self._history: list[torch.Tensor] = []
@@ -331,23 +329,15 @@ class FullBatchTrainer:
     def learning_rate(self, iteration: int) -> float:
         """Learning rate of step ``iteration`` (0-based).
 
-        ``cosine`` decays from lr to lr / 100 over ``schedule_iters`` steps; ``exponential`` is
-        lr * 2^(-iteration / lr_half_life). With ``warmup_iters`` = w > 0 the rate is multiplied
-        by min(1, (iteration + 1) / w). Note that a cosine run evaluated before its end is not the
-        model a shorter cosine run would give, so studies that share checkpoints between budgets
-        use ``constant`` or ``exponential``, which do not depend on the budget.
+        ``cosine`` decays from lr to lr / 100 over ``schedule_iters`` steps. Note that a cosine
+        run evaluated before its end is not the model a shorter cosine run would give, so studies
+        that share checkpoints between budgets use ``constant``.
         """
         if self.lr_schedule == "constant":
-            rate = self.lr
-        elif self.lr_schedule == "exponential":
-            rate = self.lr * 0.5 ** (iteration / self.lr_half_life)
-        else:
-            floor = self.lr * COSINE_FLOOR
-            progress = min(iteration / self.schedule_iters, 1.0)
-            rate = floor + 0.5 * (self.lr - floor) * (1.0 + math.cos(math.pi * progress))
-        if self.warmup_iters and iteration < self.warmup_iters:
-            rate *= (iteration + 1) / self.warmup_iters
-        return rate
+            return self.lr
+        floor = self.lr * COSINE_FLOOR
+        progress = min(iteration / self.schedule_iters, 1.0)
+        return floor + 0.5 * (self.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
     def step(self) -> torch.Tensor:
         terms = self.gradients()

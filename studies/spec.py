@@ -41,7 +41,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRESET_DIR = Path(__file__).resolve().parent
-PRESETS = ("vlasov_paper", "vlasov_quick", "smoke")
+PRESETS = ("vlasov_paper", "vlasov_quick", "vlasov_cpu", "smoke")
 PROBLEMS = ("vlasov", "oscillator")
 VLASOV_N_T = 251  # snapshots 0..5 step 0.02 written by mlasdi.problems.vlasov
 

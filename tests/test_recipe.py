@@ -12,7 +12,6 @@ from mlasdi.rom import MultiStageROM, evaluate, fit_rom
 from mlasdi.train import (
     LSTSQ_RIDGE,
     OutputLayerMSE,
-    ResidualTrainer,
     Stage1Trainer,
     flatten_parameters,
     least_squares,
@@ -139,9 +138,7 @@ def _fast_config(tiny_config, **stage1):
     base = tiny_config(n_stages=2, iters=30, dtype="float64")
     return ROMConfig(
         autoencoder=base.autoencoder,
-        stage1=Stage1Config(
-            iters=30, lr=3e-3, warmup_iters=5, output_layer="lstsq", standardize=True, **stage1
-        ),
+        stage1=Stage1Config(iters=30, lr=3e-3, output_layer="lstsq", standardize=True, **stage1),
         residual_stages=(
             ResidualStageConfig(hidden=(16,), iters=30, lr=3e-3, output_layer="lstsq"),
         ),
@@ -198,8 +195,6 @@ def test_paper_recipe_is_unchanged(tiny_train):
     explicit = Stage1Config(
         iters=40,
         lr_schedule="constant",
-        warmup_iters=0,
-        lr_half_life=0.0,
         output_layer="adam",
         standardize=False,
     )
@@ -223,38 +218,9 @@ PAPER_LOSSES_AT_40 = [
 ]
 
 
-def test_warmup_and_exponential_schedules_against_their_closed_forms():
-    Z = torch.zeros(1, 3, 2, dtype=torch.float64)
-    target = torch.zeros(1, 3, 4, dtype=torch.float64)
-    config = ResidualStageConfig(
-        hidden=(3,),
-        iters=10,
-        lr=2e-3,
-        lr_schedule="exponential",
-        lr_half_life=300.0,
-        warmup_iters=4,
-    )
-    trainer = ResidualTrainer.create(Z, target, config, seed=0)
-    for i in (0, 1, 3, 4, 300, 1000, 50_000):
-        expected = 2e-3 * 2.0 ** (-i / 300.0) * min(1.0, (i + 1) / 4)
-        assert math.isclose(trainer.learning_rate(i), expected, rel_tol=1e-15), i
-    constant = ResidualTrainer.create(
-        Z, target, ResidualStageConfig(hidden=(3,), iters=10, lr=2e-3, warmup_iters=10), seed=0
-    )
-    assert [constant.learning_rate(i) for i in (0, 4, 9, 10, 99)] == [
-        2e-3 * 1 / 10,
-        2e-3 * 5 / 10,
-        2e-3,
-        2e-3,
-        2e-3,
-    ]
-
-
 @pytest.mark.parametrize(
     ("values", "match"),
     [
-        ({"lr_schedule": "exponential"}, "lr_half_life must be > 0"),
-        ({"warmup_iters": -1}, "warmup_iters must be an integer >= 0"),
         ({"output_layer": "svd"}, "output_layer must be one of"),
         ({"standardize": 1}, "standardize must be of type bool"),
     ],
