@@ -167,19 +167,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"target_err_mean={TARGET}")
     jobs = [(latent, seed) for latent in args.latents for seed in args.seeds]
     job = functools.partial(measure, spec, data, args)
-    if args.workers > 1:
-        # Forked workers share the data; each measures both recipes of its models back to back.
-        with multiprocessing.get_context("fork").Pool(args.workers) as pool:
-            results = pool.map(job, jobs, chunksize=1)
-    else:
-        results = [job(j) for j in jobs]
     iters: dict[str, list[int]] = {"paper": [], "fast": []}
     ml_errs = []
-    for lines, paper, fast, ml in results:
-        print("\n".join(lines))
-        iters["paper"].append(paper)
-        iters["fast"].append(fast)
-        ml_errs.append(ml)
+    # Forked workers share the data; each measures both recipes of its models back to back.
+    with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+        for lines, paper, fast, ml in pool.imap(job, jobs):
+            print("\n".join(lines), flush=True)
+            iters["paper"].append(paper)
+            iters["fast"].append(fast)
+            ml_errs.append(ml)
     ratios = [p / f for p, f in zip(iters["paper"], iters["fast"], strict=True)]
     print(f"total_s={time.perf_counter() - start:.1f}")
     print(f"tta_gplasdi_speedup={statistics.median(ratios):.2f}")
