@@ -109,7 +109,10 @@ class MLP(nn.Sequential):
 class Autoencoder(nn.Module):
     """Stage 1: encoder ``n_state -> hidden -> latent`` and mirrored decoder.
 
-    Shapes: ``encode`` [..., n_state] -> [..., latent_dim]; ``decode`` the reverse.
+    Shapes: ``encode`` [..., n_state] -> [..., latent_dim]; ``decode`` the reverse. The networks
+    see standardised states: ``encode(u) = encoder((u - shift) / scale)`` and ``decode(z) = shift
+    + scale * decoder(z)``, with buffers ``shift`` [n_state] and ``scale`` [] (0 and 1 unless
+    :meth:`standardize` is called, which leaves every value exactly as the bare networks give).
     """
 
     def __init__(
@@ -125,17 +128,24 @@ class Autoencoder(nn.Module):
         self.decoder = MLP(widths[::-1], activation)
         self.n_state = int(n_state)
         self.latent_dim = int(latent_dim)
+        self.register_buffer("shift", torch.zeros(n_state))
+        self.register_buffer("scale", torch.ones(()))
+
+    def standardize(self, shift: torch.Tensor, scale: torch.Tensor | float) -> None:
+        """Set the physical-units map: state u = shift + scale * (what the networks see)."""
+        self.shift.copy_(shift)
+        self.scale.fill_(float(scale))
 
     def encode(self, u: torch.Tensor) -> torch.Tensor:
-        return self.encoder(u)
+        return self.encoder((u - self.shift) / self.scale)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+        return torch.addcmul(self.shift, self.scale, self.decoder(z))
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (z, reconstruction)."""
-        z = self.encoder(u)
-        return z, self.decoder(z)
+        z = self.encode(u)
+        return z, self.decode(z)
 
 
 class ResidualDecoder(MLP):

@@ -31,7 +31,7 @@ from mlasdi.metrics import relative_error_over_time
 from mlasdi.nn import Autoencoder, ResidualDecoder, count_parameters
 from mlasdi.train import Callback, DivergenceError, ResidualTrainer, Stage1Trainer
 
-SAVE_FORMAT_VERSION = 1
+SAVE_FORMAT_VERSION = 2  # 2: the autoencoder state holds its standardisation
 # A predicted latent trajectory this many times larger than the training latents has blown up.
 LATENT_BLOWUP_FACTOR = 1e3
 

@@ -28,8 +28,11 @@ COSINE_FLOOR = 1e-2  # a cosine schedule ends at this fraction of the initial le
 # Version of FullBatchTrainer.state_dict. The optimiser's moments are flat vectors in the order of
 # flatten_parameters, so a state saved with another layout would load without error into the
 # wrong parameters. 1: torch.optim.Adam, parameters in module order; 2: FlatAdam, output layer
-# as a [W, b] block.
-TRAINER_STATE_FORMAT = 2
+# as a [W, b] block; 3: the autoencoder's standardisation buffers in the model state.
+TRAINER_STATE_FORMAT = 3
+# Ridge of the exact output-layer solve, relative to the mean diagonal of the features' Gram
+# matrix: far below float32 resolution, it only keeps the solve defined for collinear features.
+LSTSQ_RIDGE = 1e-10
 
 
 class DivergenceError(RuntimeError):
@@ -191,9 +194,15 @@ class OutputLayerMSE:
     read it once each and apply the 2/N gradient scale as they write. The layer must have been
     flattened with its bias as a column (:func:`flatten_parameters`): [W, b] and its gradient
     are then single tensors that the GEMMs read and write in place.
+
+    ``solve``: every forward first sets [W, b] to the least-squares fit of the target on [h, 1]
+    (variable projection: the loss is then minimal over the output layer, and dL/dh at that
+    minimum is the exact gradient of the reduced loss). Its gradient block stays zero, so Adam
+    leaves it exactly where the solve put it.
     """
 
-    def __init__(self, layer: nn.Linear, target: torch.Tensor) -> None:
+    def __init__(self, layer: nn.Linear, target: torch.Tensor, *, solve: bool = False) -> None:
+        self.solve = solve
         self.weight_bias, self.grad_weight_bias = bias_column_block(layer)
         self.neg_target = -target
         self.difference = torch.empty_like(self.neg_target)
@@ -205,6 +214,8 @@ class OutputLayerMSE:
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         self.h1[:, :-1] = h
+        if self.solve:
+            self.weight_bias.copy_(least_squares(self.h1, self.neg_target).T.neg_())
         d = torch.addmm(self.neg_target, self.h1, self.weight_bias.T, out=self.difference)
         return torch.dot(d.view(-1), d.view(-1)) / d.numel()
 
@@ -212,11 +223,27 @@ class OutputLayerMSE:
         """Write the layer's gradients; return dL/dh (for the ``h`` of the last forward)."""
         d = self.difference
         scale = 2.0 / d.numel()
-        g = self.grad_weight_bias
-        torch.addmm(g, d.T, self.h1, beta=0.0, alpha=scale, out=g)
+        if not self.solve:
+            g = self.grad_weight_bias
+            torch.addmm(g, d.T, self.h1, beta=0.0, alpha=scale, out=g)
         return torch.addmm(
             self.grad_h, d, self.weight_bias[:, :-1], beta=0.0, alpha=scale, out=self.grad_h
         )
+
+
+def least_squares(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """argmin_X ||features X - target||_F^2 + lam ||X||_F^2: [k, n_out] for ``features`` [N, k],
+    ``target`` [N, n_out], with lam = :data:`LSTSQ_RIDGE` times the mean diagonal of the Gram
+    matrix, by the normal equations in float64 (k is a hidden width, small; forming
+    features^T target costs one GEMM, like the gradient it replaces). Returned in the target's
+    dtype."""
+    f64 = features.double()
+    gram = f64.T @ f64
+    gram.diagonal().add_(LSTSQ_RIDGE * gram.diagonal().mean())
+    # The explicit inverse of the small Gram matrix and one GEMM: cheaper on CPU than a
+    # triangular solve with n_out right-hand sides.
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+    return (inverse @ (features.T @ target).double()).to(target.dtype)
 
 
 class FlatAdam:
@@ -349,6 +376,7 @@ class FullBatchTrainer:
             if block:
                 self._history.append(torch.stack(block))
                 self._check_finite(block[-1])
+                self.solve_output_layer()
             self.elapsed_s += time.perf_counter() - start_time
             if stop in points and callback is not None:
                 callback(
@@ -359,6 +387,11 @@ class FullBatchTrainer:
                         model=self.model,
                     )
                 )
+
+    def solve_output_layer(self) -> None:
+        """With ``output_layer = "lstsq"``: refit the output layer to the current features, so a
+        model read at a stop is the least-squares fit for its final weights (training goes on
+        the same: each step solves it afresh)."""
 
     def _check_finite(self, terms: torch.Tensor) -> None:
         if not bool(torch.isfinite(terms).all()):
@@ -402,7 +435,7 @@ class FullBatchTrainer:
         if state.get("format") != TRAINER_STATE_FORMAT:
             raise ValueError(
                 f"trainer state has format {state.get('format', 1)}, expected "
-                f"{TRAINER_STATE_FORMAT}: it was saved by an earlier mlasdi, whose optimiser state "
+                f"{TRAINER_STATE_FORMAT}: it was saved by an earlier mlasdi, whose trainer state "
                 "is laid out differently; train from scratch"
             )
         state = copy.deepcopy(state)
@@ -410,6 +443,15 @@ class FullBatchTrainer:
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         self.iteration = int(state["iteration"])  # type: ignore[arg-type]
         self.elapsed_s = float(state["elapsed_s"])  # type: ignore[arg-type]
+
+
+def standardization(U: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(mean [n_state], std) of snapshots ``U`` [..., n_state]: the mean over every snapshot
+    of each state entry and one standard deviation of the centred snapshots (computed in
+    float64)."""
+    flat = U.reshape(-1, U.shape[-1]).double()
+    mean = flat.mean(0)
+    return mean.to(U.dtype), float((flat - mean).std())
 
 
 def _seeded_module(
@@ -443,10 +485,15 @@ class Stage1Trainer(FullBatchTrainer):
         self.config = config
         self.dt = float(dt)
         self.n_train, self.n_t, self.n_state = U.shape
-        self.U_flat = U.reshape(-1, self.n_state)
+        if config.standardize:
+            model.standardize(*standardization(U))
+        # The networks see standardised snapshots (exactly U when the model is not standardised).
+        self.U_flat = ((U - model.shift) / model.scale).reshape(-1, self.n_state)
         self.encoder = LayerPass(model.encoder)
         self.decoder = LayerPass(model.decoder[:-1])
-        self.output = OutputLayerMSE(model.decoder[-1], self.U_flat)
+        self.output = OutputLayerMSE(
+            model.decoder[-1], self.U_flat, solve=config.output_layer == "lstsq"
+        )
         # beta1 and beta2 as device tensors, made once: the latent gradient's weights.
         self.latent_weights = [
             torch.tensor(beta, dtype=U.dtype, device=U.device)
@@ -488,6 +535,11 @@ class Stage1Trainer(FullBatchTrainer):
         loss = reconstruction + self.config.beta1 * dynamics + self.config.beta2 * coefficients
         return torch.stack([loss, reconstruction, dynamics, coefficients])
 
+    @torch.no_grad()
+    def solve_output_layer(self) -> None:
+        if self.output.solve:
+            self.output.forward(self.decoder.forward(self.encoder.forward(self.U_flat)))
+
 
 class ResidualTrainer(FullBatchTrainer):
     """Stage k >= 2: a decoder from fixed latent trajectories to a scaled residual.
@@ -509,7 +561,9 @@ class ResidualTrainer(FullBatchTrainer):
         self.config = config
         self.Z_flat = Z.reshape(-1, Z.shape[-1]).detach()
         self.hidden = LayerPass(model[:-1])
-        self.output = OutputLayerMSE(model[-1], target.reshape(-1, target.shape[-1]))
+        self.output = OutputLayerMSE(
+            model[-1], target.reshape(-1, target.shape[-1]), solve=config.output_layer == "lstsq"
+        )
 
     @classmethod
     def create(
@@ -535,3 +589,8 @@ class ResidualTrainer(FullBatchTrainer):
         loss = self.output.forward(self.hidden.forward(self.Z_flat))
         self.hidden.backward(self.output.backward(), input_grad=False)
         return loss.reshape(1)
+
+    @torch.no_grad()
+    def solve_output_layer(self) -> None:
+        if self.output.solve:
+            self.output.forward(self.hidden.forward(self.Z_flat))

@@ -27,6 +27,7 @@ from mlasdi.config import (
     ACTIVATIONS,
     DTYPES,
     FD_SCHEMES,
+    RECIPES,
     AutoencoderConfig,
     ConfigError,
     GPConfig,
@@ -132,8 +133,11 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    """Settings shared by every model of the study (DESIGN.md defaults)."""
+    """Settings shared by every model of the study (DESIGN.md defaults). ``recipe`` names one of
+    :data:`mlasdi.config.RECIPES` (schedule, warm-up, output-layer solve, standardisation);
+    ``lr`` and the mLaSDI ``residual_lr`` stay the peak learning rates under any recipe."""
 
+    recipe: str = "paper"
     lr: float = 1e-3
     beta1: float = 0.1
     beta2: float = 1e-3
@@ -200,6 +204,7 @@ class StudySpec:
         ``hidden``/``latent_dim``, and one residual stage per entry of ``stage_iters[1:]`` with the
         residual settings of the ``method`` section (``residual_kappa`` overrides its kappa)."""
         tr = self.training
+        recipe = RECIPES[tr.recipe]
         mlasdi = next((m for m in self.methods if m.name == method), None)
         defaults = ResidualStageConfig()
         residual = tuple(
@@ -211,6 +216,7 @@ class StudySpec:
                 iters=iters,
                 lr=mlasdi.residual_lr if mlasdi else defaults.lr,
                 activation=mlasdi.residual_activation if mlasdi else defaults.activation,
+                **recipe.residual_options(),
             )
             for iters in stage_iters[1:]
         )
@@ -224,6 +230,7 @@ class StudySpec:
                 beta1=tr.beta1,
                 beta2=tr.beta2,
                 fd_scheme=tr.fd_scheme,
+                **recipe.stage1_options(),
             ),
             residual_stages=residual,
             gp=tr.gp,
@@ -396,6 +403,8 @@ def _training_spec(raw: Any) -> TrainingSpec:
     for k in ("beta1", "beta2"):
         if k in d:
             d[k] = _num(d[k], f"training.{k}", 0)
+    if "recipe" in d:
+        _choice(d["recipe"], "training.recipe", tuple(RECIPES))
     if "activation" in d:
         _choice(d["activation"], "training.activation", ACTIVATIONS)
     if "fd_scheme" in d:

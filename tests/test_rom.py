@@ -385,7 +385,9 @@ def test_trainer_rejects_a_state_saved_in_another_format(tiny_train):
     assert state["format"] == TRAINER_STATE_FORMAT
     del state["format"]
     fresh = _stage1_trainer(tiny_train)
-    with pytest.raises(ValueError, match="format 1, expected 2.*train from scratch"):
+    with pytest.raises(
+        ValueError, match=f"format 1, expected {TRAINER_STATE_FORMAT}.*train from scratch"
+    ):
         fresh.load_state_dict(state)
     assert fresh.iteration == 0
 
