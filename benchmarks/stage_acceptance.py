@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed,
             )
             trainer.train(args.iters)
-            rom1 = stage1_rom(trainer.model, U, data.params_train, data.times, config)  # type: ignore[arg-type]
+            rom1 = stage1_rom(trainer.selected()[1], U, data.params_train, data.times, config)
             rom, decisions = rom1, []
             for k, stage in enumerate(config.residual_stages, start=2):
                 seed_k = residual_stage_seed(seed, k)

@@ -336,7 +336,7 @@ def fit_rom(
     )
     trainer.train(config.stage1.iters, checkpoints=checkpoints.get(1, ()), callback=callback_for(1))
     start = time.perf_counter()
-    rom = stage1_rom(trainer.model, U, train.params, train.times, config)  # type: ignore[arg-type]
+    rom = stage1_rom(trainer.selected()[1], U, train.params, train.times, config)
     stage_times = [trainer.elapsed_s + time.perf_counter() - start]
     histories = [trainer.history]
     for k, stage in enumerate(config.residual_stages, start=2):

@@ -409,7 +409,7 @@ class TrialRunner:
 
         def build() -> tuple[MultiStageROM, list[StageDecision]]:
             config = self.rom_config((trainer.iteration,))
-            rom = stage1_rom(trainer.model, U, data.params_train, data.times, config)  # type: ignore[arg-type]
+            rom = stage1_rom(trainer.selected()[1], U, data.params_train, data.times, config)
             return rom, []
 
         held_out = None

@@ -108,7 +108,7 @@ class TrialWorker:
         for step in [s for s in steps if s <= s1] + ([s1] if s1 not in steps else []):
             trainer.train(step)
             start = time.perf_counter()
-            rom = stage1_rom(trainer.model, U, d.params_fit, d.times, config)  # type: ignore[arg-type]
+            rom = stage1_rom(trainer.selected()[1], U, d.params_fit, d.times, config)
             if step == s1:
                 overhead += time.perf_counter() - start
             if step in steps:
