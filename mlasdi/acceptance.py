@@ -40,7 +40,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -49,16 +48,18 @@ from mlasdi.data import SnapshotSet
 from mlasdi.metrics import max_relative_error
 from mlasdi.rom import (
     FitResult,
+    HeldOut,
     MultiStageROM,
     freeze,
+    held_out_rom,
     residual_stage_data,
     residual_stage_seed,
     resolve_device,
     stage1_rom,
+    stage1_trainer,
     torch_dtype,
 )
-from mlasdi.train import BestCheckpoint, ResidualTrainer, Stage1Trainer
-from mlasdi.validation import validation_split
+from mlasdi.train import BestCheckpoint, ResidualTrainer
 
 
 def choose_stop(
@@ -108,14 +109,6 @@ class StageDecision:
         stage = copy.deepcopy(decoder)
         stage.load_state_dict(self.state)
         return rom.with_stage(freeze(stage), scale)  # type: ignore[arg-type]
-
-
-def held_out_rom(rom: MultiStageROM, held_out: HeldOut) -> MultiStageROM:
-    """``rom`` (sharing its networks) with the GP of its dynamics coefficients refitted on the
-    fit split only, the coefficients fitted as in :func:`mlasdi.rom.stage1_rom`: its latent
-    trajectories at the held-out parameters are interpolated, as at unseen parameters."""
-    refit = stage1_rom(rom.autoencoder, held_out.U_fit, held_out.params_fit, rom.times, rom.config)
-    return dataclasses.replace(rom, gp=refit.gp)
 
 
 class StageSelector(BestCheckpoint):
@@ -172,25 +165,6 @@ class StageSelector(BestCheckpoint):
         return StageDecision(err < self.err_without, stop, err, self.err_without, state)
 
 
-@dataclass(frozen=True)
-class HeldOut:
-    """The split of the training parameters: ``U_fit`` [n_fit, n_t, n_state] and ``params_fit``
-    train the residual stages, ``U_val`` and ``params_val`` judge them."""
-
-    U_fit: torch.Tensor
-    params_fit: np.ndarray
-    U_val: torch.Tensor
-    params_val: np.ndarray
-
-    @classmethod
-    def split(
-        cls, U: torch.Tensor, params: np.ndarray, *, fraction: float = 0.2, seed: int = 0
-    ) -> HeldOut:
-        """:func:`~mlasdi.validation.validation_split` of training snapshots ``U`` at ``params``."""
-        fit, val = validation_split(params, fraction=fraction, seed=seed)
-        return cls(U[fit], params[fit], U[val], params[val])
-
-
 def train_accepted_stage(
     rom: MultiStageROM,
     held_out: HeldOut,
@@ -230,10 +204,7 @@ def fit_accepted_rom(
     device = resolve_device(device)
     U = torch.as_tensor(train.flat_snapshots(), dtype=torch_dtype(config.dtype)).to(device)
     held_out = HeldOut.split(U, train.params, fraction=val_fraction, seed=split_seed)
-    ae = config.autoencoder
-    trainer = Stage1Trainer.create(
-        U, train.dt, ae.hidden, ae.latent_dim, ae.activation, config.stage1, config.seed
-    )
+    trainer = stage1_trainer(U, train.params, train.times, config)
     trainer.train(config.stage1.iters)
     start = time.perf_counter()
     rom = stage1_rom(trainer.selected()[1], U, train.params, train.times, config)

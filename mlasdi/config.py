@@ -85,9 +85,9 @@ class Stage1Config:
     features) at every step instead of stepping it with Adam. ``standardize`` trains the autoencoder on (U - mean) / std of the
     training snapshots (mean per state entry, one std), kept inside the model: its inputs and
     outputs stay in physical units. ``select_every`` > 0 keeps, at the end of stage 1, its
-    checkpoint with the lowest in-sample ROM error at the training parameters among every
-    ``select_every``-th iteration and the last (:class:`mlasdi.train.InSampleSelector`; 0: the
-    last iteration, as in the paper).
+    checkpoint with the lowest held-out max error (training parameters held out of a GP refit,
+    :class:`mlasdi.rom.Stage1Selector`) among every ``select_every``-th iteration and the last;
+    the grid does not depend on the budget (0: the last iteration, as in the paper).
     """
 
     iters: int = 10_000
@@ -145,7 +145,8 @@ class Recipe:
     """How every stage is trained, apart from its iterations and learning rate (see
     :class:`Stage1Config`). ``RECIPES["paper"]`` is the paper's (the config defaults),
     ``RECIPES["fast"]`` the one measured in benchmarks/time_to_accuracy.py. Both keep the
-    constant learning rate, so a run evaluated at several budgets equals the shorter runs.
+    constant learning rate, and the fast recipe's stage-1 checkpoint selection uses a grid that
+    does not depend on the budget, so a run evaluated at several budgets equals the shorter runs.
     """
 
     output_layer: str = "adam"

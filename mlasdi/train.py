@@ -22,14 +22,7 @@ from torch.optim.adam import adam
 
 from mlasdi import cuda_graphs
 from mlasdi.config import ResidualStageConfig, Stage1Config
-from mlasdi.dynamics import (
-    fit_affine,
-    integrate_expm,
-    latent_penalty_gradient,
-    split_coefficients,
-    time_derivative,
-)
-from mlasdi.metrics import max_relative_error
+from mlasdi.dynamics import latent_penalty_gradient
 from mlasdi.nn import Autoencoder, ResidualDecoder, activation_backward
 
 COSINE_FLOOR = 1e-2  # a cosine schedule ends at this fraction of the initial learning rate
@@ -544,39 +537,15 @@ def _seeded_module(
     return module.to(dtype=dtype, device=device)
 
 
-class InSampleSelector(BestCheckpoint):
-    """Scores a stage-1 autoencoder by its ROM's in-sample error: the mean over the training
-    parameters of r(mu) (:mod:`mlasdi.metrics`) for the prediction that integrates the latent
-    dynamics fitted to the encoded training trajectories (as :func:`mlasdi.rom.stage1_rom` fits
-    them; the GP reproduces them at the training points) exactly (matrix exponential) from
-    z0 = enc(u0) and decodes them. Training data only: no test or held-out parameter is read.
-
-    The training loss can fall while this error rises: the loss fits the latent derivatives,
-    while the ROM integrates them over the whole time span, where small errors compound.
-    """
-
-    def __init__(self, U: torch.Tensor, dt: float, fd_scheme: str, every: int) -> None:
-        super().__init__(every)
-        self.U, self.dt, self.fd_scheme = U, float(dt), fd_scheme
-        self.times = self.dt * torch.arange(U.shape[1], dtype=torch.float64, device=U.device)
-
-    @torch.no_grad()
-    def error(self, model: nn.Module) -> float:
-        Z = model.encode(self.U).to(torch.float64)  # type: ignore[operator]
-        A, b = split_coefficients(fit_affine(Z, time_derivative(Z, self.dt, self.fd_scheme)))
-        prediction = model.decode(integrate_expm(A, b, Z[:, 0], self.times).to(self.U.dtype))  # type: ignore[operator]
-        err = float(max_relative_error(self.U, prediction).mean())
-        return err if math.isfinite(err) else math.inf
-
-
 class Stage1Trainer(FullBatchTrainer):
     """GPLaSDI stage 1: autoencoder and linear latent dynamics trained jointly.
 
     ``U`` [n_train, n_t, n_state] on the training device; ``dt`` the snapshot spacing.
     loss = MSE(U, dec(enc(U))) + beta1 mean_i MSE(dz_i/dt, [1, z_i] Xi_i) + beta2 mean_i ||Xi_i||_F
 
-    With ``config.select_every`` > 0 the model stage 1 keeps (:meth:`selected`) is its checkpoint
-    with the lowest in-sample ROM error (:class:`InSampleSelector`) among every
+    With ``config.select_every`` > 0 the model stage 1 keeps (:meth:`selected`) is its best
+    checkpoint by :attr:`selector` (:class:`mlasdi.rom.Stage1Selector`, attached by
+    :func:`mlasdi.rom.stage1_trainer`, which knows the training parameters) among every
     ``select_every``-th iteration and the current one; training itself goes on unchanged.
     """
 
@@ -607,8 +576,6 @@ class Stage1Trainer(FullBatchTrainer):
             torch.tensor(beta, dtype=U.dtype, device=U.device)
             for beta in (config.beta1, config.beta2)
         ]
-        if config.select_every:
-            self.selector = InSampleSelector(U, dt, config.fd_scheme, config.select_every)
 
     def selected(self) -> tuple[int, Autoencoder]:
         """(iteration, autoencoder) that stage 1 keeps at the current iteration: the live model,
@@ -617,6 +584,11 @@ class Stage1Trainer(FullBatchTrainer):
         current iteration keeps."""
         model: Autoencoder = self.model  # type: ignore[assignment]
         if self.selector is None:
+            if self.config.select_every:
+                raise ValueError(
+                    "stage1.select_every needs a checkpoint selector: build the trainer with "
+                    "mlasdi.rom.stage1_trainer"
+                )
             return self.iteration, model
         stop, _, state = self.selector.best_at(self.iteration, model)
         if stop != self.iteration:

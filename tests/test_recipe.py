@@ -2,7 +2,6 @@
 left exactly as it was."""
 
 import copy
-import dataclasses
 import math
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from mlasdi.acceptance import choose_stop
 from mlasdi.config import (
     RECIPES,
+    AutoencoderConfig,
     ConfigError,
     GPConfig,
     ResidualStageConfig,
@@ -20,7 +20,16 @@ from mlasdi.config import (
     from_dict,
 )
 from mlasdi.metrics import max_relative_error
-from mlasdi.rom import MultiStageROM, evaluate, fit_rom, stage1_rom
+from mlasdi.problems import oscillator
+from mlasdi.rom import (
+    HeldOut,
+    MultiStageROM,
+    evaluate,
+    fit_rom,
+    held_out_rom,
+    stage1_rom,
+    stage1_trainer,
+)
 from mlasdi.train import (
     LSTSQ_RIDGE,
     OutputLayerMSE,
@@ -298,74 +307,99 @@ def test_fast_recipe_study_trial_equals_direct_fits_at_every_budget():
         np.testing.assert_allclose(got["param_err"], direct, rtol=1e-6, atol=0)
 
 
-def _in_sample_error(model, train, U):
-    # The ROM's mean r(mu) at the training parameters, the long way round: a one-stage ROM (GP
-    # without restarts) predicting from the first snapshots, errors by numpy.
-    config = ROMConfig(gp=GPConfig(n_restarts=0), dtype="float64")
-    rom = stage1_rom(model, U, train.params, train.times, config)
-    prediction = rom.predict(train.params, U[:, 0]).numpy()
-    return float(max_relative_error(U.numpy(), prediction).mean())
+FIVE_AMPLITUDES = (1.0, 1.1, 1.2, 1.3, 1.4)
 
 
-def test_stage1_keeps_the_checkpoint_with_the_lowest_in_sample_rom_error(tiny_train):
-    # float64, lr 1e-2, seed 0, select_every 5, budget 39 (not on the grid): the kept model is
-    # the argmin, over the multiples of 5 and 39 itself (earliest on ties), of the in-sample ROM
-    # errors computed independently (GP-interpolated coefficients, numpy errors; the selector's
-    # score matches them to 1e-6); this run's errors are not monotone, and it keeps iteration
-    # 35 (the first assertion guards the fixture). Training is the same as without selection.
-    U = torch.as_tensor(tiny_train.flat_snapshots(), dtype=torch.float64)
-    config = Stage1Config(iters=39, lr=1e-2, output_layer="lstsq", standardize=True, select_every=5)
-    trainer = Stage1Trainer.create(U, tiny_train.dt, (16,), 3, "softplus", config, 0)
+@pytest.fixture(scope="module")
+def five():
+    """(train set on 5 amplitudes x 33 x 64, float64 U, a config factory): hidden (16,), latent
+    3, the fast recipe's options with lr 1e-2 and a selection grid of 5, GP without restarts."""
+    train = oscillator.snapshot_set(FIVE_AMPLITUDES, n_x=64, n_t=33)
+    U = torch.as_tensor(train.flat_snapshots(), dtype=torch.float64)
+
+    def config(iters):
+        return ROMConfig(
+            autoencoder=AutoencoderConfig(hidden=(16,), latent_dim=3),
+            stage1=Stage1Config(
+                iters=iters, lr=1e-2, output_layer="lstsq", standardize=True, select_every=5
+            ),
+            gp=GPConfig(n_restarts=0),
+            dtype="float64",
+            seed=0,
+        )
+
+    return train, U, config
+
+
+def _held_out_max(model, train, U, config):
+    # Max over the held-out training parameters of r(mu), the long way round: the one-stage ROM
+    # of every training point with its GP refitted on the fit split (mlasdi.rom.held_out_rom,
+    # tested against an independent GP in tests/test_acceptance.py), numpy errors.
+    held_out = HeldOut.split(U, train.params)
+    rom = held_out_rom(stage1_rom(model, U, train.params, train.times, config), held_out)
+    prediction = rom.predict(held_out.params_val, held_out.U_val[:, 0]).numpy()
+    return float(max_relative_error(held_out.U_val.numpy(), prediction).max())
+
+
+def test_stage1_keeps_the_checkpoint_with_the_lowest_held_out_error(five):
+    # Budget 39 (not on the grid of 5): the kept model is the argmin, over the multiples of 5
+    # and 39 itself (earliest on ties), of the held-out max errors computed independently (the
+    # selector's scores match them to 1e-9); this run's errors are not monotone, and it keeps
+    # iteration 25 (the first assertion guards the fixture). Training is the same as without
+    # selection, and a trainer built without the selector refuses to choose.
+    train, U, config_of = five
+    config = config_of(39)
+    trainer = stage1_trainer(U, train.params, train.times, config)
     seen, states = {}, {}
 
     def record(report):
         model = copy.deepcopy(report.model)
-        seen[report.iteration] = _in_sample_error(model, tiny_train, U)
+        seen[report.iteration] = _held_out_max(model, train, U, config)
         states[report.iteration] = model.state_dict()
-        assert trainer.selector.error(report.model) == pytest.approx(
-            seen[report.iteration], rel=1e-6
-        )
+        score = trainer.selector.error(report.model)
+        assert score == pytest.approx(seen[report.iteration], rel=1e-9)
 
     trainer.train(39, checkpoints=list(range(5, 39, 5)), callback=record)
-    seen[39] = _in_sample_error(trainer.model, tiny_train, U)
-    states[39] = copy.deepcopy(trainer.model.state_dict())
+    seen[39] = _held_out_max(trainer.model, train, U, config)
     want, _ = choose_stop(list(seen), list(seen.values()), 39, 5)
-    assert want == 35 and seen[25] > seen[20]
+    assert want == 25 and seen[30] > seen[25] and seen[39] > seen[25]
     kept, model = trainer.selected()
     assert kept == want
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, states[want][name], rtol=0, atol=0, msg=name)
-    assert _in_sample_error(model, tiny_train, U) == min(seen.values())
-    # The selection only reads the run: the same run without it ends at the same weights.
-    plain = Stage1Trainer.create(
-        U, tiny_train.dt, (16,), 3, "softplus", dataclasses.replace(config, select_every=0), 0
-    )
+    # The selection only reads the run: without it, the run ends at the same weights.
+    plain = stage1_trainer(U, train.params, train.times, config_of(39))
+    plain.selector = None
     plain.train(39, checkpoints=list(range(5, 39, 5)), callback=lambda report: None)
     for a, b in zip(plain.model.parameters(), trainer.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="select_every needs a checkpoint selector"):
+        plain.selected()
 
 
-def test_stage1_selection_is_budget_consistent_and_resumes_exactly(tiny_train):
-    # A run to 27 keeps what a run trained only to 27 keeps; continued to 39 (stopping at 27 on
-    # the way, and resumed from a saved state) it keeps what a straight run to 39 keeps.
-    U = torch.as_tensor(tiny_train.flat_snapshots(), dtype=torch.float64)
-    config = Stage1Config(iters=39, lr=1e-2, output_layer="lstsq", standardize=True, select_every=5)
+def test_stage1_selection_is_budget_consistent_and_resumes_exactly(five):
+    # A run to 22 keeps what a run trained only to 22 keeps (22 itself here, below every grid
+    # checkpoint before it); continued to 39 (stopping at 22 on the way), and resumed from
+    # its saved state, it keeps what a straight run to 39 keeps (25). fit_rom keeps the same.
+    train, U, config_of = five
 
     def trainer():
-        return Stage1Trainer.create(U, tiny_train.dt, (16,), 3, "softplus", config, 0)
+        return stage1_trainer(U, train.params, train.times, config_of(39))
 
     straight, short = trainer(), trainer()
     straight.train(39)
-    short.train(27)
-    kept_short = short.selected()[0]
-    reference = trainer()
-    reference.train(27)
-    assert reference.selected()[0] == kept_short == 20
+    short.train(22)
+    assert short.selected()[0] == 22
     resumed = trainer()
     resumed.load_state_dict(short.state_dict())
+    want, expected = straight.selected()
+    assert want == 25
     for run in (short, resumed):
         run.train(39)
-        (kept, model), (want, expected) = run.selected(), straight.selected()
-        assert kept == want == 35
+        kept, model = run.selected()
+        assert kept == want
         for a, b in zip(model.parameters(), expected.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+    rom = fit_rom(train, config_of(39), device="cpu").rom
+    for a, b in zip(rom.autoencoder.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
