@@ -24,8 +24,15 @@ import time
 import torch
 
 from mlasdi.acceptance import HeldOut, train_accepted_stage
-from mlasdi.rom import evaluate, freeze, residual_stage_data, residual_stage_seed, stage1_rom
-from mlasdi.train import ResidualTrainer, Stage1Trainer
+from mlasdi.rom import (
+    evaluate,
+    freeze,
+    residual_stage_data,
+    residual_stage_seed,
+    stage1_rom,
+    stage1_trainer,
+)
+from mlasdi.train import ResidualTrainer
 from studies.spec import load_spec
 from studies.trial import load_study_data
 
@@ -77,17 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                 residual_hidden=hidden[::-1],
             )
             t0 = time.perf_counter()
-            trainer = Stage1Trainer.create(
-                U,
-                float(data.times[1] - data.times[0]),
-                hidden,
-                latent,
-                config.autoencoder.activation,
-                config.stage1,
-                seed,
-            )
+            trainer = stage1_trainer(U, data.params_train, data.times, config)
             trainer.train(args.iters)
-            rom1 = stage1_rom(trainer.model, U, data.params_train, data.times, config)  # type: ignore[arg-type]
+            rom1 = stage1_rom(trainer.selected()[1], U, data.params_train, data.times, config)
             rom, decisions = rom1, []
             for k, stage in enumerate(config.residual_stages, start=2):
                 seed_k = residual_stage_seed(seed, k)

@@ -39,9 +39,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -50,16 +48,18 @@ from mlasdi.data import SnapshotSet
 from mlasdi.metrics import max_relative_error
 from mlasdi.rom import (
     FitResult,
+    HeldOut,
     MultiStageROM,
     freeze,
+    held_out_rom,
     residual_stage_data,
     residual_stage_seed,
     resolve_device,
     stage1_rom,
+    stage1_trainer,
     torch_dtype,
 )
-from mlasdi.train import CheckpointReport, ResidualTrainer, Stage1Trainer
-from mlasdi.validation import validation_split
+from mlasdi.train import BestCheckpoint, ResidualTrainer
 
 
 def choose_stop(
@@ -111,23 +111,14 @@ class StageDecision:
         return rom.with_stage(freeze(stage), scale)  # type: ignore[arg-type]
 
 
-def held_out_rom(rom: MultiStageROM, held_out: HeldOut) -> MultiStageROM:
-    """``rom`` (sharing its networks) with the GP of its dynamics coefficients refitted on the
-    fit split only, the coefficients fitted as in :func:`mlasdi.rom.stage1_rom`: its latent
-    trajectories at the held-out parameters are interpolated, as at unseen parameters."""
-    refit = stage1_rom(rom.autoencoder, held_out.U_fit, held_out.params_fit, rom.times, rom.config)
-    return dataclasses.replace(rom, gp=refit.gp)
-
-
-class StageSelector:
+class StageSelector(BestCheckpoint):
     """Held-out max error of one residual stage at the checkpoints of its training.
 
     ``base`` [n_val, n_t, n_state]: the prediction without the stage at the held-out parameters;
     ``Z`` [n_val, n_t, r]: their latent trajectories; ``truth`` the held-out snapshots;
     ``scale``: the stage's e_{k-1}. The model with the stage predicts ``base + scale * dec(Z)``.
-    Pass :meth:`checkpoints` and :meth:`observe` to ``trainer.train``; :meth:`decide` at a budget.
-    Only the best checkpoint so far is kept (one decoder state), so memory does not grow with the
-    number of checkpoints.
+    Pass :meth:`checkpoints` and :meth:`observe` to ``trainer.train``; :meth:`decide` at a budget
+    (the best checkpoint as in :class:`~mlasdi.train.BestCheckpoint`).
     """
 
     def __init__(
@@ -138,12 +129,10 @@ class StageSelector:
         scale: float,
         every: int,
     ) -> None:
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        super().__init__(every)
         self.Z, self.truth, self.base = Z, truth, base
-        self.scale, self.every = float(scale), int(every)
+        self.scale = float(scale)
         self.err_without = self._max_error(base)
-        self.best: tuple[int, float, dict[str, torch.Tensor]] | None = None
 
     @classmethod
     def for_rom(
@@ -160,69 +149,20 @@ class StageSelector:
         return float(max_relative_error(self.truth, prediction).max())
 
     @torch.no_grad()
-    def error(self, decoder: nn.Module) -> float:
-        """Held-out max error of the model with ``decoder`` as this stage."""
-        was_training = decoder.training
-        decoder.eval()
+    def error(self, model: nn.Module) -> float:
+        """Held-out max error of the model with ``model`` (a residual decoder) as this stage."""
+        was_training = model.training
+        model.eval()
         try:
-            return self._max_error(self.base + self.scale * decoder(self.Z))
+            return self._max_error(self.base + self.scale * model(self.Z))
         finally:
-            decoder.train(was_training)
-
-    def checkpoints(self, start: int, until: int) -> list[int]:
-        """The grid iterations in (``start``, ``until``]."""
-        first = (start // self.every + 1) * self.every
-        return list(range(first, until + 1, self.every))
-
-    def observe(self, report: CheckpointReport) -> None:
-        """Trainer callback at a grid iteration: remember the checkpoint if it is the best."""
-        err = self.error(report.model)
-        if self.best is None or err < self.best[1]:
-            self.best = (report.iteration, err, copy.deepcopy(report.model.state_dict()))
+            model.train(was_training)
 
     def decide(self, iteration: int, decoder: nn.Module) -> StageDecision:
         """The decision for the budget ``iteration``, the live ``decoder`` standing there (every
         grid checkpoint up to it has been observed)."""
-        candidates = [] if self.best is None else [self.best]
-        if self.best is None or self.best[0] != iteration:
-            candidates.append((iteration, self.error(decoder), None))
-        stop, err, state = min(candidates, key=lambda c: (c[1], c[0]))
-        if state is None:
-            state = copy.deepcopy(decoder.state_dict())
+        stop, err, state = self.best_at(iteration, decoder)
         return StageDecision(err < self.err_without, stop, err, self.err_without, state)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The best checkpoint so far (to resume a trial exactly); a snapshot."""
-        if self.best is None:
-            return {}
-        iteration, err, state = self.best
-        return {"iteration": iteration, "err": err, "model": copy.deepcopy(state)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = (
-            None
-            if not state
-            else (int(state["iteration"]), float(state["err"]), copy.deepcopy(state["model"]))
-        )
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """The split of the training parameters: ``U_fit`` [n_fit, n_t, n_state] and ``params_fit``
-    train the residual stages, ``U_val`` and ``params_val`` judge them."""
-
-    U_fit: torch.Tensor
-    params_fit: np.ndarray
-    U_val: torch.Tensor
-    params_val: np.ndarray
-
-    @classmethod
-    def split(
-        cls, U: torch.Tensor, params: np.ndarray, *, fraction: float = 0.2, seed: int = 0
-    ) -> HeldOut:
-        """:func:`~mlasdi.validation.validation_split` of training snapshots ``U`` at ``params``."""
-        fit, val = validation_split(params, fraction=fraction, seed=seed)
-        return cls(U[fit], params[fit], U[val], params[val])
 
 
 def train_accepted_stage(
@@ -264,13 +204,10 @@ def fit_accepted_rom(
     device = resolve_device(device)
     U = torch.as_tensor(train.flat_snapshots(), dtype=torch_dtype(config.dtype)).to(device)
     held_out = HeldOut.split(U, train.params, fraction=val_fraction, seed=split_seed)
-    ae = config.autoencoder
-    trainer = Stage1Trainer.create(
-        U, train.dt, ae.hidden, ae.latent_dim, ae.activation, config.stage1, config.seed
-    )
+    trainer = stage1_trainer(U, train.params, train.times, config)
     trainer.train(config.stage1.iters)
     start = time.perf_counter()
-    rom = stage1_rom(trainer.model, U, train.params, train.times, config)  # type: ignore[arg-type]
+    rom = stage1_rom(trainer.selected()[1], U, train.params, train.times, config)
     times = [trainer.elapsed_s + time.perf_counter() - start]
     histories, decisions = [trainer.history], []
     for k, stage in enumerate(config.residual_stages, start=2):

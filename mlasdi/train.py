@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,8 +29,9 @@ COSINE_FLOOR = 1e-2  # a cosine schedule ends at this fraction of the initial le
 # Version of FullBatchTrainer.state_dict. The optimiser's moments are flat vectors in the order of
 # flatten_parameters, so a state saved with another layout would load without error into the
 # wrong parameters. 1: torch.optim.Adam, parameters in module order; 2: FlatAdam, output layer
-# as a [W, b] block; 3: the autoencoder's standardisation buffers in the model state.
-TRAINER_STATE_FORMAT = 3
+# as a [W, b] block; 3: the autoencoder's standardisation buffers in the model state; 4: the
+# best checkpoint of a stage 1 that selects one (``selector``).
+TRAINER_STATE_FORMAT = 4
 # Ridge of the exact output-layer solve, relative to the mean diagonal of the features' Gram
 # matrix: far below float32 resolution, it only keeps the solve defined for collinear features.
 LSTSQ_RIDGE = 1e-10
@@ -50,6 +52,66 @@ class CheckpointReport:
 
 
 Callback = Callable[[CheckpointReport], None]
+
+
+class BestCheckpoint:
+    """The checkpoint of a training run with the lowest :meth:`error`, among the multiples of
+    ``every`` and the iteration a model is asked for (earliest on ties).
+
+    The grid does not depend on the budget, so the model chosen at a budget is the one a run
+    trained only to that budget chooses. Pass :meth:`checkpoints` and :meth:`observe` to
+    ``trainer.train``, then :meth:`best_at` with the live model. Only the best grid checkpoint is
+    kept (one state dict), so memory does not grow with the number of checkpoints. Subclasses
+    define :meth:`error`.
+    """
+
+    def __init__(self, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = int(every)
+        self.best: tuple[int, float, dict[str, torch.Tensor]] | None = None
+
+    def error(self, model: nn.Module) -> float:
+        """The score of ``model`` (lower is better)."""
+        raise NotImplementedError
+
+    def checkpoints(self, start: int, until: int) -> list[int]:
+        """The grid iterations in (``start``, ``until``]."""
+        first = (start // self.every + 1) * self.every
+        return list(range(first, until + 1, self.every))
+
+    def observe(self, report: CheckpointReport) -> None:
+        """Trainer callback at a grid iteration: remember the checkpoint if it is the best."""
+        err = self.error(report.model)
+        if self.best is None or err < self.best[1]:
+            self.best = (report.iteration, err, copy.deepcopy(report.model.state_dict()))
+
+    def best_at(
+        self, iteration: int, model: nn.Module
+    ) -> tuple[int, float, dict[str, torch.Tensor]]:
+        """(iteration, error, state dict) of the best checkpoint for the budget ``iteration``,
+        the live ``model`` standing there (every grid checkpoint up to it has been observed)."""
+        candidates = [] if self.best is None else [self.best]
+        if self.best is None or self.best[0] != iteration:
+            candidates.append((iteration, self.error(model), None))
+        stop, err, state = min(candidates, key=lambda c: (c[1], c[0]))
+        if state is None:
+            state = copy.deepcopy(model.state_dict())
+        return stop, err, state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best checkpoint so far (to resume exactly); a snapshot."""
+        if self.best is None:
+            return {}
+        iteration, err, state = self.best
+        return {"iteration": iteration, "err": err, "model": copy.deepcopy(state)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = (
+            None
+            if not state
+            else (int(state["iteration"]), float(state["err"]), copy.deepcopy(state["model"]))
+        )
 
 
 def check_checkpoints(checkpoints: Sequence[int], start: int, until: int) -> list[int]:
@@ -321,6 +383,8 @@ class FullBatchTrainer:
         self.iteration = 0
         self.elapsed_s = 0.0
         self._history: list[torch.Tensor] = []
+        # Scores the checkpoints on its grid as training passes them (None: no selection).
+        self.selector: BestCheckpoint | None = None
         # The step as a CUDA graph, once captured (mlasdi.cuda_graphs: off unless switched on).
         self.captured: cuda_graphs.CapturedStep | None = None
 
@@ -357,11 +421,13 @@ class FullBatchTrainer:
         callback: Callback | None = None,
         divergence_check_every: int = 1000,
     ) -> None:
-        """Train up to iteration ``until``, calling ``callback`` at each checkpoint."""
+        """Train up to iteration ``until``, calling ``callback`` at each checkpoint (and the
+        :attr:`selector`, if any, at each of its grid iterations, before the callback)."""
         if until < self.iteration:
             raise ValueError(f"cannot train back to iteration {until} from {self.iteration}")
         points = check_checkpoints(checkpoints, self.iteration, until)
-        stops = sorted(set(points) | {until})
+        grid = [] if self.selector is None else self.selector.checkpoints(self.iteration, until)
+        stops = sorted(set(points) | set(grid) | {until})
         self.model.train()
         if cuda_graphs.should_capture(self):
             cuda_graphs.capture(self)
@@ -377,16 +443,19 @@ class FullBatchTrainer:
                 self._history.append(torch.stack(block))
                 self._check_finite(block[-1])
                 self.solve_output_layer()
+            if self.selector is not None and stop in grid:
+                self.selector.observe(self._report())
             self.elapsed_s += time.perf_counter() - start_time
             if stop in points and callback is not None:
-                callback(
-                    CheckpointReport(
-                        iteration=self.iteration,
-                        loss=self.last_loss(),
-                        elapsed_s=self.elapsed_s,
-                        model=self.model,
-                    )
-                )
+                callback(self._report())
+
+    def _report(self) -> CheckpointReport:
+        return CheckpointReport(
+            iteration=self.iteration,
+            loss=self.last_loss(),
+            elapsed_s=self.elapsed_s,
+            model=self.model,
+        )
 
     def solve_output_layer(self) -> None:
         """With ``output_layer = "lstsq"``: refit the output layer to the current features, so a
@@ -427,6 +496,7 @@ class FullBatchTrainer:
                 "optimizer": self.optimizer.state_dict(),
                 "iteration": self.iteration,
                 "elapsed_s": self.elapsed_s,
+                "selector": {} if self.selector is None else self.selector.state_dict(),
             }
         )
 
@@ -443,6 +513,8 @@ class FullBatchTrainer:
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         self.iteration = int(state["iteration"])  # type: ignore[arg-type]
         self.elapsed_s = float(state["elapsed_s"])  # type: ignore[arg-type]
+        if self.selector is not None:
+            self.selector.load_state_dict(state["selector"])  # type: ignore[arg-type]
 
 
 def standardization(U: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -470,6 +542,11 @@ class Stage1Trainer(FullBatchTrainer):
 
     ``U`` [n_train, n_t, n_state] on the training device; ``dt`` the snapshot spacing.
     loss = MSE(U, dec(enc(U))) + beta1 mean_i MSE(dz_i/dt, [1, z_i] Xi_i) + beta2 mean_i ||Xi_i||_F
+
+    With ``config.select_every`` > 0 the model stage 1 keeps (:meth:`selected`) is its best
+    checkpoint by :attr:`selector` (:class:`mlasdi.rom.Stage1Selector`, attached by
+    :func:`mlasdi.rom.stage1_trainer`, which knows the training parameters) among every
+    ``select_every``-th iteration and the current one; training itself goes on unchanged.
     """
 
     term_names = ("loss", "reconstruction", "dynamics", "coefficients")
@@ -499,6 +576,25 @@ class Stage1Trainer(FullBatchTrainer):
             torch.tensor(beta, dtype=U.dtype, device=U.device)
             for beta in (config.beta1, config.beta2)
         ]
+
+    def selected(self) -> tuple[int, Autoencoder]:
+        """(iteration, autoencoder) that stage 1 keeps at the current iteration: the live model,
+        or with ``select_every`` its best checkpoint so far (a copy, unless it is the live one).
+        The grid does not depend on the budget, so this is what a run trained only to the
+        current iteration keeps."""
+        model: Autoencoder = self.model  # type: ignore[assignment]
+        if self.selector is None:
+            if self.config.select_every:
+                raise ValueError(
+                    "stage1.select_every needs a checkpoint selector: build the trainer with "
+                    "mlasdi.rom.stage1_trainer"
+                )
+            return self.iteration, model
+        stop, _, state = self.selector.best_at(self.iteration, model)
+        if stop != self.iteration:
+            model = copy.deepcopy(model)
+            model.load_state_dict(state)
+        return stop, model
 
     @classmethod
     def create(

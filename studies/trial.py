@@ -60,6 +60,7 @@ from mlasdi.rom import (
     residual_stage_seed,
     resolve_device,
     stage1_rom,
+    stage1_trainer,
     torch_dtype,
 )
 from mlasdi.runtime import provenance
@@ -68,7 +69,6 @@ from mlasdi.train import (
     DivergenceError,
     FullBatchTrainer,
     ResidualTrainer,
-    Stage1Trainer,
 )
 from studies.plan import Run, Trial
 from studies.spec import StudySpec, hidden_label
@@ -393,15 +393,7 @@ class TrialRunner:
         t, data = self.trial, self.data
         U = _shared_tensor(data.U_train, self.device, self.dtype)
         stage1, *branches = t.schedule(pending)
-        trainer = Stage1Trainer.create(
-            U,
-            float(data.times[1] - data.times[0]),
-            t.hidden,
-            t.latent_dim,
-            self.spec.training.activation,
-            self.rom_config((stage1.until,)).stage1,
-            t.seed,
-        )
+        trainer = stage1_trainer(U, data.params_train, data.times, self.rom_config((stage1.until,)))
         saved = self._usable_state(pending)
         if () in saved:
             trainer.load_state_dict(saved[()]["trainer"])
@@ -409,7 +401,7 @@ class TrialRunner:
 
         def build() -> tuple[MultiStageROM, list[StageDecision]]:
             config = self.rom_config((trainer.iteration,))
-            rom = stage1_rom(trainer.model, U, data.params_train, data.times, config)  # type: ignore[arg-type]
+            rom = stage1_rom(trainer.selected()[1], U, data.params_train, data.times, config)
             return rom, []
 
         held_out = None

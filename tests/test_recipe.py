@@ -1,14 +1,35 @@
 """The fast training recipe's pieces against independent computations, and the paper's recipe
 left exactly as it was."""
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from mlasdi.config import ConfigError, ResidualStageConfig, ROMConfig, Stage1Config, from_dict
-from mlasdi.rom import MultiStageROM, evaluate, fit_rom
+from mlasdi.acceptance import choose_stop
+from mlasdi.config import (
+    RECIPES,
+    AutoencoderConfig,
+    ConfigError,
+    GPConfig,
+    ResidualStageConfig,
+    ROMConfig,
+    Stage1Config,
+    from_dict,
+)
+from mlasdi.metrics import max_relative_error
+from mlasdi.problems import oscillator
+from mlasdi.rom import (
+    HeldOut,
+    MultiStageROM,
+    evaluate,
+    fit_rom,
+    held_out_rom,
+    stage1_rom,
+    stage1_trainer,
+)
 from mlasdi.train import (
     LSTSQ_RIDGE,
     OutputLayerMSE,
@@ -197,6 +218,7 @@ def test_paper_recipe_is_unchanged(tiny_train):
         lr_schedule="constant",
         output_layer="adam",
         standardize=False,
+        select_every=0,
     )
     runs = []
     for config in (Stage1Config(iters=40), explicit):
@@ -205,6 +227,7 @@ def test_paper_recipe_is_unchanged(tiny_train):
         runs.append(trainer)
     for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert runs[0].selector is None and runs[0].selected() == (40, runs[0].model)
     assert float(runs[0].model.scale) == 1.0 and not runs[0].model.shift.any()
     np.testing.assert_allclose(runs[0].history[-1].numpy(), PAPER_LOSSES_AT_40, rtol=1e-12)
 
@@ -223,6 +246,8 @@ PAPER_LOSSES_AT_40 = [
     [
         ({"output_layer": "svd"}, "output_layer must be one of"),
         ({"standardize": 1}, "standardize must be of type bool"),
+        ({"select_every": -1}, "select_every must be an integer >= 0"),
+        ({"select_every": True}, "select_every must be of type int"),
     ],
 )
 def test_recipe_options_are_validated(values, match):
@@ -242,11 +267,17 @@ def test_fast_recipe_study_trial_equals_direct_fits_at_every_budget():
     from studies.spec import spec_from_dict
     from studies.trial import TrialRunner, load_study_data
 
+    # Stage-1 budgets 250 and 300 around the recipe's selection grid of 100: each model keeps
+    # the stage-1 checkpoint a run to its own budget keeps.
     raw = {
         "name": "t",
         "data": {"problem": "oscillator", "nx": 40, "n_t": 21, "grid": [3]},
-        "mlasdi": {"hidden": [[8]], "latent_dims": [2], "budgets": [[10, 10], [10, 20], [20, 10]]},
-        "training": {"recipe": "fast", "lr": 3e-3, "gp": {"n_restarts": 0}},
+        "mlasdi": {
+            "hidden": [[8]],
+            "latent_dims": [2],
+            "budgets": [[250, 10], [250, 20], [300, 10]],
+        },
+        "training": {"recipe": "fast", "lr": 1e-2, "gp": {"n_restarts": 0}},
     }
     spec = spec_from_dict(raw)
     data = load_study_data(spec)
@@ -268,7 +299,107 @@ def test_fast_recipe_study_trial_equals_direct_fits_at_every_budget():
         )
         recorded = json.loads(got["row"]["config_json"])
         assert recorded["stage1"]["output_layer"] == "lstsq" and recorded["stage1"]["standardize"]
+        assert recorded["stage1"]["select_every"] == RECIPES["fast"].select_every == 100
+        assert "select_every" not in recorded["residual_stages"][0]
         assert recorded["residual_stages"][0]["output_layer"] == "lstsq"
         rom = fit_rom(train, config, device="cpu").rom
         direct = evaluate(rom, data.params_test, data.truth_test)[-1].max(-1)
         np.testing.assert_allclose(got["param_err"], direct, rtol=1e-6, atol=0)
+
+
+FIVE_AMPLITUDES = (1.0, 1.1, 1.2, 1.3, 1.4)
+
+
+@pytest.fixture(scope="module")
+def five():
+    """(train set on 5 amplitudes x 33 x 64, float64 U, a config factory): hidden (16,), latent
+    3, the fast recipe's options with lr 1e-2 and a selection grid of 5, GP without restarts."""
+    train = oscillator.snapshot_set(FIVE_AMPLITUDES, n_x=64, n_t=33)
+    U = torch.as_tensor(train.flat_snapshots(), dtype=torch.float64)
+
+    def config(iters):
+        return ROMConfig(
+            autoencoder=AutoencoderConfig(hidden=(16,), latent_dim=3),
+            stage1=Stage1Config(
+                iters=iters, lr=1e-2, output_layer="lstsq", standardize=True, select_every=5
+            ),
+            gp=GPConfig(n_restarts=0),
+            dtype="float64",
+            seed=0,
+        )
+
+    return train, U, config
+
+
+def _held_out_max(model, train, U, config):
+    # Max over the held-out training parameters of r(mu), the long way round: the one-stage ROM
+    # of every training point with its GP refitted on the fit split (mlasdi.rom.held_out_rom,
+    # tested against an independent GP in tests/test_acceptance.py), numpy errors.
+    held_out = HeldOut.split(U, train.params)
+    rom = held_out_rom(stage1_rom(model, U, train.params, train.times, config), held_out)
+    prediction = rom.predict(held_out.params_val, held_out.U_val[:, 0]).numpy()
+    return float(max_relative_error(held_out.U_val.numpy(), prediction).max())
+
+
+def test_stage1_keeps_the_checkpoint_with_the_lowest_held_out_error(five):
+    # Budget 39 (not on the grid of 5): the kept model is the argmin, over the multiples of 5
+    # and 39 itself (earliest on ties), of the held-out max errors computed independently (the
+    # selector's scores match them to 1e-9); this run's errors are not monotone, and it keeps
+    # iteration 25 (the first assertion guards the fixture). Training is the same as without
+    # selection, and a trainer built without the selector refuses to choose.
+    train, U, config_of = five
+    config = config_of(39)
+    trainer = stage1_trainer(U, train.params, train.times, config)
+    seen, states = {}, {}
+
+    def record(report):
+        model = copy.deepcopy(report.model)
+        seen[report.iteration] = _held_out_max(model, train, U, config)
+        states[report.iteration] = model.state_dict()
+        score = trainer.selector.error(report.model)
+        assert score == pytest.approx(seen[report.iteration], rel=1e-9)
+
+    trainer.train(39, checkpoints=list(range(5, 39, 5)), callback=record)
+    seen[39] = _held_out_max(trainer.model, train, U, config)
+    want, _ = choose_stop(list(seen), list(seen.values()), 39, 5)
+    assert want == 25 and seen[30] > seen[25] and seen[39] > seen[25]
+    kept, model = trainer.selected()
+    assert kept == want
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, states[want][name], rtol=0, atol=0, msg=name)
+    # The selection only reads the run: without it, the run ends at the same weights.
+    plain = stage1_trainer(U, train.params, train.times, config_of(39))
+    plain.selector = None
+    plain.train(39, checkpoints=list(range(5, 39, 5)), callback=lambda report: None)
+    for a, b in zip(plain.model.parameters(), trainer.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="select_every needs a checkpoint selector"):
+        plain.selected()
+
+
+def test_stage1_selection_is_budget_consistent_and_resumes_exactly(five):
+    # A run to 22 keeps what a run trained only to 22 keeps (22 itself here, below every grid
+    # checkpoint before it); continued to 39 (stopping at 22 on the way), and resumed from
+    # its saved state, it keeps what a straight run to 39 keeps (25). fit_rom keeps the same.
+    train, U, config_of = five
+
+    def trainer():
+        return stage1_trainer(U, train.params, train.times, config_of(39))
+
+    straight, short = trainer(), trainer()
+    straight.train(39)
+    short.train(22)
+    assert short.selected()[0] == 22
+    resumed = trainer()
+    resumed.load_state_dict(short.state_dict())
+    want, expected = straight.selected()
+    assert want == 25
+    for run in (short, resumed):
+        run.train(39)
+        kept, model = run.selected()
+        assert kept == want
+        for a, b in zip(model.parameters(), expected.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    rom = fit_rom(train, config_of(39), device="cpu").rom
+    for a, b in zip(rom.autoencoder.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

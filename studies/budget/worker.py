@@ -74,20 +74,17 @@ class TrialWorker:
             residual_stage_data,
             residual_stage_seed,
             stage1_rom,
+            stage1_trainer,
             torch_dtype,
         )
-        from mlasdi.train import ResidualTrainer, Stage1Trainer
+        from mlasdi.train import ResidualTrainer
         from studies.trial import _shared_tensor
 
         d, setup = self.data, self.setup
         config = rom_config(self.spec, setup, cand)
         U = _shared_tensor(d.U_fit, torch.device("cpu"), torch_dtype(config.dtype))
-        dt = float(d.times[1] - d.times[0])
         steps = setup.steps
-        ae = config.autoencoder
-        trainer = Stage1Trainer.create(
-            U, dt, ae.hidden, ae.latent_dim, ae.activation, config.stage1, config.seed
-        )
+        trainer = stage1_trainer(U, d.params_fit, d.times, config)
         overhead = 0.0  # time of ROM assembly counted as training (stage1_rom, residual data)
 
         def report(step: int, rom: Any, train_s: float) -> dict[str, Any]:
@@ -108,7 +105,7 @@ class TrialWorker:
         for step in [s for s in steps if s <= s1] + ([s1] if s1 not in steps else []):
             trainer.train(step)
             start = time.perf_counter()
-            rom = stage1_rom(trainer.model, U, d.params_fit, d.times, config)  # type: ignore[arg-type]
+            rom = stage1_rom(trainer.selected()[1], U, d.params_fit, d.times, config)
             if step == s1:
                 overhead += time.perf_counter() - start
             if step in steps:
