@@ -12,6 +12,8 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from test_studies import _rows
+from test_studies import _run_trial as _run
 
 from analysis.schema import read_results
 from mlasdi.metrics import METHODS, RESULT_COLUMNS
@@ -46,18 +48,6 @@ def _raw(val_budgets=((30, 25), (30, 40)), **val) -> dict:
 def val_data():
     spec = spec_from_dict(_raw())
     return load_study_data(spec)
-
-
-def _run(spec, data, t, finished=frozenset(), state=None):
-    reports = []
-    TrialRunner(
-        t, spec, data, finished, lambda m, s: reports.append((m, copy.deepcopy(s))), state
-    ).run()
-    return reports
-
-
-def _rows(reports):
-    return {m["evaluation_id"]: json.loads(m["payload"]) for m, _ in reports if m["kind"] == "eval"}
 
 
 def test_a_spec_with_all_three_methods_round_trips_and_plans():
