@@ -27,8 +27,6 @@ from pathlib import Path
 from analysis import analyze
 from analysis.labels import budget_label
 
-ERRORS = ("err_max", "err_mean", "err_min")
-
 
 def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> float:
     """Wall seconds of ``mlasdi-study run PRESET --out OUT`` started in ``workdir``."""

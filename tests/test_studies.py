@@ -180,7 +180,10 @@ def test_unsatisfiable_resources_fail_before_ray_starts(tmp_path, capsys):
 def test_unknown_preset_and_bad_toml(tmp_path, capsys):
     assert main(["plan", "no_such_study"]) == 2
     err = capsys.readouterr().err
-    assert "presets: ['burgers1d_cpu', 'burgers1d_gplasdi', 'smoke', 'vlasov_cpu', 'vlasov_paper', 'vlasov_quick'])" in err
+    assert (
+        "presets: ['burgers1d_cpu', 'burgers1d_gplasdi', 'smoke', 'vlasov_cpu', 'vlasov_paper', 'vlasov_quick'])"
+        in err
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text("name = [")
     assert main(["plan", str(bad)]) == 2

@@ -33,6 +33,7 @@ from mlasdi.problems.source import DataSource, index_rows, stride_tuple, trainin
 SMOKE_TIMES = 11
 
 
+# Keyed by modification time and size too, so a file rewritten in place is inspected anew.
 @functools.lru_cache(maxsize=8)
 def _info(path: str, mtime_ns: int, size: int) -> SnapshotFileInfo:
     return inspect_snapshot_file(path)
