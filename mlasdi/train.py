@@ -25,13 +25,16 @@ from mlasdi.config import ResidualStageConfig, Stage1Config
 from mlasdi.dynamics import latent_penalty_gradient
 from mlasdi.nn import Autoencoder, ResidualDecoder, activation_backward
 
+# dtype of the latent least-squares fit and its gradient in stage 1 (see Stage1Trainer.gradients)
+LATENT_FIT_DTYPE = torch.float64
 COSINE_FLOOR = 1e-2  # a cosine schedule ends at this fraction of the initial learning rate
 # Version of FullBatchTrainer.state_dict. The optimiser's moments are flat vectors in the order of
 # flatten_parameters, so a state saved with another layout would load without error into the
 # wrong parameters. 1: torch.optim.Adam, parameters in module order; 2: FlatAdam, output layer
 # as a [W, b] block; 3: the autoencoder's standardisation buffers in the model state; 4: the
-# best checkpoint of a stage 1 that selects one (``selector``).
-TRAINER_STATE_FORMAT = 4
+# best checkpoint of a stage 1 that selects one (``selector``); 5: stage 1's latent fit in
+# float64 (a state saved before would continue with other numbers than it was trained with).
+TRAINER_STATE_FORMAT = 5
 # Ridge of the exact output-layer solve, relative to the mean diagonal of the features' Gram
 # matrix: far below float32 resolution, it only keeps the solve defined for collinear features.
 LSTSQ_RIDGE = 1e-10
@@ -571,9 +574,9 @@ class Stage1Trainer(FullBatchTrainer):
         self.output = OutputLayerMSE(
             model.decoder[-1], self.U_flat, solve=config.output_layer == "lstsq"
         )
-        # beta1 and beta2 as device tensors, made once: the latent gradient's weights.
+        # beta1 and beta2 as float64 device tensors, made once: the latent gradient's weights.
         self.latent_weights = [
-            torch.tensor(beta, dtype=U.dtype, device=U.device)
+            torch.tensor(beta, dtype=LATENT_FIT_DTYPE, device=U.device)
             for beta in (config.beta1, config.beta2)
         ]
 
@@ -621,13 +624,18 @@ class Stage1Trainer(FullBatchTrainer):
         z = self.encoder.forward(self.U_flat)
         reconstruction = self.output.forward(self.decoder.forward(z))
         grad_z = self.decoder.backward(self.output.backward(), input_grad=True)
+        # The latent fit runs in float64 whatever the networks' dtype: early in training the
+        # latent trajectories barely move, the library [1, z] has a condition number of 1e8-1e9,
+        # and a float32 QR then gives inf coefficients and a NaN loss within a few hundred
+        # iterations (GPLaSDI's Burgers example at dt = 0.01). The tensors are [n_train, n_t, r].
         dynamics, coefficients, grad_Z = latent_penalty_gradient(
-            z.view(self.n_train, self.n_t, -1),
+            z.view(self.n_train, self.n_t, -1).to(LATENT_FIT_DTYPE),
             self.dt,
             self.config.fd_scheme,
             *self.latent_weights,
         )
-        self.encoder.backward(grad_z + grad_Z.reshape(z.shape), input_grad=False)
+        self.encoder.backward(grad_z + grad_Z.reshape(z.shape).to(z.dtype), input_grad=False)
+        dynamics, coefficients = dynamics.to(z.dtype), coefficients.to(z.dtype)
         loss = reconstruction + self.config.beta1 * dynamics + self.config.beta2 * coefficients
         return torch.stack([loss, reconstruction, dynamics, coefficients])
 
