@@ -585,12 +585,10 @@ SCAN_BATCH_BYTES = 64 * 2**20
 def iter_snapshot_rows(
     path: str | os.PathLike[str],
     indices: Sequence[int] | np.ndarray,
-    *,
-    batch_bytes: int = SCAN_BATCH_BYTES,
 ) -> Iterator[np.ndarray]:
     """The snapshots [b, n_t, *grid] (the file's dtype, every time) of the parameters at
-    ``indices``, in order, about ``batch_bytes`` at a time: what ``load_snapshot_set(path,
-    indices=indices).snapshots`` holds, without holding it all.
+    ``indices``, in order, about :data:`SCAN_BATCH_BYTES` at a time: what
+    ``load_snapshot_set(path, indices=indices).snapshots`` holds, without holding it all.
 
     The header is checked first and every batch for NaN or Inf, with the messages of
     :func:`load_snapshot_set` (a parameter is named by its position in ``indices``).
@@ -601,7 +599,7 @@ def iter_snapshot_rows(
         idx = _rows(handle, info.params.shape[0], indices)
         dataset = handle["snapshots"]
         row_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
-        step = max(1, batch_bytes // row_bytes)
+        step = max(1, SCAN_BATCH_BYTES // row_bytes)
         for start in range(0, idx.size, step):
             batch = _read_rows(handle, idx[start : start + step], slice(None))
             try:
