@@ -646,8 +646,8 @@ class SnapshotReader:
         if not Path(self.path).is_file():
             raise DataError(
                 f"snapshot file {self.path} does not exist on this node ({socket.gethostname()}); "
-                "a study reading its "
-                "test truth from the file needs it at the same path on every node"
+                "a study reading its test truth from the file needs it at the same path on every "
+                "node"
             )
 
 

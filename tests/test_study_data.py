@@ -19,6 +19,7 @@ from test_data_sources import _file_spec, advection_set
 from test_studies import _rows, _run_trial, _same_rows
 
 from mlasdi import data as data_module
+from mlasdi.cli import main as mlasdi_main
 from mlasdi.config import ConfigError
 from mlasdi.data import DataError, SnapshotReader, load_snapshot_set, save_snapshot_set
 from mlasdi.problems import data_source
@@ -208,7 +209,7 @@ def test_train_time_stride_trains_as_time_stride_and_reports_every_time(monkeypa
     np.testing.assert_allclose(row["param_err"], r, rtol=1e-5, atol=0)
 
 
-def test_train_time_stride_is_checked_planned_and_recorded():
+def test_train_time_stride_is_checked_planned_and_recorded(tmp_path, capsys):
     for value, needle in ((0, "an integer >= 1, got 0"), (1.5, "of type int, got 1.5")):
         with pytest.raises(ConfigError, match=f"^data.train_time_stride must be {needle}$"):
             data_source({"problem": "oscillator", "train_time_stride": value})
@@ -226,6 +227,12 @@ def test_train_time_stride_is_checked_planned_and_recorded():
     assert fine.to_dict()["data"]["train_time_stride"] == 2
     assert spec_from_dict(tomllib.loads(fine.to_toml())) == fine
     assert smoke_spec(fine).data.train_time_stride == 1
+    # mlasdi fit trains on what it tests on: the key is refused there, not ignored
+    fit = ["fit", "--set", "train_time_stride=2", "--out", str(tmp_path / "fit"), "--quiet"]
+    assert mlasdi_main(fit) == 2
+    err = capsys.readouterr().err
+    assert "data.train_time_stride is for studies" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "fit").exists()
     # a latent size needs r + 1 training snapshots, not test ones
     raw = _oscillator(n_t=9, train_time_stride=4)
     raw["gplasdi"]["latent_dims"] = [3]
