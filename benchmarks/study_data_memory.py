@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="the preset's smoke data (CI)")
     parser.add_argument("--file", default="data/burgers1d_1001x1001_21x21.h5")
     parser.add_argument("--lazy-bytes", type=int, default=None, help="LAZY_TRUTH_BYTES override")
-    parser.add_argument("--iters", type=int, default=10, help="stage-1 iterations")
+    parser.add_argument("--iters", type=int, default=300, help="stage-1 iterations")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
