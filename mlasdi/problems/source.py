@@ -76,8 +76,8 @@ class DataSource:
 
     def training_indices(self, data: SnapshotSet) -> np.ndarray:
         """Indices into ``data`` of the training parameters (>= 2). ``data`` is what :meth:`load`
-        returns, or its parameters at their first times only (a study that reads its test set
-        from :attr:`snapshot_file`): only ``data.params`` may be used."""
+        returns, or the same parameters at their first 3 times only (a study that reads its test
+        set from :attr:`snapshot_file`): only ``data.params`` may be used."""
         raise NotImplementedError
 
     # ----- a source whose snapshots are in a file ------------------------------------------------
