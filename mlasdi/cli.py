@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from mlasdi.config import AutoencoderConfig, ResidualStageConfig, ROMConfig, Stage1Config
+from mlasdi.config import (
+    AutoencoderConfig,
+    ConfigError,
+    ResidualStageConfig,
+    ROMConfig,
+    Stage1Config,
+)
 from mlasdi.data import flatten_grid
 from mlasdi.problems import SOURCES, data_source
 from mlasdi.runtime import THREADS_ENV, set_threads
@@ -140,6 +146,11 @@ def _fit(args: argparse.Namespace) -> int:
     if len(args.iters) != args.stages:
         raise ValueError(f"--iters gives {len(args.iters)} budgets for --stages {args.stages}")
     source = data_source(_fit_data_table(args))
+    if source.train_time_stride != 1:
+        raise ConfigError(
+            "data.train_time_stride is for studies; mlasdi fit trains and tests on every "
+            "data.time_stride-th snapshot"
+        )
     full = source.load(progress=not args.quiet)
     train_index = source.training_indices(full)
     u0 = flatten_grid(source.initial_conditions(full), len(full.grid_shape))

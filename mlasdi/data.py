@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import socket
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,16 @@ def unflatten_grid(vectors: np.ndarray, grid_shape: Sequence[int]) -> np.ndarray
     n_lead = len(lead)
     order = list(range(n_lead)) + list(range(fields.ndim - 1, n_lead - 1, -1))
     return fields.transpose(order)
+
+
+def check_finite(snapshots: np.ndarray, first: int = 0) -> None:
+    """Raise :class:`DataError` naming the parameters (row ``first`` is index ``first``) whose
+    snapshots [n, n_t, *grid] hold NaN or Inf."""
+    if not np.all(np.isfinite(snapshots)):
+        bad = np.flatnonzero(~np.isfinite(snapshots.reshape(snapshots.shape[0], -1)).all(axis=1))
+        raise DataError(
+            f"snapshots contain NaN or Inf (parameter indices {(bad[:10] + first).tolist()})"
+        )
 
 
 @dataclass(frozen=True)
@@ -90,11 +101,7 @@ class SnapshotSet:
             raise DataError(
                 f"{len(self.param_names)} parameter names for {params.shape[1]} parameters"
             )
-        if not np.all(np.isfinite(snapshots)):
-            bad = np.argwhere(~np.isfinite(snapshots.reshape(snapshots.shape[0], -1)).all(axis=1))
-            raise DataError(
-                f"snapshots contain NaN or Inf (parameter indices {bad.ravel()[:10].tolist()})"
-            )
+        check_finite(snapshots)
         steps = np.diff(times)
         if np.any(steps <= 0) or not np.allclose(steps, steps[0], rtol=1e-6, atol=0):
             raise DataError("times must be increasing and uniformly spaced")
@@ -520,24 +527,38 @@ def inspect_snapshot_file(path: str | os.PathLike[str]) -> SnapshotFileInfo:
         return _check_header(path, handle)
 
 
+def _rows(handle: h5py.File, n_mu: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.size and (idx.min() < -n_mu or idx.max() >= n_mu):
+        raise DataError(f"indices out of range for {n_mu} parameters: {idx.tolist()}")
+    return idx
+
+
+def _read_rows(handle: h5py.File, idx: np.ndarray, time_slice: slice) -> np.ndarray:
+    """snapshots[idx, time_slice] (rows in any order, repeats allowed)."""
+    n_mu = handle["snapshots"].shape[0]
+    # h5py reads only strictly increasing indices: read each once, then reorder.
+    unique, inverse = np.unique(idx % n_mu, return_inverse=True)
+    return handle["snapshots"][unique, time_slice][inverse]
+
+
 def load_snapshot_set(
-    path: str | os.PathLike[str], *, indices: Sequence[int] | np.ndarray | None = None
+    path: str | os.PathLike[str],
+    *,
+    indices: Sequence[int] | np.ndarray | None = None,
+    time_slice: slice = slice(None),
 ) -> SnapshotSet:
-    """Read and validate a snapshot file (optionally only the parameters at ``indices``)."""
+    """Read and validate a snapshot file (optionally only the parameters at ``indices``, and only
+    the times ``times[time_slice]``: e.g. ``slice(None, None, k)`` every k-th)."""
     path = Path(path)
     with _open(path) as handle:
         info = _check_header(path, handle)
         if indices is None:
-            snapshots = handle["snapshots"][...]
+            snapshots = handle["snapshots"][:, time_slice]
             params = info.params
         else:
-            idx = np.asarray(indices, dtype=np.int64)
-            n_mu = info.params.shape[0]
-            if idx.size and (idx.min() < -n_mu or idx.max() >= n_mu):
-                raise DataError(f"indices out of range for {n_mu} parameters: {idx.tolist()}")
-            # h5py reads only strictly increasing indices: read each once, then reorder.
-            unique, inverse = np.unique(idx % n_mu, return_inverse=True)
-            snapshots = handle["snapshots"][unique][inverse]
+            idx = _rows(handle, info.params.shape[0], indices)
+            snapshots = _read_rows(handle, idx, time_slice)
             params = info.params[idx]
         coord_names = json.loads(handle.attrs.get("coord_names", "[]"))
         absent = [name for name in coord_names if f"coords/{name}" not in handle]
@@ -547,7 +568,7 @@ def load_snapshot_set(
     try:
         return SnapshotSet(
             params=params,
-            times=info.times,
+            times=info.times[time_slice],
             snapshots=snapshots,
             param_names=info.param_names,
             coords=coords,
@@ -555,6 +576,79 @@ def load_snapshot_set(
         )
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
+
+
+# Bytes of snapshots one batch of iter_snapshot_rows reads (at least one parameter).
+SCAN_BATCH_BYTES = 64 * 2**20
+
+
+def iter_snapshot_rows(
+    path: str | os.PathLike[str],
+    indices: Sequence[int] | np.ndarray,
+) -> Iterator[np.ndarray]:
+    """The snapshots [b, n_t, *grid] (the file's dtype, every time) of the parameters at
+    ``indices``, in order, about :data:`SCAN_BATCH_BYTES` at a time: what
+    ``load_snapshot_set(path, indices=indices).snapshots`` holds, without holding it all.
+
+    The header is checked first and every batch for NaN or Inf, with the messages of
+    :func:`load_snapshot_set` (a parameter is named by its position in ``indices``).
+    """
+    path = Path(path)
+    with _open(path) as handle:
+        info = _check_header(path, handle)
+        idx = _rows(handle, info.params.shape[0], indices)
+        dataset = handle["snapshots"]
+        row_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
+        step = max(1, SCAN_BATCH_BYTES // row_bytes)
+        for start in range(0, idx.size, step):
+            batch = _read_rows(handle, idx[start : start + step], slice(None))
+            try:
+                check_finite(batch, first=start)
+            except DataError as exc:
+                raise DataError(f"{path}: {exc}") from None
+            yield batch
+
+
+@dataclass(frozen=True)
+class SnapshotReader:
+    """Parameters of a snapshot file read on demand, a batch at a time.
+
+    ``reader[start:stop]`` is float32 [stop - start, n_t, n_state] (flattened as
+    :meth:`SnapshotSet.flat_snapshots`): the snapshots of rows ``rows[start:stop]`` of the file
+    at ``times[::time_stride]``, validated as :func:`load_snapshot_set` validates. It holds only
+    the path and indices, so it pickles to a few hundred bytes; the file must be at ``path``
+    wherever it is read.
+    """
+
+    path: str
+    rows: tuple[int, ...]
+    time_stride: int
+    n_times: int
+    grid_shape: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.rows), self.n_times, int(np.prod(self.grid_shape)))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError(f"SnapshotReader reads slices of parameters, got {key!r}")
+        data = load_snapshot_set(
+            self.path, indices=self.rows[key], time_slice=slice(None, None, self.time_stride)
+        )
+        return data.flat_snapshots().astype(np.float32)
+
+    def check(self) -> None:
+        """Raise :class:`DataError` (one line naming the path) if the file is not at ``path``."""
+        if not Path(self.path).is_file():
+            raise DataError(
+                f"snapshot file {self.path} does not exist on this node ({socket.gethostname()}); "
+                "a study reading its test truth from the file needs it at the same path on every "
+                "node"
+            )
 
 
 NPZ_KEYS = ("params", "times", "snapshots", "param_names", "coords", "coord_names", "train")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mlasdi.config import ROMConfig, from_dict, to_dict
-from mlasdi.data import SnapshotSet
+from mlasdi.data import SnapshotReader, SnapshotSet
 from mlasdi.dynamics import fit_affine, integrate, split_coefficients, time_derivative
 from mlasdi.interpolation import CoefficientGP
 from mlasdi.metrics import max_relative_error, relative_error_over_time
@@ -128,12 +128,20 @@ class MultiStageROM:
 
     @torch.no_grad()
     def latent_trajectories(
-        self, params: np.ndarray, u0: np.ndarray | torch.Tensor, *, sample_seed: int | None = None
+        self,
+        params: np.ndarray,
+        u0: np.ndarray | torch.Tensor,
+        *,
+        times: np.ndarray | None = None,
+        sample_seed: int | None = None,
     ) -> torch.Tensor:
-        """Z [n, n_t, r] from z0 = enc(u0), u0 [n, n_state]. Raises DivergenceError on blow-up."""
+        """Z [n, n_t, r] from z0 = enc(u0), u0 [n, n_state], at ``times`` [n_t] (uniform, from
+        the initial time; default the training snapshot times :attr:`times`): ``expm`` is exact
+        at any times, ``rk4`` steps on their grid. Raises DivergenceError on blow-up."""
         z0 = self.autoencoder.encode(self._tensor(u0))
         A, b = split_coefficients(self.coefficients(params, sample_seed=sample_seed))
-        times = torch.as_tensor(self.times, dtype=torch.float64, device=self.device)
+        times = self.times if times is None else times
+        times = torch.as_tensor(times, dtype=torch.float64, device=self.device)
         Z = integrate(
             A, b, z0, times, method=self.config.integrator, rk4_substeps=self.config.rk4_substeps
         )
@@ -430,24 +438,33 @@ def fit_rom(
 def evaluate(
     rom: MultiStageROM,
     params: np.ndarray,
-    truth: np.ndarray,
+    truth: np.ndarray | SnapshotReader,
     *,
     u0: np.ndarray | None = None,
+    times: np.ndarray | None = None,
     batch_size: int = 32,
 ) -> np.ndarray:
     """Per-time relative errors [n_stages, n, n_t] of the cumulative stage predictions.
 
-    ``truth`` [n, n_t, n_state] (any float dtype, host memory) is moved to the device a batch of
-    parameters at a time, so the full prediction never has to fit in memory. ``u0`` defaults to
-    ``truth[:, 0]``. ``errors.max(-1)`` gives r(mu) for each stage count.
+    ``truth`` [n, n_t, n_state] (any float dtype, host memory; or anything with ``.shape`` whose
+    ``truth[start:stop]`` is such an array, e.g. a :class:`~mlasdi.data.SnapshotReader`) is read
+    and moved to the device a batch of parameters at a time, so neither the truth nor the full
+    prediction has to fit in memory. ``u0`` defaults to each batch's ``truth[:, 0]``; ``times``
+    [n_t] (default ``rom.times``) are the truth's times, which the latent ODE is integrated to.
+    ``errors.max(-1)`` gives r(mu) for each stage count.
     """
     params = np.atleast_2d(np.asarray(params, dtype=np.float64))
-    u0 = truth[:, 0] if u0 is None else u0
+    times = rom.times if times is None else np.asarray(times, dtype=np.float64)
+    if truth.shape[1] != times.size:
+        raise ValueError(
+            f"truth has {truth.shape[1]} times but the predictions {times.size}; pass its times"
+        )
     errors = np.empty((rom.n_stages, params.shape[0], truth.shape[1]))
     for start in range(0, params.shape[0], batch_size):
         stop = min(start + batch_size, params.shape[0])
-        Z = rom.latent_trajectories(params[start:stop], u0[start:stop])
         U = rom._tensor(truth[start:stop])
+        first = U[:, 0] if u0 is None else u0[start:stop]
+        Z = rom.latent_trajectories(params[start:stop], first, times=times)
         for stage, prediction in enumerate(rom.decode_by_stage(Z)):
             errors[stage, start:stop] = relative_error_over_time(U, prediction).cpu().numpy()
     return errors

@@ -173,7 +173,7 @@ class PlanLine:
 
 def plan(spec: StudySpec) -> list[PlanLine]:
     n_state = spec.data.n_state
-    n_snap = n_train_points(spec) * spec.data.n_times
+    n_snap = n_train_points(spec) * spec.data.n_train_times
     return [
         PlanLine(t, t.shared_cost(n_state, n_snap), t.naive_cost(n_state, n_snap))
         for t in trials(spec)
@@ -184,10 +184,12 @@ def format_plan(spec: StudySpec) -> str:
     """The text of ``mlasdi-study plan``; the last line is ``compute_fraction_of_naive=<x>``."""
     lines = plan(spec)
     n_train = n_train_points(spec)
+    d = spec.data
+    tested = f" (errors over {d.n_times})" if d.n_train_times != d.n_times else ""
     out = [
         f"study {spec.name}: {len(lines)} trials, "
-        f"{sum(len(p.trial.budgets) for p in lines)} evaluations; data {spec.data.problem} "
-        f"state {spec.data.n_state}, {n_train} training points x {spec.data.n_times} snapshots",
+        f"{sum(len(p.trial.budgets) for p in lines)} evaluations; data {d.problem} "
+        f"state {d.n_state}, {n_train} training points x {d.n_train_times} snapshots{tested}",
         "compute = 6 x n_snapshots x weights trained per iteration (GEMM floor); "
         "naive = every budget trained from scratch",
         f"{'trial':<22} {'hidden':<14} {'stage-1 it':>10} {'residual it':>11} "

@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlasdi.data import SnapshotReader
 from mlasdi.metrics import METHODS
 from studies.plan import Trial, trials
 from studies.results import ResultWriter, finished_evaluations
 from studies.spec import SpecError, StudySpec, check_resources, spec_from_dict, tomllib
-from studies.trial import META_FILE, TrialRunner, load_study_data, run_trial
+from studies.trial import META_FILE, StudyData, TrialRunner, load_study_data, run_trial
 
 DATA_FINGERPRINT = "data.sha256"
 
@@ -180,6 +181,16 @@ def _make_callback(writer: ResultWriter, spec: StudySpec, data: Any) -> Any:
     return StudyCallback()
 
 
+def _tested(data: StudyData) -> str:
+    """How the test truth differs from the training snapshots, for the data line."""
+    n_t = data.truth_test.shape[1]
+    lazy = isinstance(data.truth_test, SnapshotReader)
+    if n_t == data.U_train.shape[1] and not lazy:
+        return ""
+    read = f", read from {data.truth_test.path} in batches" if lazy else ""
+    return f" (test: {n_t} snapshots{read})"
+
+
 def run_study(
     spec: StudySpec,
     *,
@@ -220,7 +231,8 @@ def run_study(
     _write_spec(spec, out, data.fingerprint)
     print(
         f"data: {data.truth_test.shape[0]} test / {data.U_train.shape[0]} training parameters, "
-        f"{data.U_train.shape[1]} snapshots of {data.n_state} values ({data_s:.1f} s)",
+        f"{data.U_train.shape[1]} snapshots of {data.n_state} values{_tested(data)} "
+        f"({data_s:.1f} s)",
         flush=True,
     )
 

@@ -367,7 +367,7 @@ def _method_spec(name: str, raw: Any, n_state: int, n_times: int) -> MethodSpec:
         if r + 1 > n_times:
             raise SpecError(
                 f"{name}.latent_dims: latent size {r} needs at least {r + 1} snapshots per "
-                f"parameter to fit its dynamics; the data give {n_times}"
+                f"training parameter to fit its dynamics; the data give {n_times}"
             )
     budgets = _budgets(d["budgets"], f"{name}.budgets", one_stage=name == "gplasdi")
     extra: dict[str, Any] = {}
@@ -459,7 +459,7 @@ def spec_from_dict(raw: Mapping[str, Any], *, source: str = "") -> StudySpec:
         raise SpecError(f"seeds has duplicates: {list(seeds)}")
     data = _data_spec(d["data"])
     methods = tuple(
-        _method_spec(m, d[m], data.n_state, data.n_times) for m in METHOD_NAMES if m in d
+        _method_spec(m, d[m], data.n_state, data.n_train_times) for m in METHOD_NAMES if m in d
     )
     if not methods:
         raise SpecError(
@@ -506,7 +506,8 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
     each method, one seed, two tiny budgets with the method's number of stages (held-out checks
     every 10 of them), and the data source's smoke version
     (:meth:`~mlasdi.problems.source.DataSource.smoke`: a coarse Vlasov grid; a few parameters
-    and snapshots of a user's file)."""
+    and snapshots of a user's file), trained on every one of its few snapshots
+    (``train_time_stride = 1``)."""
     methods = []
     for m in spec.methods:
         rest = (20,) * (m.n_stages - 1)
@@ -524,7 +525,7 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
         spec,
         name=f"{spec.name}-smoke",
         seeds=spec.seeds[:1],
-        data=spec.data.smoke(),
+        data=dataclasses.replace(spec.data.smoke(), train_time_stride=1),
         methods=tuple(methods),
         run=dataclasses.replace(spec.run, checkpoint_every=0),
         resources=ResourceSpec(cpus=min(spec.resources.cpus, 1.0)),

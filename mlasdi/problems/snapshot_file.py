@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -28,7 +30,12 @@ import numpy as np
 from mlasdi.config import ConfigError
 from mlasdi.data import DataError, SnapshotFileInfo, SnapshotSet, inspect_snapshot_file
 from mlasdi.data import load_snapshot_set as _load
-from mlasdi.problems.source import DataSource, index_rows, stride_tuple, training_rows
+from mlasdi.problems.source import (
+    DataSource,
+    index_rows,
+    stride_tuple,
+    training_rows,
+)
 
 SMOKE_TIMES = 11
 
@@ -119,13 +126,26 @@ class FileData(DataSource):
         info = self.info()
         return data.index_of(info.params[self._train_rows(info)], atol=0.0)
 
-    def fingerprint(self, data: SnapshotSet) -> str:
-        """sha256 of the parameters, times and snapshots used (and the file's training split)."""
+    @property
+    def snapshot_file(self) -> Path:
+        return self.path
+
+    def file_rows(self) -> np.ndarray:
+        return self._used(self.info())
+
+    def fingerprint(self, data: SnapshotSet, snapshots: Iterable[np.ndarray]) -> str:
+        """sha256 of the parameters, times and snapshots used (and the file's training split),
+        each array hashed as its dtype, shape and C-order bytes (the snapshots batch by batch)."""
+        info = self.info()
+        batches = iter(snapshots)
+        first = next(batches)
+        shape = (data.params.shape[0], info.times.size, *info.grid_shape)
         digest = hashlib.sha256()
-        for array in (data.params, data.times, data.snapshots, self.training_indices(data)):
-            array = np.ascontiguousarray(array)
-            digest.update(f"{array.dtype}{array.shape}".encode())
-            digest.update(memoryview(array).cast("B"))
+        for array in (data.params, info.times):
+            _hash(digest, array.dtype, array.shape, [array])
+        _hash(digest, first.dtype, shape, itertools.chain([first], batches))
+        index = self.training_indices(data)
+        _hash(digest, index.dtype, index.shape, [index])
         return digest.hexdigest()
 
     def smoke(self) -> FileData:
@@ -142,3 +162,11 @@ class FileData(DataSource):
             use_index=tuple(sorted(int(i) for i in (*train, *test))),
             time_stride=min(stride, (info.times.size - 1) // 2),
         )
+
+
+def _hash(
+    digest: hashlib._Hash, dtype: np.dtype, shape: tuple, parts: Iterable[np.ndarray]
+) -> None:
+    digest.update(f"{dtype}{tuple(int(n) for n in shape)}".encode())
+    for part in parts:
+        digest.update(memoryview(np.ascontiguousarray(part)).cast("B"))

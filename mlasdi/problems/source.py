@@ -1,12 +1,15 @@
 """The one interface behind every data source a study or ``mlasdi fit`` can name.
 
 A data source is a frozen dataclass whose fields are the ``[data]`` keys it takes, with their
-defaults (``time_stride`` is common to all). It checks them (:meth:`DataSource.check`, cheap: no
-solve, no snapshot read), knows the size of what it will give without making it (:attr:`n_state`,
-:attr:`n_times`, :meth:`n_train`, for ``mlasdi-study plan``), makes or loads its
-:class:`~mlasdi.data.SnapshotSet` (:meth:`load`, cached where it generates), gives its training
-split (:meth:`training_indices`) and initial conditions (:meth:`initial_conditions`), and a
-seconds-long version of itself (:meth:`smoke`). The registry in :mod:`mlasdi.problems` maps
+defaults (``time_stride`` and ``train_time_stride`` are common to all). It checks them
+(:meth:`DataSource.check`, cheap: no solve, no snapshot read), knows the size of what it will give
+without making it (:attr:`n_state`, :attr:`n_times`, :attr:`n_train_times`, :meth:`n_train`, for
+``mlasdi-study plan``), makes or loads its :class:`~mlasdi.data.SnapshotSet` (:meth:`load`, cached
+where it generates), gives its training split (:meth:`training_indices`) and initial conditions
+(:meth:`initial_conditions`), and a seconds-long version of itself (:meth:`smoke`). A source whose
+snapshots are in an HDF5 file names it (:attr:`snapshot_file`, made by :meth:`prepare`, rows
+:meth:`file_rows`), so that a study can read a large test set from it in batches instead of
+loading it (``studies/trial.py``). The registry in :mod:`mlasdi.problems` maps
 ``problem`` names to these classes; :func:`mlasdi.problems.data_source` builds one from a
 ``[data]`` table.
 
@@ -18,14 +21,20 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from mlasdi.config import ConfigError
-from mlasdi.data import DataError, SnapshotSet, cache_matches, load_snapshot_set
+from mlasdi.data import (
+    DataError,
+    SnapshotSet,
+    cache_matches,
+    inspect_snapshot_file,
+    load_snapshot_set,
+)
 
 # Training points match a parameter to this relative tolerance (values typed in a spec against
 # values computed by linspace differ by round-off).
@@ -44,6 +53,7 @@ class DataSource:
     problem: ClassVar[str] = ""
 
     time_stride: int = 1
+    train_time_stride: int = 1
 
     # ----- what a subclass provides ----------------------------------------------------------
     @property
@@ -65,8 +75,28 @@ class DataSource:
         raise NotImplementedError
 
     def training_indices(self, data: SnapshotSet) -> np.ndarray:
-        """Indices into ``data`` (from :meth:`load`) of the training parameters (>= 2)."""
+        """Indices into ``data`` of the training parameters (>= 2). ``data`` is what :meth:`load`
+        returns, or the same parameters at their first 3 times only (a study that reads its test
+        set from :attr:`snapshot_file`): only ``data.params`` may be used."""
         raise NotImplementedError
+
+    # ----- a source whose snapshots are in a file ------------------------------------------------
+    @property
+    def snapshot_file(self) -> Path | None:
+        """The HDF5 snapshot file :meth:`load` reads (made by :meth:`prepare`); None (the
+        default) where the snapshots are made in memory."""
+        return None
+
+    def prepare(self, *, progress: bool = True) -> None:
+        """Make :attr:`snapshot_file` if it has to be made (generate the cache); by default
+        nothing."""
+
+    def file_rows(self) -> np.ndarray:
+        """Rows of :attr:`snapshot_file` that :meth:`load` returns, in its order (default: all)."""
+        path = self.snapshot_file
+        if path is None:
+            raise ValueError(f"problem {self.problem!r} has no snapshot file")
+        return np.arange(inspect_snapshot_file(path).params.shape[0])
 
     # ----- shared behaviour --------------------------------------------------------------------
     def check(self) -> None:
@@ -77,20 +107,34 @@ class DataSource:
                 f"data.time_stride = {self.time_stride} leaves {self.n_times} of "
                 f"{self.n_raw_times} snapshots; need at least 3"
             )
+        int_key(self.train_time_stride, "train_time_stride")
+        if self.n_train_times < 3:
+            raise ConfigError(
+                f"data.train_time_stride = {self.train_time_stride} leaves {self.n_train_times} "
+                f"of the {self.n_times} snapshots a study uses for training; need at least 3"
+            )
 
     @property
     def n_times(self) -> int:
         """Snapshots per parameter a study uses (every ``time_stride``-th)."""
         return len(range(0, self.n_raw_times, self.time_stride))
 
+    @property
+    def n_train_times(self) -> int:
+        """Snapshots per training parameter (every ``train_time_stride``-th of :attr:`n_times`)."""
+        return len(range(0, self.n_times, self.train_time_stride))
+
     def initial_conditions(self, data: SnapshotSet) -> np.ndarray:
-        """u0 [n_mu, *grid] of each parameter of ``data``: its first snapshot by default."""
+        """u0 [n_mu, *grid] of each parameter of ``data`` (as in :meth:`training_indices`): its
+        first snapshot by default."""
         return data.snapshots[:, 0]
 
-    def fingerprint(self, data: SnapshotSet) -> str:
-        """A digest of ``data`` (from :meth:`load`) where the keys do not determine it (a user's
-        file can change under the same name); empty when they do. A study refuses to add rows to
-        results made from data with another fingerprint."""
+    def fingerprint(self, data: SnapshotSet, snapshots: Iterable[np.ndarray]) -> str:
+        """A digest of the data where the keys do not determine it (a user's file can change
+        under the same name); empty when they do. ``data`` is as in :meth:`training_indices`;
+        ``snapshots`` yields the snapshots of every parameter of ``data``, all times, in batches
+        of parameters. A study refuses to add rows to results made from data with another
+        fingerprint."""
         return ""
 
     def smoke(self) -> DataSource:
@@ -254,6 +298,18 @@ def stride_tuple(stride: Any) -> tuple:
     return tuple(stride) if isinstance(stride, (list, tuple)) else (stride,)
 
 
+# Keys of a generated grid that do not change its snapshot file.
+_NOT_SETTINGS = (
+    "time_stride",
+    "train_time_stride",
+    "train_index",
+    "train_params",
+    "train_stride",
+    "file",
+    "generate",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratedGrid(DataSource):
     """A solver's snapshot set on a parameter grid, generated once into an HDF5 file and reused
@@ -348,8 +404,7 @@ class GeneratedGrid(DataSource):
             keys = ", ".join(
                 f"{f.name} {_lists(getattr(self, f.name))}"
                 for f in dataclasses.fields(self)
-                if f.name not in ("time_stride", "train_index", "train_params", "train_stride")
-                and f.name not in ("file", "generate")
+                if f.name not in _NOT_SETTINGS
             )
             raise DataError(
                 f"{path} holds a snapshot set with other settings or parameters than [data] "
@@ -358,11 +413,18 @@ class GeneratedGrid(DataSource):
         if stale_partial:
             raise DataError(f"{partial} is an interrupted generation with other settings; {fix}")
 
-    def load(self, *, progress: bool = True) -> SnapshotSet:
+    @property
+    def snapshot_file(self) -> Path:
+        return self.path
+
+    def prepare(self, *, progress: bool = True) -> None:
         path = self.path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.generate_file(path, progress=progress)
-        return load_snapshot_set(path)
+
+    def load(self, *, progress: bool = True) -> SnapshotSet:
+        self.prepare(progress=progress)
+        return load_snapshot_set(self.path)
 
     def training_indices(self, data: SnapshotSet) -> np.ndarray:
         return data.index_of(self.parameters()[self._train_rows()], atol=0.0)
