@@ -7,9 +7,11 @@
 
 It runs ``mlasdi-study run PRESET`` in a fresh working directory (so the data generation is part
 of the wall time, as on a fresh machine; ``--data-dir`` reuses a data folder instead), then reads
-the results with :mod:`analysis` and prints: the end-to-end wall time, the rows by status, the
-best model of each method (lowest err_max), and for each method compared with GPLaSDI the median
-factors with their bootstrap intervals and verdicts. Last lines are ``name=value`` pairs. The
+the results with :mod:`analysis` and prints: the end-to-end wall time, the peak memory of the
+whole run (the proportional set size, PSS, summed over the command and every process it starts,
+Ray's included, sampled every 0.5 s), the rows by status (each row, for a study of at most
+``ROW_TABLE_MAX`` rows), the best model of each method (lowest err_max), and for each method
+compared with GPLaSDI the median factors with their bootstrap intervals and verdicts. Last lines are ``name=value`` pairs. The
 figures quoted in README.md and docs/studies.md for a preset are this script's output, kept in
 ``benchmarks/results/<preset>.txt``.
 """
@@ -21,15 +23,49 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from analysis import analyze
 from analysis.labels import budget_label
 
+ROW_TABLE_MAX = 12  # print every row of a study this small
 
-def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> float:
-    """Wall seconds of ``mlasdi-study run PRESET --out OUT`` started in ``workdir``."""
+
+def _tree_pss_bytes(root: int) -> int:
+    """PSS summed over ``root`` and its descendants, and every process of its session (Ray's
+    daemons among them), from /proc (0 where /proc has no smaps_rollup)."""
+    parents, sessions = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)], sessions[int(entry.name)] = int(fields[1]), int(fields[3])
+    members = {pid for pid, sid in sessions.items() if sid == root} | {root}
+    grew = True
+    while grew:
+        children = {pid for pid, ppid in parents.items() if ppid in members} - members
+        members |= children
+        grew = bool(children)
+    total = 0
+    for pid in members:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            continue
+    return total
+
+
+def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> tuple[float, float]:
+    """(wall seconds, peak PSS in MiB) of ``mlasdi-study run PRESET --out OUT`` started in
+    ``workdir``."""
     command = [sys.executable, "-m", "studies.cli", "run", preset, "--out", str(out), "-v", "0"]
     if smoke:
         command.append("--smoke")
@@ -37,15 +73,35 @@ def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> float:
     repo = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
+    child = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own session: the processes it starts are found by sid
+    )
+    peak = [0]
+    finished = threading.Event()
+
+    def sample() -> None:
+        while not finished.wait(0.5):
+            peak[0] = max(peak[0], _tree_pss_bytes(child.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = child.communicate()
+    finished.set()
+    sampler.join()
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
-        raise SystemExit(f"preset_study: mlasdi-study run {preset} exited {done.returncode}")
-    for line in done.stdout.splitlines():
+    if child.returncode != 0:
+        sys.stderr.write(stdout[-4000:] + stderr[-4000:])
+        raise SystemExit(f"preset_study: mlasdi-study run {preset} exited {child.returncode}")
+    for line in stdout.splitlines():
         if line.startswith(("timing:", "data:", "status:")):
             print(line)
-    return wall
+    return wall, peak[0] / 2**20
 
 
 def _pct(x: float) -> str:
@@ -60,6 +116,15 @@ def summarise(out: Path) -> list[str]:
     print(
         f"rows: {len(rows)} ({', '.join(f'{k} {v}' for k, v in rows['status'].value_counts().items())})"
     )
+    if len(rows) <= ROW_TABLE_MAX:
+        print("every row (errors over the test parameters: max / mean / median / min):")
+        for r in rows.itertuples():
+            print(
+                f"  {r.method:10s} hidden {r.hidden:>8s} latent {r.latent_dim} seed {r.seed} "
+                f"{budget_label(list(r.stage_iters)):>10s}: {_pct(r.err_max)} / {_pct(r.err_mean)}"
+                f" / {_pct(r.err_median)} / {_pct(r.err_min)}; train {r.train_time_s:.0f} s, "
+                f"eval {r.eval_time_s:.1f} s"
+            )
     print("best model of each method (lowest err_max; err_mean in brackets):")
     for method, group in a.usable.groupby("method", sort=False):
         best = group.loc[group["err_max"].idxmin()]
@@ -107,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             f"preset {args.preset}{' (--smoke)' if args.smoke else ''}: load average "
             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} before the run"
         )
-        wall = run_preset(args.preset, out, workdir, args.smoke)
+        wall, peak_mb = run_preset(args.preset, out, workdir, args.smoke)
         lines = summarise(out)
-    print(f"end to end (data, study, report): {wall:.0f} s")
-    print(*lines, f"preset_wall_s={wall:.1f}", sep="\n")
+    print(f"end to end (data, study, report): {wall:.0f} s, peak memory {peak_mb:.0f} MiB (PSS)")
+    print(*lines, f"preset_wall_s={wall:.1f}", f"preset_peak_pss_mb={peak_mb:.0f}", sep="\n")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Gaussian-process interpolation of latent-dynamics coefficients over parameter space.
 
-One independent GP per coefficient (as in GPLaSDI), kernel Constant x Matern(nu) on inputs
-standardised with the training parameters' mean and standard deviation; outputs normalised by
+One independent GP per coefficient (as in GPLaSDI), kernel Constant x Matern(nu) or x RBF
+(:class:`~mlasdi.config.GPConfig`) on inputs standardised with the training parameters' mean and standard deviation; outputs normalised by
 scikit-learn (``normalize_y``). Hyperparameters are fitted by maximum likelihood with seeded
 restarts, so a fit is reproducible from the seed.
 """
@@ -26,11 +26,15 @@ if TYPE_CHECKING:
 
 
 def _base_kernel(config: GPConfig) -> Kernel:
-    from sklearn.gaussian_process.kernels import ConstantKernel, Matern
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, Matern
 
-    return ConstantKernel(1.0, (1e-4, 1e4)) * Matern(
-        length_scale=1.0, length_scale_bounds=(1e-2, 1e3), nu=config.nu
-    )
+    low, high = config.length_scale_bounds
+    start = min(max(1.0, low), high)  # the optimiser's first length scale, inside the bounds
+    if config.kernel == "rbf":
+        shape = RBF(length_scale=start, length_scale_bounds=(low, high))
+    else:
+        shape = Matern(length_scale=start, length_scale_bounds=(low, high), nu=config.nu)
+    return ConstantKernel(1.0, (1e-4, 1e4)) * shape
 
 
 def _one_blas_thread() -> None:

@@ -131,3 +131,49 @@ def test_gp_rejects_bad_shapes_and_non_finite_coefficients():
     coefficients[2, 1] = np.nan
     with pytest.raises(ValueError, match="coefficients contain NaN or Inf"):
         gp.fit(params, coefficients)
+
+
+def test_rbf_kernel_equals_sklearn_with_that_kernel_on_standardised_inputs():
+    # Seed 2: 7 points, 2 coefficients. The rbf GP with its length scale bounded below by 1.4
+    # (GPLaSDI's bound on its Burgers box, see GPConfig) is sklearn's GP with Constant x RBF on
+    # the standardised inputs, built here independently; the fitted length scale respects the
+    # bound.
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel
+
+    params, coefficients = _training_data(seed=2, n_train=7, n_coef=2)
+    config = GPConfig(kernel="rbf", length_scale_bounds=(1.4, 1e3), n_restarts=1)
+    gp = CoefficientGP(config, seed=0).fit(params, coefficients)
+    x = (params - params.mean(0)) / params.std(0)
+    test = np.random.default_rng(3).uniform(0.0, 1.0, size=(9, 2))
+    mean, std = gp.predict(test)
+    for i in range(2):
+        reference = GaussianProcessRegressor(
+            ConstantKernel(1.0, (1e-4, 1e4)) * RBF(1.4, (1.4, 1e3)),
+            alpha=1e-10,
+            normalize_y=True,
+            n_restarts_optimizer=1,
+            random_state=np.random.RandomState(i),
+        ).fit(x, coefficients[:, i])
+        ref_mean, ref_std = reference.predict((test - params.mean(0)) / params.std(0), True)
+        np.testing.assert_allclose(mean[:, i], ref_mean, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(std[:, i], ref_std, rtol=1e-8, atol=1e-12)
+        length = gp.models[i].kernel_.k2.length_scale
+        assert 1.4 <= length <= 1e3
+    # The default kernel is still Matern 1.5 with bounds (1e-2, 1e3).
+    assert (GPConfig().kernel, GPConfig().length_scale_bounds) == ("matern", (1e-2, 1e3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"kernel": "cubic"}, "gp.kernel must be one of ['matern', 'rbf'], got 'cubic'"),
+        ({"length_scale_bounds": (2.0, 1.0)}, "gp.length_scale_bounds must be [low, high]"),
+        ({"length_scale_bounds": (0.0, 1.0)}, "0 < low < high"),
+        ({"length_scale_bounds": (1.0,)}, "got (1.0,)"),
+    ],
+)
+def test_gp_config_rejects_bad_kernels_and_bounds(kwargs, needle):
+    with pytest.raises(ValueError) as info:
+        GPConfig(**kwargs)
+    assert needle in str(info.value)
