@@ -21,6 +21,7 @@ from mlasdi.config import (
 from mlasdi.data import flatten_grid
 from mlasdi.problems import SOURCES, data_source
 from mlasdi.runtime import THREADS_ENV, set_threads
+from mlasdi.train import DivergenceError
 
 FIT_DESCRIPTION = """Train a ROM with the paper's oscillator configuration (GPLaSDI with
 --stages 1, mLaSDI with 2 or more) on a problem's training split, evaluate it on every parameter
@@ -424,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as exc:  # DataError is a ValueError
         print(f"mlasdi: error: {exc}", file=sys.stderr)
         return 2
+    except DivergenceError as exc:
+        print(f"mlasdi: training diverged: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

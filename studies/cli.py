@@ -3,7 +3,7 @@
     mlasdi-study plan SPEC
     mlasdi-study run SPEC [--out DIR] [--address ADDR] [--smoke]
 
-``SPEC`` is a TOML file or a preset name (``vlasov_paper``, ``vlasov_quick``, ``smoke``).
+``SPEC`` is a TOML file or a preset name (every ``studies/*.toml``: ``vlasov_cpu``, ...).
 :func:`build_parser` returns the parser with its subparsers so that other commands can be added.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mlasdi.data import DataError
-from studies.spec import SpecError, load_spec, smoke_spec
+from studies.spec import PRESETS, SpecError, load_spec, smoke_spec
 
 
 def _spec(args: argparse.Namespace):
@@ -65,7 +65,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         prog="mlasdi-study", description="GPLaSDI vs mLaSDI architecture studies on Ray Tune."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    spec_help = "study spec: a TOML file or a preset name (vlasov_paper, vlasov_quick, smoke)"
+    spec_help = f"study spec: a TOML file or a preset name ({', '.join(PRESETS)})"
 
     plan = sub.add_parser("plan", help="print the trials and their iterations vs naive")
     plan.add_argument("spec", metavar="SPEC", help=spec_help)

@@ -5,11 +5,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from mlasdi.cli import main, oscillator_config
 from mlasdi.config import to_dict
 from mlasdi.problems import oscillator
 from mlasdi.rom import MultiStageROM, evaluate
+from mlasdi.train import Stage1Trainer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -107,3 +109,24 @@ def test_oscillator_reference_configuration_is_the_papers_with_cosine_decay():
     assert (s2.hidden, s2.kappa, s2.activation) == ((20, 200), 1.0, "tanh")
     assert (s2.iters, s2.lr, s2.lr_schedule) == (10_000, 1e-3, "cosine")
     assert config.seed == 4
+
+
+def test_a_diverging_fit_is_one_line_and_exit_code_1(monkeypatch, capsys, tmp_path):
+    # Stage 1's loss made NaN from the first iteration: the trainer's own finiteness check stops
+    # it, and the command reports that in one line, writing no metrics.
+    original = Stage1Trainer.gradients
+
+    def nan_loss(self):
+        return original(self) * torch.nan
+
+    monkeypatch.setattr(Stage1Trainer, "gradients", nan_loss)
+    out = tmp_path / "fit"
+    code = main(
+        ["fit", "--problem", "oscillator", "--stages", "1", "--iters", "20", "--out", str(out)]
+        + ["--no-figures", "--quiet"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("mlasdi: training diverged: loss is not finite at iteration")
+    assert len(err.strip().splitlines()) == 1
+    assert not (out / "metrics.json").exists()
