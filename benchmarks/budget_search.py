@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mlasdi.data import SnapshotSet
-from mlasdi.rom import evaluate, fit_rom
+from mlasdi.rom import fit_rom
 from mlasdi.train import DivergenceError
 from studies import budget as B
 from studies.spec import load_spec
@@ -50,7 +50,7 @@ def test_errmax(spec, setup, cand, data) -> tuple[float, float, float]:
     )
     try:
         fit = fit_rom(train, config, device="cpu")
-        errors = evaluate(fit.rom, data.params_test, data.truth_test, batch_size=64)
+        errors = data.test_errors(fit.rom, batch_size=64)
     except DivergenceError:
         return math.inf, math.inf, math.nan
     r = errors[-1].max(-1)

@@ -32,7 +32,7 @@ import torch
 
 from mlasdi import train as train_module
 from mlasdi.config import GPConfig
-from mlasdi.rom import evaluate, stage1_rom, stage1_trainer
+from mlasdi.rom import stage1_rom, stage1_trainer
 from mlasdi.train import DivergenceError
 from studies.spec import load_spec, smoke_spec
 from studies.trial import load_study_data
@@ -117,14 +117,7 @@ def run(argv: list[str] | None, tmp: Path) -> int:
                 data.times,
                 dataclasses.replace(config, gp=gp),
             )
-            r = evaluate(
-                rom,
-                data.params_test,
-                data.truth_test,
-                u0=data.u0_test,
-                times=data.times_test,
-                batch_size=spec.run.eval_batch_size,
-            )[-1].max(-1)
+            r = data.test_errors(rom, spec.run.eval_batch_size)[-1].max(-1)
             print(f"  {name:12s} r(mu) max / mean / median / min: {_summary(r)}")
             lines.append(f"err_max_{name}_{it}={r.max():.4g}")
             lines.append(f"err_mean_{name}_{it}={r.mean():.4g}")

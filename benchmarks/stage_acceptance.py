@@ -25,7 +25,6 @@ import torch
 
 from mlasdi.acceptance import HeldOut, train_accepted_stage
 from mlasdi.rom import (
-    evaluate,
     freeze,
     residual_stage_data,
     residual_stage_seed,
@@ -104,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 residual.train(stage.iters)
                 paper = paper.with_stage(freeze(residual.model), scale)  # type: ignore[arg-type]
             wall = time.perf_counter() - t0
-            r = evaluate(rom, data.params_test, data.truth_test).max(-1)  # [kept stages, n_test]
-            r_paper = evaluate(paper, data.params_test, data.truth_test)[-1].max(-1)
+            r = data.test_errors(rom).max(-1)  # [kept stages, n_test]
+            r_paper = data.test_errors(paper)[-1].max(-1)
             held1, held_final = decisions[0].err_without, decisions[-1].err_kept
             unseen1, unseen_final = float(r[0][unseen].max()), float(r[-1][unseen].max())
             n_rejected = sum(not d.accepted for d in decisions)

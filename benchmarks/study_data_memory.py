@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from mlasdi.data import SnapshotReader
-from mlasdi.rom import evaluate, stage1_rom, stage1_trainer
+from mlasdi.rom import stage1_rom, stage1_trainer
 from studies import trial as trial_module
 from studies.spec import load_spec, smoke_spec
 from studies.trial import load_study_data
@@ -75,14 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         rom = stage1_rom(trainer.selected()[1], U, data.params_train, data.times, config)
         train_s = time.perf_counter() - start
         start = time.perf_counter()
-        errors = evaluate(
-            rom,
-            data.params_test,
-            data.truth_test,
-            u0=data.u0_test,
-            times=data.times_test,
-            batch_size=spec.run.eval_batch_size,
-        )
+        errors = data.test_errors(rom, spec.run.eval_batch_size)
         eval_s = time.perf_counter() - start
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         lazy = isinstance(data.truth_test, SnapshotReader)

@@ -41,7 +41,6 @@ import torch
 from mlasdi.config import ROMConfig
 from mlasdi.rom import (
     MultiStageROM,
-    evaluate,
     freeze,
     residual_stage_data,
     residual_stage_seed,
@@ -60,7 +59,7 @@ MLASDI_HIDDEN = (50,)
 def test_err_mean(rom: MultiStageROM, data: StudyData) -> float:
     """Mean over the test parameters of r(mu) (inf if the prediction blows up)."""
     try:
-        r = evaluate(rom, data.params_test, data.truth_test, batch_size=81)[-1].max(-1)
+        r = data.test_errors(rom, batch_size=81)[-1].max(-1)
     except DivergenceError:
         return float("inf")
     return float(r.mean()) if np.all(np.isfinite(r)) else float("inf")

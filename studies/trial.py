@@ -125,6 +125,19 @@ class StudyData:
         if isinstance(self.truth_test, SnapshotReader):
             self.truth_test.check()
 
+    def test_errors(self, rom: MultiStageROM, batch_size: int = 32) -> np.ndarray:
+        """Per-time relative errors [n_stages, n_test, n_t] of ``rom`` at every test parameter
+        and test time, from the source's initial conditions (:func:`mlasdi.rom.evaluate`, a
+        batch of ``batch_size`` parameters at a time)."""
+        return evaluate(
+            rom,
+            self.params_test,
+            self.truth_test,
+            u0=self.u0_test,
+            times=self.times_test,
+            batch_size=batch_size,
+        )
+
 
 def _is_train(n: int, train_index: np.ndarray) -> np.ndarray:
     if train_index.size < 2 or np.any(train_index < 0):
@@ -379,14 +392,7 @@ class TrialRunner:
     ) -> None:
         start = time.perf_counter()
         try:
-            errors = evaluate(
-                rom,
-                self.data.params_test,
-                self.data.truth_test,
-                u0=self.data.u0_test,
-                times=self.data.times_test,
-                batch_size=self.spec.run.eval_batch_size,
-            )
+            errors = self.data.test_errors(rom, self.spec.run.eval_batch_size)
         except DivergenceError as exc:
             self._report_bad([i], "diverged", str(exc))
             return
