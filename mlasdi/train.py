@@ -626,8 +626,9 @@ class Stage1Trainer(FullBatchTrainer):
         grad_z = self.decoder.backward(self.output.backward(), input_grad=True)
         # The latent fit runs in float64 whatever the networks' dtype: early in training the
         # latent trajectories barely move, the library [1, z] has a condition number of 1e8-1e9,
-        # and a float32 QR then gives inf coefficients and a NaN loss within a few hundred
-        # iterations (GPLaSDI's Burgers example at dt = 0.01). The tensors are [n_train, n_t, r].
+        # and with a float32 QR stage 1 stalls on the mean state or ends in a NaN loss
+        # (GPLaSDI's Burgers example, benchmarks/burgers_gplasdi_fixes.py). The tensors are
+        # [n_train, n_t, r].
         dynamics, coefficients, grad_Z = latent_penalty_gradient(
             z.view(self.n_train, self.n_t, -1).to(LATENT_FIT_DTYPE),
             self.dt,
