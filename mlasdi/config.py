@@ -193,15 +193,12 @@ class GPConfig:
             self.nu in (0.5, 1.5, 2.5, float("inf")),
             f"gp.nu must be 0.5, 1.5, 2.5 or inf, got {self.nu!r}",
         )
+        # from_dict has made the spec's list a tuple of floats; only the pair itself is checked.
         bounds = self.length_scale_bounds
         _check(
-            isinstance(bounds, (tuple, list))
-            and len(bounds) == 2
-            and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
-            and 0 < bounds[0] < bounds[1],
+            len(bounds) == 2 and 0 < bounds[0] < bounds[1],
             f"gp.length_scale_bounds must be [low, high] with 0 < low < high, got {bounds!r}",
         )
-        object.__setattr__(self, "length_scale_bounds", tuple(float(b) for b in bounds))
         _check(
             isinstance(self.n_restarts, int) and self.n_restarts >= 0, "gp.n_restarts must be >= 0"
         )
