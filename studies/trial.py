@@ -167,12 +167,12 @@ def _study_data(
     )
 
 
-def _lazy_study_data(source: DataSource, path: Path) -> StudyData:
+def _lazy_study_data(source: DataSource, path: Path, rows: np.ndarray) -> StudyData:
     """The study data of a source whose test truth is read from ``path`` in each trial: only the
     header, the first snapshots (initial conditions) and the training snapshots are loaded here.
     Every snapshot is still read once, batch by batch, to check it (and hash it where the source
-    fingerprints its data), as :meth:`~mlasdi.problems.source.DataSource.load` would."""
-    rows = source.file_rows()
+    fingerprints its data), as :meth:`~mlasdi.problems.source.DataSource.load` would. ``rows``
+    are the source's :meth:`~mlasdi.problems.source.DataSource.file_rows`."""
     head = load_snapshot_set(path, indices=rows, time_slice=slice(0, 3))
     train_index = np.asarray(source.training_indices(head), dtype=np.int64)
     is_train = _is_train(rows.size, train_index)
@@ -215,9 +215,9 @@ def load_study_data(spec: StudySpec, *, progress: bool = True) -> StudyData:
     source.prepare(progress=progress)
     path = source.snapshot_file
     if path is not None:
-        truth_bytes = source.file_rows().size * source.n_times * source.n_state * 4
-        if truth_bytes > LAZY_TRUTH_BYTES:
-            return _lazy_study_data(source, path)
+        rows = source.file_rows()
+        if rows.size * source.n_times * source.n_state * 4 > LAZY_TRUTH_BYTES:
+            return _lazy_study_data(source, path, rows)
     data = source.load(progress=progress)
     study = _study_data(
         data, source.training_indices(data), source, source.initial_conditions(data)
