@@ -49,7 +49,7 @@ def latent_fit_runs(U: torch.Tensor, data, config, iters: int) -> list[tuple[str
     (the same data and loss; only the floating-point summation order differs). The outcome is
     the iteration of a NaN loss or the final reconstruction loss."""
     saved = train_module.LATENT_FIT_DTYPE
-    order = np.argsort(data.params_train[:, 0] * 10 + data.params_train[:, 1], kind="stable")
+    order = np.lexsort(data.params_train.T[::-1])  # by the first parameter, then the next
     runs = []
     try:
         for name, rows in (("preset", np.arange(len(order))), ("sorted", order)):
