@@ -306,8 +306,13 @@ def least_squares(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     gram = f64.T @ f64
     gram.diagonal().add_(LSTSQ_RIDGE * gram.diagonal().mean())
     # The explicit inverse of the small Gram matrix and one GEMM: cheaper on CPU than a
-    # triangular solve with n_out right-hand sides.
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+    # triangular solve with n_out right-hand sides. cholesky_ex, not cholesky: the latter reads
+    # its error flag back to the host every call (a sync per step on CUDA, and an operation a
+    # CUDA graph cannot hold). A failed factorisation (non-finite features) turns the solution
+    # into NaN on the device instead, which the trainers' periodic finiteness check reports as
+    # a divergence.
+    factor, info = torch.linalg.cholesky_ex(gram)
+    inverse = torch.cholesky_inverse(factor).masked_fill_(info.ne(0), math.nan)
     return (inverse @ (features.T @ target).double()).to(target.dtype)
 
 

@@ -8,7 +8,7 @@ import torch
 from mlasdi import cuda_graphs
 from mlasdi.config import ResidualStageConfig, Stage1Config
 from mlasdi.rom import MultiStageROM, evaluate, fit_rom
-from mlasdi.train import ResidualTrainer, Stage1Trainer
+from mlasdi.train import ResidualTrainer, Stage1Trainer, least_squares
 
 pytestmark = [
     pytest.mark.gpu,
@@ -69,6 +69,29 @@ def test_captured_stage1_step_is_bit_for_bit_the_plain_one(tiny_train):
     # checkpoint at 15; parameters, Adam moments, step count and every loss term are equal.
     plain, captured = _stage1_pair(tiny_train, Stage1Config(iters=40))
     _assert_same_training(plain, captured, 40, checkpoints=[15])
+
+
+def test_exact_output_layer_solve_never_syncs_with_the_host():
+    # The fast recipe's solve runs every step: a host sync there stalls the GPU each iteration
+    # and cannot be captured. set_sync_debug_mode("error") raises on any synchronising call.
+    rng = np.random.default_rng(8)
+    h = torch.as_tensor(rng.standard_normal((200, 6)), dtype=torch.float32, device="cuda")
+    target = torch.as_tensor(rng.standard_normal((200, 5)), dtype=torch.float32, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        X = least_squares(h, target)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = torch.linalg.lstsq(h.double().cpu(), target.double().cpu()).solution
+    torch.testing.assert_close(X.cpu().double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_captured_fast_recipe_step_is_bit_for_bit_the_plain_one(tiny_train):
+    # The fast recipe's stage 1: the exact output-layer solve inside the captured graph.
+    config = Stage1Config(iters=30, output_layer="lstsq")
+    plain, captured = _stage1_pair(tiny_train, config)
+    _assert_same_training(plain, captured, 30)
 
 
 def test_captured_residual_step_is_bit_for_bit_the_plain_one():

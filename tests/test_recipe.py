@@ -80,6 +80,17 @@ def test_least_squares_keeps_collinear_features_defined():
     torch.testing.assert_close(residual, ((h[:, :3] @ best - target) ** 2).sum(), rtol=1e-8, atol=0)
 
 
+def test_least_squares_on_non_finite_features_is_nan_not_an_exception():
+    # A diverged step feeds inf features: the solve must not raise (the old cholesky did, from a
+    # host-side error check that also cost a sync per step on CUDA); it returns NaN, which the
+    # trainers' finiteness check reports as a divergence.
+    rng = np.random.default_rng(4)
+    h = torch.as_tensor(rng.standard_normal((20, 3)))
+    h[5, 1] = math.inf
+    X = least_squares(h, torch.as_tensor(rng.standard_normal((20, 2))))
+    assert X.shape == (3, 2) and torch.isnan(X).all()
+
+
 def test_exact_output_layer_gradient_is_the_reduced_loss_gradient():
     # Variable projection: with W(h) the least-squares solution, d/dh min_W L(h, W) equals the
     # partial dL/dh at W(h). Against autograd through torch.linalg.lstsq, float64, to 1e-8.
