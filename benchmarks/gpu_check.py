@@ -16,6 +16,8 @@ steps       one stage-1 iteration of each of the paper's 10 architectures (vlaso
             ``--spec`` times another spec's architectures instead
 vlasov      the Vlasov generator for 441 parameters at 64 x 64 on the device (wall time) and the
             max difference from a CPU solve at 3 parameters
+budget_worker  a budget-search worker (the smoke spec, one three-stage candidate) on the device
+            and on the CPU: the worker's device, its per-step validation errors, their difference
 ray_study   a smoke study through Ray Tune, 4 trials sharing one GPU (0.25 each): every row ok,
             every trial on the device, no missing evaluation
 projection  projected wall time of vlasov_paper on 1 and 8 GPUs from the measured step times and
@@ -111,6 +113,7 @@ FULL = Sizes(
         "rates": 20,
         "steps": 150,
         "vlasov": 120,
+        "budget_worker": 30,
         "ray_study": 80,
         "projection": 10,
     },
@@ -134,6 +137,7 @@ SMOKE = Sizes(
         "rates": 20,
         "steps": 60,
         "vlasov": 60,
+        "budget_worker": 60,
         "ray_study": 180,
         "projection": 10,
     },
@@ -537,6 +541,37 @@ def section_vlasov(result: dict[str, Any], ctx: Context) -> None:
     result["max_rel_diff"] = float(diff.max() / np.abs(on_cpu.snapshots).max())
 
 
+def section_budget_worker(result: dict[str, Any], ctx: Context) -> None:
+    """A budget-search worker (in process, as a Ray actor runs it) on the smoke spec and one
+    three-stage candidate, on the device and on the CPU: its device and per-step values."""
+    from studies.budget import SearchSetup, TrialWorker, search_data
+
+    spec = load_spec("smoke")
+    data, val = search_data(spec, 0.2, 0)
+    setup = SearchSetup("smoke", 400, (20,), 3, 0, 0, val_index=tuple(val))
+    cand = setup.candidate(3, 0.5, 0.5, 2.0, 1.0)
+    for name, device in (("device", str(ctx.device)), ("cpu", "cpu")):
+        worker = TrialWorker(spec, setup, data, device=device)
+        worker.start(cand)
+        reports = [worker.advance()]
+        while not reports[-1]["done"]:
+            reports.append(worker.advance())
+        result[name] = {
+            "worker_device": str(worker.device),
+            "steps": [r["step"] for r in reports],
+            "values": [_finite_or_none(r["value"]) for r in reports],
+            "status": [r["status"] for r in reports],
+        }
+    on_device, on_cpu = result["device"], result["cpu"]
+    if on_device["worker_device"].split(":")[0] != ctx.device.type:
+        raise RuntimeError(f"the worker trained on {on_device['worker_device']}")
+    if set(on_device["status"]) != {"ok"} or None in on_device["values"]:
+        raise RuntimeError(f"the worker on the device reported {on_device['status']}")
+    result["max_rel_diff_to_cpu"] = max(
+        abs(a - b) / abs(b) for a, b in zip(on_device["values"], on_cpu["values"], strict=True)
+    )
+
+
 def section_ray_study(result: dict[str, Any], ctx: Context) -> None:
     if importlib.util.find_spec("ray") is None:
         raise RuntimeError(
@@ -660,6 +695,7 @@ SECTIONS: tuple[tuple[str, Callable[[dict[str, Any], Context], None]], ...] = (
     ("rates", section_rates),
     ("steps", section_steps),
     ("vlasov", section_vlasov),
+    ("budget_worker", section_budget_worker),
     ("ray_study", section_ray_study),
     ("projection", section_projection),
 )
@@ -781,6 +817,12 @@ def summary_table(report: dict[str, Any]) -> str:
     lines.append(
         f"vlasov {v.get('n_params', '-')} params: {_fmt(v.get('device_wall_s'), '.1f')} s on the "
         f"device, max |device - cpu| {_fmt(v.get('max_abs_diff'), '.2e')}"
+    )
+    b = sections.get("budget_worker", {}).get("result") or {}
+    lines.append(
+        f"budget worker on {(b.get('device') or {}).get('worker_device', '-')}: values "
+        f"{(b.get('device') or {}).get('values', '-')}, max rel diff to the CPU "
+        f"{_fmt(b.get('max_rel_diff_to_cpu'), '.1e')}"
     )
     r = sections.get("ray_study", {}).get("result") or {}
     lines.append(

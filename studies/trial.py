@@ -226,7 +226,7 @@ def load_study_data(spec: StudySpec, *, progress: bool = True) -> StudyData:
     return study
 
 
-def _shared_tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def shared_tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A tensor view of a read-only object-store array (no copy on CPU; never written to)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
@@ -474,7 +474,7 @@ class TrialRunner:
     def _run(self, pending: list[int]) -> None:
         t, data = self.trial, self.data
         data.check_truth()  # before hours of training that could not be evaluated
-        U = _shared_tensor(data.U_train, self.device, self.dtype)
+        U = shared_tensor(data.U_train, self.device, self.dtype)
         stage1, *branches = t.schedule(pending)
         trainer = stage1_trainer(U, data.params_train, data.times, self.rom_config((stage1.until,)))
         saved = self._usable_state(pending)

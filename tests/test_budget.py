@@ -15,6 +15,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 from analysis.schema import read_budget_trials
 from studies import budget as B
@@ -113,6 +114,17 @@ def test_unreachable_storage_is_a_clear_error_before_work(tmp_path, capsys, url,
 
 
 # --- one trial ---------------------------------------------------------------------------------
+
+
+def test_worker_trains_on_the_gpu_it_is_given(smoke, monkeypatch):
+    """A worker that sees CUDA (the driver reserved a GPU for its actor) trains there, as a
+    study trial does; it used to train on the CPU whatever it was given."""
+    data, val = B.search_data(smoke, 0.2, 0)
+    setup = B.SearchSetup("smoke", SMOKE_BUDGET, (20,), 3, 0, 0, val_index=tuple(val))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert B.TrialWorker(smoke, setup, data).device == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert B.TrialWorker(smoke, setup, data).device == torch.device("cpu")
 
 
 def test_worker_reports_at_steps_and_matches_fit_rom(smoke):

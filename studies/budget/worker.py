@@ -38,11 +38,17 @@ class TrialWorker:
         setup: SearchSetup,
         data: SearchData,
         threads: int = 1,
+        device: str = "auto",
     ) -> None:
         import torch
 
+        from mlasdi.rom import resolve_device
+
         torch.set_num_threads(max(1, threads))
         self.spec, self.setup, self.data = spec, setup, data
+        # ``auto``: where the driver reserved a GPU for this worker (a Ray actor with num_gpus),
+        # Ray exposes only that GPU: train there, as a study trial does.
+        self.device = resolve_device(device)
         self._run: Iterator[dict[str, Any]] | None = None
 
     def start(self, cand: Candidate) -> None:
@@ -67,8 +73,6 @@ class TrialWorker:
             }
 
     def _stages(self, cand: Candidate) -> Iterator[dict[str, Any]]:
-        import torch
-
         from mlasdi.rom import (
             freeze,
             residual_stage_data,
@@ -78,11 +82,11 @@ class TrialWorker:
             torch_dtype,
         )
         from mlasdi.train import ResidualTrainer
-        from studies.trial import _shared_tensor
+        from studies.trial import shared_tensor
 
         d, setup = self.data, self.setup
         config = rom_config(self.spec, setup, cand)
-        U = _shared_tensor(d.U_fit, torch.device("cpu"), torch_dtype(config.dtype))
+        U = shared_tensor(d.U_fit, self.device, torch_dtype(config.dtype))
         steps = setup.steps
         trainer = stage1_trainer(U, d.params_fit, d.times, config)
         overhead = 0.0  # time of ROM assembly counted as training (stage1_rom, residual data)
