@@ -543,33 +543,39 @@ def section_vlasov(result: dict[str, Any], ctx: Context) -> None:
 
 def section_budget_worker(result: dict[str, Any], ctx: Context) -> None:
     """A budget-search worker (in process, as a Ray actor runs it) on the smoke spec and one
-    three-stage candidate, on the device and on the CPU: its device and per-step values."""
+    three-stage candidate, on the device and on the CPU, in float32 (the studies' default) and
+    float64 (where the device and CPU kernels must agree closely): its device and per-step
+    validation errors."""
     from studies.budget import SearchSetup, TrialWorker, search_data
 
-    spec = load_spec("smoke")
-    data, val = search_data(spec, 0.2, 0)
+    base = load_spec("smoke")
+    data, val = search_data(base, 0.2, 0)
     setup = SearchSetup("smoke", 400, (20,), 3, 0, 0, val_index=tuple(val))
     cand = setup.candidate(3, 0.5, 0.5, 2.0, 1.0)
-    for name, device in (("device", str(ctx.device)), ("cpu", "cpu")):
-        worker = TrialWorker(spec, setup, data, device=device)
-        worker.start(cand)
-        reports = [worker.advance()]
-        while not reports[-1]["done"]:
-            reports.append(worker.advance())
-        result[name] = {
-            "worker_device": str(worker.device),
-            "steps": [r["step"] for r in reports],
-            "values": [_finite_or_none(r["value"]) for r in reports],
-            "status": [r["status"] for r in reports],
-        }
-    on_device, on_cpu = result["device"], result["cpu"]
-    if on_device["worker_device"].split(":")[0] != ctx.device.type:
-        raise RuntimeError(f"the worker trained on {on_device['worker_device']}")
-    if set(on_device["status"]) != {"ok"} or None in on_device["values"]:
-        raise RuntimeError(f"the worker on the device reported {on_device['status']}")
-    result["max_rel_diff_to_cpu"] = max(
-        abs(a - b) / abs(b) for a, b in zip(on_device["values"], on_cpu["values"], strict=True)
-    )
+    for dtype in ("float32", "float64"):
+        spec = dataclasses.replace(base, training=dataclasses.replace(base.training, dtype=dtype))
+        runs = {}
+        for name, device in (("device", str(ctx.device)), ("cpu", "cpu")):
+            worker = TrialWorker(spec, setup, data, device=device)
+            worker.start(cand)
+            reports = [worker.advance()]
+            while not reports[-1]["done"]:
+                reports.append(worker.advance())
+            runs[name] = {
+                "worker_device": str(worker.device),
+                "steps": [r["step"] for r in reports],
+                "values": [_finite_or_none(r["value"]) for r in reports],
+                "status": [r["status"] for r in reports],
+            }
+        on_device, on_cpu = runs["device"], runs["cpu"]
+        if on_device["worker_device"].split(":")[0] != ctx.device.type:
+            raise RuntimeError(f"the worker trained on {on_device['worker_device']}")
+        if set(on_device["status"]) != {"ok"} or None in on_device["values"]:
+            raise RuntimeError(f"the worker on the device reported {on_device['status']}")
+        runs["max_rel_diff_to_cpu"] = max(
+            abs(a - b) / abs(b) for a, b in zip(on_device["values"], on_cpu["values"], strict=True)
+        )
+        result[dtype] = runs
 
 
 def section_ray_study(result: dict[str, Any], ctx: Context) -> None:
@@ -819,11 +825,13 @@ def summary_table(report: dict[str, Any]) -> str:
         f"device, max |device - cpu| {_fmt(v.get('max_abs_diff'), '.2e')}"
     )
     b = sections.get("budget_worker", {}).get("result") or {}
-    lines.append(
-        f"budget worker on {(b.get('device') or {}).get('worker_device', '-')}: values "
-        f"{(b.get('device') or {}).get('values', '-')}, max rel diff to the CPU "
-        f"{_fmt(b.get('max_rel_diff_to_cpu'), '.1e')}"
-    )
+    for dtype in ("float32", "float64"):
+        runs = b.get(dtype) or {}
+        lines.append(
+            f"budget worker {dtype} on {(runs.get('device') or {}).get('worker_device', '-')}: "
+            f"max rel diff of its validation errors to the CPU's "
+            f"{_fmt(runs.get('max_rel_diff_to_cpu'), '.1e')}"
+        )
     r = sections.get("ray_study", {}).get("result") or {}
     lines.append(
         f"ray study: {len(r.get('rows', []))}/{r.get('n_expected_rows', '-')} rows, all on device "
