@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mlasdi.data import SnapshotSet
-from mlasdi.rom import fit_rom
+from mlasdi.fit import fit_rom
 from mlasdi.train import DivergenceError
 from studies import budget as B
 from studies.spec import load_spec

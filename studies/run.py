@@ -176,7 +176,7 @@ def _make_callback(writer: ResultWriter, spec: StudySpec, data: Any) -> Any:
 
             done = set(writer.written) | set(finished_evaluations(writer.out))
             runner = TrialRunner(t, spec, data, frozenset(done), report)
-            runner._report_bad(list(range(len(t.budgets))), "failed", message)
+            runner.report_bad(list(range(len(t.budgets))), "failed", message)
 
     return StudyCallback()
 

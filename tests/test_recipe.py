@@ -19,13 +19,13 @@ from mlasdi.config import (
     Stage1Config,
     from_dict,
 )
+from mlasdi.fit import fit_rom
 from mlasdi.metrics import max_relative_error
 from mlasdi.problems import oscillator
 from mlasdi.rom import (
     HeldOut,
     MultiStageROM,
     evaluate,
-    fit_rom,
     held_out_rom,
     stage1_rom,
     stage1_trainer,

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlasdi.acceptance import fit_accepted_rom
 from mlasdi.config import RECIPES, ROMConfig
+from mlasdi.fit import fit_accepted_rom, fit_rom
 from mlasdi.problems import oscillator
-from mlasdi.rom import evaluate, fit_rom
+from mlasdi.rom import evaluate
 from studies.plan import trials
 from studies.spec import load_spec, spec_from_dict
 from studies.trial import TrialRunner, load_study_data

@@ -182,8 +182,8 @@ def test_mlasdi_val_resumes_exactly_mid_residual_stage(val_data):
         for m, s in reports
         if s is not None and len(s["stages"]) == 2 and s["stages"][1]["trainer"]["iteration"] == 30
     )
-    assert state["done"] == [0] and "selector" in state["stages"][1]
-    assert state["stages"][1]["selector"]["iteration"] % 10 == 0
+    selector = state["stages"][1]["trainer"]["selector"]
+    assert state["done"] == [0] and selector["iteration"] % 10 == 0
     again = _rows(_run(spec, val_data, t, state=copy.deepcopy(state)))
     assert list(again) == [t.evaluation_id(1)]
     _same(again[t.evaluation_id(1)], rows[t.evaluation_id(1)])

@@ -19,11 +19,13 @@ from test_data_sources import _file_spec, advection_set
 from test_studies import _rows, _run_trial, _same_rows
 
 from mlasdi import data as data_module
+from mlasdi import engine as engine_module
 from mlasdi.cli import main as mlasdi_main
 from mlasdi.config import ConfigError
 from mlasdi.data import DataError, SnapshotReader, load_snapshot_set, save_snapshot_set
+from mlasdi.fit import fit_rom
 from mlasdi.problems import data_source
-from mlasdi.rom import evaluate, fit_rom, stage1_rom, stage1_trainer
+from mlasdi.rom import evaluate, stage1_rom, stage1_trainer
 from studies import trial as trial_module
 from studies.plan import format_plan, plan, trials
 from studies.spec import load_spec, smoke_spec, spec_from_dict, tomllib
@@ -168,7 +170,7 @@ def _traced(spec, data, monkeypatch):
         errors.append(evaluate(*args, **kwargs))
         return errors[-1]
 
-    monkeypatch.setattr(trial_module, "stage1_trainer", trainer)
+    monkeypatch.setattr(engine_module, "stage1_trainer", trainer)
     monkeypatch.setattr(trial_module, "evaluate", evaluate_all)
     rows = {}
     for t in trials(spec):
