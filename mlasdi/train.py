@@ -84,9 +84,15 @@ class BestCheckpoint:
         first = (start // self.every + 1) * self.every
         return list(range(first, until + 1, self.every))
 
+    def score(self, model: nn.Module) -> float:
+        """:meth:`error`, with NaN read as +inf: a NaN never compares, so a NaN score could
+        otherwise stay the best for good."""
+        err = float(self.error(model))
+        return math.inf if math.isnan(err) else err
+
     def observe(self, report: CheckpointReport) -> None:
         """Trainer callback at a grid iteration: remember the checkpoint if it is the best."""
-        err = self.error(report.model)
+        err = self.score(report.model)
         if self.best is None or err < self.best[1]:
             self.best = (report.iteration, err, copy.deepcopy(report.model.state_dict()))
 
@@ -97,7 +103,7 @@ class BestCheckpoint:
         the live ``model`` standing there (every grid checkpoint up to it has been observed)."""
         candidates = [] if self.best is None else [self.best]
         if self.best is None or self.best[0] != iteration:
-            candidates.append((iteration, self.error(model), None))
+            candidates.append((iteration, self.score(model), None))
         stop, err, state = min(candidates, key=lambda c: (c[1], c[0]))
         if state is None:
             state = copy.deepcopy(model.state_dict())

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
+import logging
 import math
 import socket
 import tempfile
@@ -74,6 +75,8 @@ from mlasdi.train import TRAINER_STATE_FORMAT, CheckpointReport, DivergenceError
 from mlasdi.validation import Split
 from studies.plan import Trial
 from studies.spec import StudySpec, hidden_label
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "trial_state.pt"
 META_FILE = "trial_meta.json"
@@ -508,10 +511,18 @@ def state_progress(state: dict[str, Any]) -> list[int]:
 
 
 def load_state(directory: str | Path) -> dict[str, Any] | None:
-    """A trial state saved in a checkpoint directory (None if missing or unreadable)."""
+    """A trial state saved in a checkpoint directory (None if missing or unreadable, logged as
+    a warning that names the file and the reason: the trial then trains from scratch)."""
+    path = Path(directory) / STATE_FILE
     try:
-        return torch.load(Path(directory) / STATE_FILE, weights_only=True, map_location="cpu")
-    except Exception:  # a checkpoint cut short by a crash: train from scratch instead
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # e.g. a checkpoint cut short by a crash
+        log.warning(
+            "cannot load the trial state %s (%s: %s); training this trial from scratch",
+            path,
+            type(exc).__name__,
+            exc,
+        )
         return None
 
 
