@@ -27,10 +27,11 @@ from typing import Any
 
 from mlasdi.data import SnapshotReader
 from mlasdi.metrics import METHODS
+from mlasdi.study_data import StudyData, load_study_data
 from studies.plan import Trial, trials
 from studies.results import ResultWriter, finished_evaluations
 from studies.spec import SpecError, StudySpec, check_resources, spec_from_dict, tomllib
-from studies.trial import META_FILE, StudyData, TrialRunner, load_study_data, run_trial
+from studies.trial import META_FILE, TrialRunner, run_trial
 
 DATA_FINGERPRINT = "data.sha256"
 
@@ -225,7 +226,7 @@ def run_study(
         return 0
 
     t_data = time.perf_counter()
-    data = load_study_data(spec, progress=verbose >= 1)
+    data = load_study_data(spec.data, progress=verbose >= 1)
     data_s = time.perf_counter() - t_data
     _check_data(spec, out, data.fingerprint)
     _write_spec(spec, out, data.fingerprint)

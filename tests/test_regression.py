@@ -24,9 +24,10 @@ from mlasdi.config import RECIPES, ROMConfig
 from mlasdi.fit import fit_accepted_rom, fit_rom
 from mlasdi.problems import oscillator
 from mlasdi.rom import evaluate
+from mlasdi.study_data import load_study_data
 from studies.plan import trials
 from studies.spec import load_spec, spec_from_dict
-from studies.trial import TrialRunner, load_study_data
+from studies.trial import TrialRunner
 
 RECIPE_NAMES = ("paper", "fast")
 SEEDS = (0, 1, 2)
@@ -85,7 +86,7 @@ def smoke_rows(recipe: str) -> dict[str, dict]:
     raw["mlasdi"]["budgets"] = [[100, 20], [150, 40]]
     raw["mlasdi_val"] = {**raw["mlasdi"], "val_every": 10}
     spec = spec_from_dict(raw)
-    data = load_study_data(spec, progress=False)
+    data = load_study_data(spec.data, progress=False)
     reports = []
     for t in trials(spec):
         TrialRunner(t, spec, data, frozenset(), lambda m, s: reports.append(copy.deepcopy(m))).run()

@@ -24,8 +24,9 @@ import pytest
 
 from analysis.schema import read_param_errors, read_results
 from mlasdi import engine as engine_module
+from mlasdi import study_data as study_data_module
+from mlasdi.study_data import load_study_data
 from mlasdi.train import DivergenceError
-from studies import trial as trial_module
 from studies.cli import main
 from studies.plan import Run, format_plan, plan, trials
 from studies.spec import (
@@ -37,7 +38,7 @@ from studies.spec import (
     spec_from_dict,
     tomllib,
 )
-from studies.trial import TrialRunner, load_study_data
+from studies.trial import TrialRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,7 +302,7 @@ def test_cluster_yaml_validates_against_ray_schema():
 @pytest.fixture(scope="module")
 def tiny():
     spec = spec_from_dict(_base())
-    return spec, load_study_data(spec)
+    return spec, load_study_data(spec.data)
 
 
 def _run_trial(spec, data, t, finished=frozenset(), state=None):
@@ -378,7 +379,7 @@ def test_three_stage_trial_equals_direct_fits(tiny, monkeypatch):
         branched_from.append(rom.n_stages)
         return residual_stage_data(rom, *args)
 
-    monkeypatch.setattr(trial_module, "evaluate", evaluate_all)
+    monkeypatch.setattr(study_data_module, "evaluate", evaluate_all)
     monkeypatch.setattr(engine_module, "residual_stage_data", stage_data)
     rows = _rows(_run_trial(spec, data, t))
     assert list(rows) == t.evaluation_ids  # evaluated in budget order
