@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from mlasdi.data import SnapshotSet
-from mlasdi.rom import fit_rom
+from mlasdi.fit import fit_rom
+from mlasdi.study_data import load_study_data
 from mlasdi.train import DivergenceError
 from studies import budget as B
 from studies.spec import load_spec
-from studies.trial import load_study_data
 
 PAPER_SPLITS = ((25_000, 25_000), (25_000, 50_000), (50_000, 50_000), (75_000, 25_000))
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     best = B.candidate_of(setup, summary["best"]["params"])
 
-    data = load_study_data(spec, progress=False)
+    data = load_study_data(spec.data, progress=False)
     sdata, _ = B.search_data(spec, 0.2, setup.seed)
     width = setup.mirrored() if mlasdi.residual_hidden == "mirror" else mlasdi.residual_hidden
     kappa = mlasdi.residual_kappa

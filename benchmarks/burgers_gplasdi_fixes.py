@@ -34,9 +34,9 @@ import torch
 from mlasdi import train as train_module
 from mlasdi.config import GPConfig
 from mlasdi.rom import stage1_rom, stage1_trainer
+from mlasdi.study_data import load_study_data
 from mlasdi.train import DivergenceError
 from studies.spec import load_spec, smoke_spec
-from studies.trial import load_study_data
 
 
 def _summary(r: np.ndarray) -> str:
@@ -88,7 +88,7 @@ def run(argv: list[str] | None, tmp: Path) -> int:
         checkpoints, args.float32_iters = [20, 40], 20
     torch.manual_seed(0)
     start = time.perf_counter()
-    data = load_study_data(spec, progress=False)
+    data = load_study_data(spec.data, progress=False)
     print(
         f"data: {data.U_train.shape[0]} training points x {data.U_train.shape[1]} snapshots; "
         f"{len(data.params_test)} test points x {len(data.times_test)} levels "

@@ -31,9 +31,9 @@ from mlasdi.rom import (
     stage1_rom,
     stage1_trainer,
 )
+from mlasdi.study_data import load_study_data
 from mlasdi.train import ResidualTrainer
 from studies.spec import load_spec
-from studies.trial import load_study_data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = load_spec("smoke" if args.smoke else "vlasov_quick")
     start = time.perf_counter()
-    data = load_study_data(spec, progress=False)
+    data = load_study_data(spec.data, progress=False)
     print(
         f"data {spec.name}: {data.U_train.shape[0]} training / {data.params_test.shape[0]} test "
         f"parameters, {data.times.size} snapshots, state {data.n_state} "

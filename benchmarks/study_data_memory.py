@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
+from mlasdi import study_data as study_data_module
 from mlasdi.data import SnapshotReader
 from mlasdi.rom import stage1_rom, stage1_trainer
-from studies import trial as trial_module
+from mlasdi.study_data import load_study_data
 from studies.spec import load_spec, smoke_spec
-from studies.trial import load_study_data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = dataclasses.replace(spec, data=data_spec)
         spec.data.check()
         if args.lazy_bytes is not None:
-            trial_module.LAZY_TRUTH_BYTES = args.lazy_bytes
+            study_data_module.LAZY_TRUTH_BYTES = args.lazy_bytes
 
         start = time.perf_counter()
-        data = load_study_data(spec, progress=False)
+        data = load_study_data(spec.data, progress=False)
         load_s = time.perf_counter() - start
         method = spec.methods[0]
         config = spec.rom_config(

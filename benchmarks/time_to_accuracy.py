@@ -47,9 +47,9 @@ from mlasdi.rom import (
     stage1_rom,
     stage1_trainer,
 )
+from mlasdi.study_data import StudyData, load_study_data
 from mlasdi.train import DivergenceError, ResidualTrainer, Stage1Trainer
 from studies.spec import load_spec, smoke_spec
-from studies.trial import StudyData, load_study_data
 
 TARGET = 0.04
 GPLASDI_HIDDEN = (75,)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         args.paper_budget, args.fast_budget, args.every, args.paper_every = 20, 20, 10, 10
         args.mlasdi_split = [10, 10]
     start = time.perf_counter()
-    data = load_study_data(spec, progress=False)
+    data = load_study_data(spec.data, progress=False)
     print(f"data_s={time.perf_counter() - start:.1f}")
     print(f"data_shape={list(data.truth_test.shape)} n_train={data.U_train.shape[0]}")
     print(f"target_err_mean={TARGET}")

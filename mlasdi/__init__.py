@@ -19,8 +19,9 @@ from mlasdi.config import (
     to_dict,
 )
 from mlasdi.data import SnapshotSet, load_snapshot_set, save_snapshot_set
+from mlasdi.fit import FitResult, fit_rom
 from mlasdi.metrics import max_relative_error, relative_error_over_time
-from mlasdi.rom import FitResult, MultiStageROM, evaluate, fit_rom, resolve_device
+from mlasdi.rom import MultiStageROM, evaluate, resolve_device
 from mlasdi.train import DivergenceError, ResidualTrainer, Stage1Trainer
 
 __version__ = "0.1.0"

@@ -28,36 +28,28 @@ those of training points), a stage on the vlasov_quick data lowered the held-out
 15.4 % to 12.0 % while it raised the unseen one from 16.6 % to 18.6 %; with the refitted GP it
 stopped at half its budget, unseen 14.6 % (benchmarks/stage_acceptance.py, docs/studies.md).
 
-:class:`StageSelector` follows one stage being trained (a trainer callback);
-:func:`train_accepted_stage` and :func:`fit_accepted_rom` run the whole procedure.
+:class:`StageSelector` follows one stage being trained (``trainer.selector``);
+:func:`train_accepted_stage` trains one stage with it, :class:`mlasdi.engine.Acceptance` every
+residual stage of a fit, and :func:`mlasdi.fit.fit_accepted_rom` the whole procedure.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mlasdi.config import ResidualStageConfig, ROMConfig
-from mlasdi.data import SnapshotSet
+from mlasdi.config import ResidualStageConfig
 from mlasdi.metrics import max_relative_error
 from mlasdi.rom import (
-    FitResult,
     HeldOut,
     MultiStageROM,
     freeze,
     held_out_rom,
     residual_stage_data,
-    residual_stage_seed,
-    resolve_device,
-    stage1_rom,
-    stage1_trainer,
-    torch_dtype,
 )
 from mlasdi.train import BestCheckpoint, ResidualTrainer
 
@@ -179,49 +171,7 @@ def train_accepted_stage(
     Z, target, scale = residual_stage_data(rom, held_out.U_fit, held_out.params_fit)
     selector = StageSelector.for_rom(rom, held_out, scale, every)
     trainer = ResidualTrainer.create(Z, target, config, seed=seed)
-    trainer.train(
-        config.iters, checkpoints=selector.checkpoints(0, config.iters), callback=selector.observe
-    )
+    trainer.selector = selector
+    trainer.train(config.iters)
     decision = selector.decide(trainer.iteration, trainer.model)
     return decision.apply(rom, trainer.model, scale), decision, trainer
-
-
-def fit_accepted_rom(
-    train: SnapshotSet,
-    config: ROMConfig,
-    *,
-    every: int,
-    val_fraction: float = 0.2,
-    split_seed: int = 0,
-    device: str | torch.device = "auto",
-) -> tuple[FitResult, list[StageDecision]]:
-    """:func:`mlasdi.rom.fit_rom` with validation-accepted residual stages (module docstring).
-
-    Returns the fit and one decision per residual stage of ``config``. The ROM holds the accepted
-    stages only, and its config lists them with their stopping iterations (so that it saves and
-    loads as it predicts); ``stage_times_s`` and ``loss_histories`` cover every stage trained.
-    """
-    device = resolve_device(device)
-    U = torch.as_tensor(train.flat_snapshots(), dtype=torch_dtype(config.dtype)).to(device)
-    held_out = HeldOut.split(U, train.params, fraction=val_fraction, seed=split_seed)
-    trainer = stage1_trainer(U, train.params, train.times, config)
-    trainer.train(config.stage1.iters)
-    start = time.perf_counter()
-    rom = stage1_rom(trainer.selected()[1], U, train.params, train.times, config)
-    times = [trainer.elapsed_s + time.perf_counter() - start]
-    histories, decisions = [trainer.history], []
-    for k, stage in enumerate(config.residual_stages, start=2):
-        start = time.perf_counter()
-        rom, decision, residual = train_accepted_stage(
-            rom, held_out, stage, seed=residual_stage_seed(config.seed, k), every=every
-        )
-        times.append(time.perf_counter() - start)
-        histories.append(residual.history)
-        decisions.append(decision)
-    kept = tuple(
-        dataclasses.replace(stage, iters=d.stop_iteration)
-        for stage, d in zip(config.residual_stages, decisions, strict=True)
-        if d.accepted
-    )
-    rom.config = dataclasses.replace(config, residual_stages=kept)
-    return FitResult(rom=rom, stage_times_s=times, loss_histories=histories), decisions

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from mlasdi import __version__
 from mlasdi.config import ROMConfig, to_dict
 from mlasdi.data import SnapshotSet
-from mlasdi.rom import FitResult, evaluate, fit_rom, resolve_device
+from mlasdi.fit import FitResult, fit_rom
+from mlasdi.rom import evaluate, resolve_device
 from mlasdi.runtime import provenance
 from mlasdi.train import CheckpointReport
 

@@ -4,9 +4,9 @@ Prediction for parameters mu (DESIGN.md): z0 = enc(u0(mu)); latent-dynamics coef
 GP mean (or a posterior sample); z(t) from the exact (or RK4) integrator on the snapshot times;
 u~ = dec1(z) + e1 dec2(z) + e2 dec3(z) + ...
 
-``fit_rom`` runs the whole pipeline; the pieces (:func:`stage1_trainer`, :func:`stage1_rom`,
-:func:`residual_stage_data`, ``ResidualTrainer``, :meth:`MultiStageROM.with_stage`) let a study
-branch residual stages from stage-1 checkpoints without retraining.
+The pieces (:func:`stage1_trainer`, :func:`stage1_rom`, :func:`residual_stage_data`,
+``ResidualTrainer``, :meth:`MultiStageROM.with_stage`) are what the stage engine
+(:mod:`mlasdi.engine`) trains and assembles; :func:`mlasdi.fit.fit_rom` runs the whole pipeline.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import dataclasses
 import itertools
 import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +24,13 @@ import numpy as np
 import torch
 
 from mlasdi.config import ROMConfig, from_dict, to_dict
-from mlasdi.data import SnapshotReader, SnapshotSet
+from mlasdi.data import SnapshotReader
 from mlasdi.dynamics import fit_affine, integrate, split_coefficients, time_derivative
 from mlasdi.interpolation import CoefficientGP
 from mlasdi.metrics import max_relative_error, relative_error_over_time
 from mlasdi.nn import Autoencoder, ResidualDecoder, count_parameters
-from mlasdi.train import BestCheckpoint, Callback, DivergenceError, ResidualTrainer, Stage1Trainer
-from mlasdi.validation import validation_split
+from mlasdi.train import BestCheckpoint, DivergenceError, Stage1Trainer
+from mlasdi.validation import DEFAULT_SPLIT, Split
 
 SAVE_FORMAT_VERSION = 2  # 2: the autoencoder state holds its standardisation
 # A predicted latent trajectory this many times larger than the training latents has blown up.
@@ -294,11 +293,10 @@ class HeldOut:
     params_val: np.ndarray
 
     @classmethod
-    def split(
-        cls, U: torch.Tensor, params: np.ndarray, *, fraction: float = 0.2, seed: int = 0
-    ) -> HeldOut:
-        """:func:`~mlasdi.validation.validation_split` of training snapshots ``U`` at ``params``."""
-        fit, val = validation_split(params, fraction=fraction, seed=seed)
+    def split(cls, U: torch.Tensor, params: np.ndarray, split: Split = DEFAULT_SPLIT) -> HeldOut:
+        """``split`` (:class:`~mlasdi.validation.Split`) of training snapshots ``U`` at
+        ``params``."""
+        fit, val = split.indices(np.asarray(params))
         return cls(U[fit], params[fit], U[val], params[val])
 
 
@@ -340,19 +338,23 @@ class Stage1Selector(BestCheckpoint):
 
 
 def stage1_trainer(
-    U: torch.Tensor, params: np.ndarray, times: np.ndarray, config: ROMConfig
+    U: torch.Tensor,
+    params: np.ndarray,
+    times: np.ndarray,
+    config: ROMConfig,
+    split: Split = DEFAULT_SPLIT,
 ) -> Stage1Trainer:
     """A fresh stage-1 trainer for ``config`` on snapshots ``U`` [n, n_t, n_state] at ``params``
     (weights fixed by ``config.seed``); with ``stage1.select_every`` it keeps its best checkpoint
-    by :class:`Stage1Selector` on :meth:`HeldOut.split` of the training parameters (the default
-    fraction 0.2 and seed 0, as ``mlasdi_val``'s default)."""
+    by :class:`Stage1Selector` on the ``split`` of the training parameters (the one a residual
+    stage's acceptance holds out: :class:`mlasdi.engine.EngineConfig` carries it)."""
     ae = config.autoencoder
     dt = float(times[1] - times[0])
     trainer = Stage1Trainer.create(
         U, dt, ae.hidden, ae.latent_dim, ae.activation, config.stage1, config.seed
     )
     if config.stage1.select_every:
-        held_out = HeldOut.split(U, np.asarray(params))
+        held_out = HeldOut.split(U, np.asarray(params), split)
         trainer.selector = Stage1Selector(held_out, times, config, config.stage1.select_every)
     return trainer
 
@@ -378,60 +380,6 @@ def residual_stage_data(
 def residual_stage_seed(seed: int, stage: int) -> int:
     """Seed of the decoder of residual stage ``stage`` (2, 3, ...) of a ROM seeded with ``seed``."""
     return seed + stage - 1
-
-
-@dataclass
-class FitResult:
-    """What :func:`fit_rom` returns: the ROM and per-stage training times and loss histories."""
-
-    rom: MultiStageROM
-    stage_times_s: list[float]
-    loss_histories: list[torch.Tensor]
-
-
-def fit_rom(
-    train: SnapshotSet,
-    config: ROMConfig,
-    *,
-    device: str | torch.device = "auto",
-    stage_callback: Callable[[int], Callback] | None = None,
-    checkpoints: dict[int, list[int]] | None = None,
-) -> FitResult:
-    """Train every stage of ``config`` on ``train`` (its first snapshot is each u0).
-
-    ``checkpoints[k]`` lists iterations of stage k (1-based) at which ``stage_callback(k)`` is
-    called with a :class:`~mlasdi.train.CheckpointReport`.
-    """
-    device = resolve_device(device)
-    dtype = torch_dtype(config.dtype)
-    ae = config.autoencoder
-    if ae.latent_dim >= train.n_state:
-        raise ValueError(
-            f"latent size {ae.latent_dim} must be smaller than the state size {train.n_state}"
-        )
-    U = torch.as_tensor(train.flat_snapshots(), dtype=dtype).to(device)
-    checkpoints = checkpoints or {}
-
-    def callback_for(stage: int) -> Callback | None:
-        return stage_callback(stage) if stage_callback is not None else None
-
-    trainer = stage1_trainer(U, train.params, train.times, config)
-    trainer.train(config.stage1.iters, checkpoints=checkpoints.get(1, ()), callback=callback_for(1))
-    start = time.perf_counter()
-    rom = stage1_rom(trainer.selected()[1], U, train.params, train.times, config)
-    stage_times = [trainer.elapsed_s + time.perf_counter() - start]
-    histories = [trainer.history]
-    for k, stage in enumerate(config.residual_stages, start=2):
-        start = time.perf_counter()
-        Z, target, scale = residual_stage_data(rom, U, train.params)
-        residual = ResidualTrainer.create(
-            Z, target, stage, seed=residual_stage_seed(config.seed, k)
-        )
-        residual.train(stage.iters, checkpoints=checkpoints.get(k, ()), callback=callback_for(k))
-        rom = rom.with_stage(freeze(residual.model), scale)  # type: ignore[arg-type]
-        stage_times.append(time.perf_counter() - start)
-        histories.append(residual.history)
-    return FitResult(rom=rom, stage_times_s=stage_times, loss_histories=histories)
 
 
 @torch.no_grad()

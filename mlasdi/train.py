@@ -33,8 +33,9 @@ COSINE_FLOOR = 1e-2  # a cosine schedule ends at this fraction of the initial le
 # wrong parameters. 1: torch.optim.Adam, parameters in module order; 2: FlatAdam, output layer
 # as a [W, b] block; 3: the autoencoder's standardisation buffers in the model state; 4: the
 # best checkpoint of a stage 1 that selects one (``selector``); 5: stage 1's latent fit in
-# float64 (a state saved before would continue with other numbers than it was trained with).
-TRAINER_STATE_FORMAT = 5
+# float64 (a state saved before would continue with other numbers than it was trained with);
+# 6: a residual stage's held-out selector (mlasdi_val) in its trainer's state, not beside it.
+TRAINER_STATE_FORMAT = 6
 # Ridge of the exact output-layer solve, relative to the mean diagonal of the features' Gram
 # matrix: far below float32 resolution, it only keeps the solve defined for collinear features.
 LSTSQ_RIDGE = 1e-10
@@ -83,9 +84,15 @@ class BestCheckpoint:
         first = (start // self.every + 1) * self.every
         return list(range(first, until + 1, self.every))
 
+    def score(self, model: nn.Module) -> float:
+        """:meth:`error`, with NaN read as +inf: a NaN never compares, so a NaN score could
+        otherwise stay the best for good."""
+        err = float(self.error(model))
+        return math.inf if math.isnan(err) else err
+
     def observe(self, report: CheckpointReport) -> None:
         """Trainer callback at a grid iteration: remember the checkpoint if it is the best."""
-        err = self.error(report.model)
+        err = self.score(report.model)
         if self.best is None or err < self.best[1]:
             self.best = (report.iteration, err, copy.deepcopy(report.model.state_dict()))
 
@@ -96,7 +103,7 @@ class BestCheckpoint:
         the live ``model`` standing there (every grid checkpoint up to it has been observed)."""
         candidates = [] if self.best is None else [self.best]
         if self.best is None or self.best[0] != iteration:
-            candidates.append((iteration, self.error(model), None))
+            candidates.append((iteration, self.score(model), None))
         stop, err, state = min(candidates, key=lambda c: (c[1], c[0]))
         if state is None:
             state = copy.deepcopy(model.state_dict())

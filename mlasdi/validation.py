@@ -7,6 +7,8 @@ and judge by the error there, so that test-only parameters are never read.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -38,3 +40,20 @@ def validation_split(
     val = np.sort(order[:n_val])
     fit = np.setdiff1d(np.arange(n), val)
     return fit, val
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which training parameters are held out: ``fraction`` and the tie-breaking ``seed`` of
+    :func:`validation_split`. One object, so that every part of a fit (stage-1 checkpoint
+    selection, residual-stage acceptance) holds out the same parameters."""
+
+    fraction: float = 0.2
+    seed: int = 0
+
+    def indices(self, params_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(fit indices, validation indices) into ``params_train`` [n, n_p]."""
+        return validation_split(params_train, fraction=self.fraction, seed=self.seed)
+
+
+DEFAULT_SPLIT = Split()

@@ -27,10 +27,11 @@ from typing import Any
 
 from mlasdi.data import SnapshotReader
 from mlasdi.metrics import METHODS
+from mlasdi.study_data import StudyData, load_study_data
 from studies.plan import Trial, trials
 from studies.results import ResultWriter, finished_evaluations
 from studies.spec import SpecError, StudySpec, check_resources, spec_from_dict, tomllib
-from studies.trial import META_FILE, StudyData, TrialRunner, load_study_data, run_trial
+from studies.trial import META_FILE, TrialRunner, run_trial
 
 DATA_FINGERPRINT = "data.sha256"
 
@@ -176,7 +177,7 @@ def _make_callback(writer: ResultWriter, spec: StudySpec, data: Any) -> Any:
 
             done = set(writer.written) | set(finished_evaluations(writer.out))
             runner = TrialRunner(t, spec, data, frozenset(done), report)
-            runner._report_bad(list(range(len(t.budgets))), "failed", message)
+            runner.report_bad(list(range(len(t.budgets))), "failed", message)
 
     return StudyCallback()
 
@@ -191,51 +192,21 @@ def _tested(data: StudyData) -> str:
     return f" (test: {n_t} snapshots{read})"
 
 
-def run_study(
+def _tune_run(
     spec: StudySpec,
-    *,
+    data: StudyData,
+    todo: list[Trial],
+    finished: set[str],
     out: Path,
-    address: str | None = None,
-    storage: str | None = None,
-    num_cpus: int | None = None,
-    check: bool = True,
-    verbose: int = 1,
-) -> int:
-    """Run (or finish) a study; returns the exit code (0 when every evaluation has a row).
-
-    Nothing is written under ``out`` before the spec, the resources and the data have been
-    checked (a bad data file raises :class:`~mlasdi.data.DataError`).
-    """
-    t_command = time.perf_counter()
-    out = Path(out).resolve()
-    _check_out(spec, out)
-    if not address and check:
-        check_resources(spec, [_local_resources(num_cpus)], "this machine")
-    all_trials = trials(spec)
-    n_evals = sum(len(t.budgets) for t in all_trials)
-    finished = finished_evaluations(out)
-    todo = [t for t in all_trials if any(e not in finished for e in t.evaluation_ids)]
-    print(
-        f"study {spec.name}: {len(all_trials)} trials, {n_evals} evaluations; "
-        f"{len(finished)} finished on disk, {len(todo)} trials to run; output {out}",
-        flush=True,
-    )
-    if not todo:
-        print(_summary(out, spec))
-        return 0
-
-    t_data = time.perf_counter()
-    data = load_study_data(spec, progress=verbose >= 1)
-    data_s = time.perf_counter() - t_data
-    _check_data(spec, out, data.fingerprint)
-    _write_spec(spec, out, data.fingerprint)
-    print(
-        f"data: {data.truth_test.shape[0]} test / {data.U_train.shape[0]} training parameters, "
-        f"{data.U_train.shape[1]} snapshots of {data.n_state} values{_tested(data)} "
-        f"({data_s:.1f} s)",
-        flush=True,
-    )
-
+    address: str | None,
+    storage: str | None,
+    num_cpus: int | None,
+    check: bool,
+    verbose: int,
+) -> tuple[ResultWriter, float, int, bool]:
+    """Run the ``todo`` trials on Ray Tune, writing rows as they come; returns the writer, the
+    study wall time (``ray.init`` to the last result), the trial slots of the cluster and
+    whether the user interrupted it."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     import ray
     from ray import tune
@@ -294,6 +265,57 @@ def run_study(
     finally:
         ray.shutdown()
 
+    return writer, wall, slots, interrupted
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    out: Path,
+    address: str | None = None,
+    storage: str | None = None,
+    num_cpus: int | None = None,
+    check: bool = True,
+    verbose: int = 1,
+) -> int:
+    """Run (or finish) a study; returns the exit code (0 when every evaluation has a row).
+
+    Nothing is written under ``out`` before the spec, the resources and the data have been
+    checked (a bad data file raises :class:`~mlasdi.data.DataError`).
+    """
+    t_command = time.perf_counter()
+    out = Path(out).resolve()
+    _check_out(spec, out)
+    if not address and check:
+        check_resources(spec, [_local_resources(num_cpus)], "this machine")
+    all_trials = trials(spec)
+    n_evals = sum(len(t.budgets) for t in all_trials)
+    finished = finished_evaluations(out)
+    todo = [t for t in all_trials if any(e not in finished for e in t.evaluation_ids)]
+    print(
+        f"study {spec.name}: {len(all_trials)} trials, {n_evals} evaluations; "
+        f"{len(finished)} finished on disk, {len(todo)} trials to run; output {out}",
+        flush=True,
+    )
+    if not todo:
+        print(_summary(out, spec))
+        return 0
+
+    t_data = time.perf_counter()
+    data = load_study_data(spec.data, progress=verbose >= 1)
+    data_s = time.perf_counter() - t_data
+    _check_data(spec, out, data.fingerprint)
+    _write_spec(spec, out, data.fingerprint)
+    print(
+        f"data: {data.truth_test.shape[0]} test / {data.U_train.shape[0]} training parameters, "
+        f"{data.U_train.shape[1]} snapshots of {data.n_state} values{_tested(data)} "
+        f"({data_s:.1f} s)",
+        flush=True,
+    )
+
+    writer, wall, slots, interrupted = _tune_run(
+        spec, data, todo, finished, out, address, storage, num_cpus, check, verbose
+    )
     compute = writer.compute_s
     overhead = (wall - compute / slots) / wall if wall > 0 else float("nan")
     done_now = finished_evaluations(out, retry_failed=False)

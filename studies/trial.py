@@ -27,18 +27,15 @@ study goes on.
 
 from __future__ import annotations
 
-import collections
-import copy
 import datetime as dt
 import json
+import logging
 import math
 import socket
 import tempfile
 import time
 import traceback
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,192 +43,33 @@ import numpy as np
 import torch
 
 import mlasdi
-from mlasdi.acceptance import HeldOut, StageDecision, StageSelector
+from mlasdi.acceptance import StageDecision
 from mlasdi.config import (
     ROMConfig,
     to_dict,
 )
-from mlasdi.data import (
-    SnapshotReader,
-    SnapshotSet,
-    flatten_grid,
-    inspect_snapshot_file,
-    iter_snapshot_rows,
-    load_snapshot_set,
+from mlasdi.engine import (
+    Acceptance,
+    EngineConfig,
+    Plugin,
+    StageEngine,
+    StageRun,
+    Stop,
+    TrainingSet,
 )
 from mlasdi.metrics import summarize_errors
-from mlasdi.problems.source import DataSource
-from mlasdi.rom import (
-    MultiStageROM,
-    evaluate,
-    freeze,
-    residual_stage_data,
-    residual_stage_seed,
-    resolve_device,
-    stage1_rom,
-    stage1_trainer,
-    torch_dtype,
-)
+from mlasdi.rom import MultiStageROM, resolve_device, torch_dtype
 from mlasdi.runtime import provenance
-from mlasdi.train import (
-    TRAINER_STATE_FORMAT,
-    DivergenceError,
-    FullBatchTrainer,
-    ResidualTrainer,
-)
-from studies.plan import Run, Trial
+from mlasdi.study_data import StudyData
+from mlasdi.train import TRAINER_STATE_FORMAT, CheckpointReport, DivergenceError
+from mlasdi.validation import Split
+from studies.plan import Trial
 from studies.spec import StudySpec, hidden_label
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "trial_state.pt"
 META_FILE = "trial_meta.json"
-
-
-# A test truth larger than this (float32) is read from the data source's snapshot file a batch
-# at a time in each trial instead of being loaded and shipped through the object store.
-LAZY_TRUTH_BYTES = 256 * 2**20
-
-
-@dataclass
-class StudyData:
-    """Arrays every trial needs, shared read-only through the object store.
-
-    U_train : float32 [n_train, n_t_train, n_state] training snapshots, at ``times``
-    [n_t_train] (every ``train_time_stride``-th of ``times_test``); params_train : [n_train, n_p].
-    params_test : [n_test, n_p]; truth_test : float32 [n_test, n_t, n_state] at ``times_test``
-    [n_t] (every test point, training points included): an array, or a
-    :class:`~mlasdi.data.SnapshotReader` of the source's file when larger than
-    :data:`LAZY_TRUTH_BYTES`; is_train : bool [n_test]; u0_test : float32 [n_test, n_state] the
-    initial conditions the predictions start from (the data source's); fingerprint : the
-    source's digest of the data (empty where the spec's keys determine them).
-    """
-
-    U_train: np.ndarray
-    params_train: np.ndarray
-    times: np.ndarray
-    params_test: np.ndarray
-    truth_test: np.ndarray | SnapshotReader
-    is_train: np.ndarray
-    u0_test: np.ndarray
-    times_test: np.ndarray
-    fingerprint: str = ""
-
-    @property
-    def n_state(self) -> int:
-        return int(self.U_train.shape[-1])
-
-    def check_truth(self) -> None:
-        """Raise :class:`~mlasdi.data.DataError` if the test truth cannot be read here (a
-        reader's file is not at its path on this node)."""
-        if isinstance(self.truth_test, SnapshotReader):
-            self.truth_test.check()
-
-    def test_errors(self, rom: MultiStageROM, batch_size: int = 32) -> np.ndarray:
-        """Per-time relative errors [n_stages, n_test, n_t] of ``rom`` at every test parameter
-        and test time, from the source's initial conditions (:func:`mlasdi.rom.evaluate`, a
-        batch of ``batch_size`` parameters at a time)."""
-        return evaluate(
-            rom,
-            self.params_test,
-            self.truth_test,
-            u0=self.u0_test,
-            times=self.times_test,
-            batch_size=batch_size,
-        )
-
-
-def _is_train(n: int, train_index: np.ndarray) -> np.ndarray:
-    if train_index.size < 2 or np.any(train_index < 0):
-        raise ValueError(f"need at least two training points inside the test grid: {train_index}")
-    is_train = np.zeros(n, dtype=bool)
-    is_train[train_index] = True
-    return is_train
-
-
-def _study_data(
-    data: SnapshotSet, train_index: np.ndarray, source: DataSource, u0: np.ndarray
-) -> StudyData:
-    train_index = np.asarray(train_index, dtype=np.int64)
-    is_train = _is_train(data.params.shape[0], train_index)
-    subset = data.every(source.time_stride)
-    truth = subset.flat_snapshots().astype(np.float32)
-    every = slice(None, None, source.train_time_stride)
-    return StudyData(
-        U_train=np.ascontiguousarray(truth[train_index, every]),
-        params_train=subset.params[train_index],
-        times=subset.times[every],
-        params_test=subset.params,
-        truth_test=truth,
-        is_train=is_train,
-        u0_test=flatten_grid(u0, len(data.grid_shape)).astype(np.float32),
-        times_test=subset.times,
-    )
-
-
-def _lazy_study_data(source: DataSource, path: Path, rows: np.ndarray) -> StudyData:
-    """The study data of a source whose test truth is read from ``path`` in each trial: only the
-    header, the first snapshots (initial conditions) and the training snapshots are loaded here.
-    Every snapshot is still read once, batch by batch, to check it (and hash it where the source
-    fingerprints its data), as :meth:`~mlasdi.problems.source.DataSource.load` would. ``rows``
-    are the source's :meth:`~mlasdi.problems.source.DataSource.file_rows`."""
-    head = load_snapshot_set(path, indices=rows, time_slice=slice(0, 3))
-    train_index = np.asarray(source.training_indices(head), dtype=np.int64)
-    is_train = _is_train(rows.size, train_index)
-    scan = iter_snapshot_rows(path, rows)
-    fingerprint = source.fingerprint(head, scan)
-    collections.deque(scan, maxlen=0)  # check what the fingerprint did not read
-    stride = source.time_stride * source.train_time_stride
-    train = load_snapshot_set(path, indices=rows[train_index], time_slice=slice(None, None, stride))
-    times_test = inspect_snapshot_file(path).times[:: source.time_stride]
-    return StudyData(
-        U_train=train.flat_snapshots().astype(np.float32),
-        params_train=train.params,
-        times=train.times,
-        params_test=head.params,
-        truth_test=SnapshotReader(
-            str(path),
-            tuple(int(i) for i in rows),
-            source.time_stride,
-            times_test.size,
-            head.grid_shape,
-        ),
-        is_train=is_train,
-        u0_test=flatten_grid(source.initial_conditions(head), len(head.grid_shape)).astype(
-            np.float32
-        ),
-        times_test=times_test,
-        fingerprint=fingerprint,
-    )
-
-
-def load_study_data(spec: StudySpec, *, progress: bool = True) -> StudyData:
-    """Load (or generate, cached) the spec's snapshots and split them (driver side).
-
-    A test truth of more than :data:`LAZY_TRUTH_BYTES` (float32) in the source's snapshot file
-    stays there (:func:`_lazy_study_data`); otherwise everything is loaded.
-
-    Raises :class:`~mlasdi.data.DataError` naming the file when the data are bad.
-    """
-    source = spec.data
-    source.prepare(progress=progress)
-    path = source.snapshot_file
-    if path is not None:
-        rows = source.file_rows()
-        if rows.size * source.n_times * source.n_state * 4 > LAZY_TRUTH_BYTES:
-            return _lazy_study_data(source, path, rows)
-    data = source.load(progress=progress)
-    study = _study_data(
-        data, source.training_indices(data), source, source.initial_conditions(data)
-    )
-    study.fingerprint = source.fingerprint(data, [data.snapshots])
-    return study
-
-
-def shared_tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A tensor view of a read-only object-store array (no copy on CPU; never written to)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
-        tensor = torch.from_numpy(array)
-    return tensor.to(device=device, dtype=dtype)
 
 
 def _node_id() -> str:
@@ -249,8 +87,10 @@ def last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-class TrialRunner:
-    """The state machine behind :func:`run_trial`, testable without Ray (``report`` injected)."""
+class TrialRunner(Plugin):
+    """The stage-engine plug-in behind :func:`run_trial`: resumes from a saved trial state,
+    saves one every ``run.checkpoint_every`` iterations, evaluates each budget at its stop and
+    reports rows (``report`` injected: testable without Ray)."""
 
     def __init__(
         self,
@@ -273,9 +113,9 @@ class TrialRunner:
         self.node_id = _node_id()
         self.host = socket.gethostname()
         self.last_report = time.perf_counter()
-        # The live trainers of the branch being trained, stage 1 first: (prefix, trainer, the
-        # held-out selector of an mlasdi_val residual stage or None).
-        self.stack: list[tuple[tuple[int, ...], FullBatchTrainer, StageSelector | None]] = []
+        self.engine: StageEngine | None = None
+        self.pending: set[int] = set()
+        self.saved: dict[tuple[int, ...], dict[str, Any]] = {}
         self.every = spec.run.checkpoint_every
         self.resumed_at = 0  # stage-1 iteration restored from a checkpoint (0: from scratch)
 
@@ -296,12 +136,8 @@ class TrialRunner:
         return {
             "done": sorted(self.done),
             "stages": [
-                {
-                    "prefix": list(prefix),
-                    "trainer": trainer.state_dict(),
-                    **({"selector": selector.state_dict()} if selector is not None else {}),
-                }
-                for prefix, trainer, selector in self.stack
+                {"prefix": list(run.prefix), "trainer": run.trainer.state_dict()}
+                for run in (self.engine.live if self.engine is not None else [])
             ],
         }
 
@@ -377,7 +213,9 @@ class TrialRunner:
             checkpoint=True,
         )
 
-    def _report_bad(self, indices: list[int], status: str, message: str) -> None:
+    def report_bad(self, indices: list[int], status: str, message: str) -> None:
+        """Report ``status`` (``diverged`` or ``failed``) rows with ``message`` for the budgets
+        ``indices`` not reported yet."""
         n = self.data.params_test.shape[0]
         for i in indices:
             if i not in self.done:
@@ -394,7 +232,7 @@ class TrialRunner:
         try:
             errors = self.data.test_errors(rom, self.spec.run.eval_batch_size)
         except DivergenceError as exc:
-            self._report_bad([i], "diverged", str(exc))
+            self.report_bad([i], "diverged", str(exc))
             return
         eval_time = time.perf_counter() - start
         r = errors[-1].max(-1)
@@ -420,26 +258,7 @@ class TrialRunner:
             status, message = "diverged", "prediction error is not finite"
         self._report_row(i, self._row(i, status, message, **values), [float(x) for x in r])
 
-    # ----- training ----------------------------------------------------------------------------
-    def _train_to(
-        self, trainer: FullBatchTrainer, until: int, selector: StageSelector | None
-    ) -> None:
-        """Train to ``until``, reporting a checkpoint every ``run.checkpoint_every`` iterations
-        (and scoring the held-out checkpoints of an mlasdi_val stage on the way)."""
-        while True:
-            stop = until
-            if self.every:
-                stop = min(until, (trainer.iteration // self.every + 1) * self.every)
-            # Raises rather than train backwards past an evaluation.
-            if selector is None:
-                trainer.train(stop)
-            else:
-                points = selector.checkpoints(trainer.iteration, stop)
-                trainer.train(stop, checkpoints=points, callback=selector.observe)
-            if stop == until:
-                return
-            self._emit({}, checkpoint=True)
-
+    # ----- training: the engine's plug-in ------------------------------------------------------
     def run(self) -> None:
         pending = [i for i in range(len(self.trial.budgets)) if i not in self.done]
         if not pending:
@@ -451,11 +270,11 @@ class TrialRunner:
                 raise  # Ray's own (session ended, actor killed): let Tune handle it
             status = "diverged" if isinstance(exc, DivergenceError) else "failed"
             message = str(exc) if status == "diverged" else last_line(exc)
-            self._report_bad(pending, status, message)
+            self.report_bad(pending, status, message)
 
     def _usable_state(self, pending: list[int]) -> dict[tuple[int, ...], dict[str, Any]]:
-        """The saved stages (trainer state, and an mlasdi_val stage's selector state) by prefix,
-        if they can continue the ``pending`` budgets.
+        """The saved stages (trainer states) by prefix, if they can continue the ``pending``
+        budgets.
 
         A saved branch stands at the iteration counts of its trainers, stage 1 first, and can go
         on to exactly the budgets not lexicographically before those counts. A state past a
@@ -472,123 +291,50 @@ class TrialRunner:
         return {tuple(int(x) for x in s["prefix"]): s for s in stages}
 
     def _run(self, pending: list[int]) -> None:
+        """Train the schedule of the ``pending`` budgets on the stage engine, this runner being
+        the plug-in that resumes, saves, evaluates and reports (mlasdi_val: with
+        :class:`~mlasdi.engine.Acceptance` before it)."""
         t, data = self.trial, self.data
         data.check_truth()  # before hours of training that could not be evaluated
-        U = shared_tensor(data.U_train, self.device, self.dtype)
-        stage1, *branches = t.schedule(pending)
-        trainer = stage1_trainer(U, data.params_train, data.times, self.rom_config((stage1.until,)))
-        saved = self._usable_state(pending)
-        if () in saved:
-            trainer.load_state_dict(saved[()]["trainer"])
-            self.resumed_at = trainer.iteration
-
-        def build() -> tuple[MultiStageROM, list[StageDecision]]:
-            config = self.rom_config((trainer.iteration,))
-            rom = stage1_rom(trainer.selected()[1], U, data.params_train, data.times, config)
-            return rom, []
-
-        held_out = None
-        if t.method == "mlasdi_val":
-            # One split for every trial of the study (seed 0), like the training points.
-            fraction = self.spec.method(t.method).val_fraction
-            held_out = HeldOut.split(U, data.params_train, fraction=fraction, seed=0)
-        tree = _Tree(U, {run.prefix: run for run in branches}, saved, held_out)
-        self._grow(tree, stage1, trainer, None, build, 0.0, [])
-
-    def _grow(
-        self,
-        tree: _Tree,
-        run: Run,
-        trainer: FullBatchTrainer,
-        selector: StageSelector | None,
-        build: Callable[[], tuple[MultiStageROM, list[StageDecision]]],
-        setup_s: float,
-        earlier_times: list[float],
-    ) -> None:
-        """Train ``run`` through its stops; at each, build the model trained so far (and the
-        acceptance decisions of its mlasdi_val stages), evaluate the budget that ends there and
-        grow the branches that start there.
-
-        A divergence while training ends the run (its budgets are reported ``diverged``); one
-        while building the model at a stop or starting a branch there, the budgets below that stop.
-        """
-        self.stack.append((run.prefix, trainer, selector))
-        try:
-            for count in run.stops:
-                try:
-                    self._train_to(trainer, count, selector)
-                except DivergenceError as exc:
-                    self._report_bad(list(run.indices), "diverged", str(exc))
-                    return
-                here = (*run.prefix, count)
-                below = [i for i in run.indices if self.trial.budgets[i][: len(here)] == here]
-                try:
-                    start = time.perf_counter()
-                    rom, decisions = build()
-                    stage_time = setup_s + trainer.elapsed_s + time.perf_counter() - start
-                    times = [*earlier_times, stage_time]
-                    for i in below:
-                        if self.trial.budgets[i] == here:
-                            self._evaluate(i, rom, times, decisions)
-                    if here in tree.runs:
-                        self._branch(tree, tree.runs[here], rom, times, decisions)
-                except DivergenceError as exc:
-                    self._report_bad(below, "diverged", str(exc))
-        finally:
-            self.stack.pop()
-
-    def _branch(
-        self,
-        tree: _Tree,
-        run: Run,
-        rom: MultiStageROM,
-        times: list[float],
-        decisions: list[StageDecision],
-    ) -> None:
-        """Start the residual ``run`` from ``rom``, the model trained to ``run.prefix``.
-
-        mlasdi_val: the stage trains on the fit split only, and the model at each stop keeps it
-        at its best held-out checkpoint, or not at all (:mod:`mlasdi.acceptance`).
-        """
-        start = time.perf_counter()
-        held_out, selector = tree.held_out, None
-        if held_out is None:
-            Z, target, scale = residual_stage_data(rom, tree.U, self.data.params_train)
-        else:
-            Z, target, scale = residual_stage_data(rom, held_out.U_fit, held_out.params_fit)
-            every = self.spec.method(self.trial.method).val_every
-            selector = StageSelector.for_rom(rom, held_out, scale, every)
-        setup = time.perf_counter() - start
-        config = self.rom_config((*run.prefix, run.until)).residual_stages[-1]
-        trainer = ResidualTrainer.create(
-            Z, target, config, seed=residual_stage_seed(self.trial.seed, run.stage)
+        method = self.spec.method(t.method)
+        # One split for every trial of the study (seed 0), like the training points: stage-1
+        # selection and mlasdi_val's acceptance hold out the same parameters.
+        setup = EngineConfig(self.device, self.dtype, Split(method.val_fraction, 0))
+        rows = TrainingSet(setup.tensor(data.U_train), data.params_train, data.times)
+        self.pending = set(pending)
+        self.saved = self._usable_state(pending)
+        plugins = [Acceptance(method.val_every)] if t.method == "mlasdi_val" else []
+        self.engine = StageEngine(
+            rows, self.rom_config, setup, [*plugins, self], isolate_divergence=True
         )
-        saved = tree.saved.get(run.prefix)
+        self.engine.run(t.schedule(pending))
+
+    def on_stage_start(self, engine: StageEngine, run: StageRun) -> None:
+        saved = self.saved.get(run.prefix)
         if saved is not None:
-            trainer.load_state_dict(saved["trainer"])
-            if selector is not None:
-                selector.load_state_dict(saved["selector"])
+            run.trainer.load_state_dict(saved["trainer"])
+            if run.stage == 1:
+                self.resumed_at = run.trainer.iteration
 
-        def build() -> tuple[MultiStageROM, list[StageDecision]]:
-            if selector is None:
-                stage = freeze(copy.deepcopy(trainer.model))
-                return rom.with_stage(stage, scale), decisions  # type: ignore[arg-type]
-            decision = selector.decide(trainer.iteration, trainer.model)
-            return decision.apply(rom, trainer.model, scale), [*decisions, decision]
+    def iterations(self, engine: StageEngine, run: StageRun, start: int, until: int) -> list[int]:
+        """A checkpoint every ``run.checkpoint_every`` iterations between stops."""
+        if not self.every:
+            return []
+        return list(range((start // self.every + 1) * self.every, until, self.every))
 
-        self._grow(tree, run, trainer, selector, build, setup, times)
+    def on_iteration(self, engine: StageEngine, run: StageRun, report: CheckpointReport) -> None:
+        self._emit({}, checkpoint=True)
 
+    def on_checkpoint(self, engine: StageEngine, stop: Stop) -> None:
+        for i in sorted(self.pending - self.done):
+            if self.trial.budgets[i] == stop.budget:
+                self._evaluate(i, stop.rom, stop.stage_times_s, stop.decisions)
 
-@dataclass
-class _Tree:
-    """What the runs of one trial share: the training snapshots on the device, the branches by
-    prefix, the saved stages by prefix and (mlasdi_val) the held-out split of the training
-    parameters."""
-
-    U: torch.Tensor
-    runs: dict[tuple[int, ...], Run]
-    saved: dict[tuple[int, ...], dict[str, Any]]
-    held_out: HeldOut | None = None
+    def on_diverged(
+        self, engine: StageEngine, prefix: tuple[int, ...], exc: DivergenceError
+    ) -> None:
+        below = [i for i in self.pending if self.trial.budgets[i][: len(prefix)] == prefix]
+        self.report_bad(sorted(below), "diverged", str(exc))
 
 
 def _tune_reporter(trial_id: str) -> Callable[[dict[str, Any], dict[str, Any] | None], None]:
@@ -615,10 +361,18 @@ def state_progress(state: dict[str, Any]) -> list[int]:
 
 
 def load_state(directory: str | Path) -> dict[str, Any] | None:
-    """A trial state saved in a checkpoint directory (None if missing or unreadable)."""
+    """A trial state saved in a checkpoint directory (None if missing or unreadable, logged as
+    a warning that names the file and the reason: the trial then trains from scratch)."""
+    path = Path(directory) / STATE_FILE
     try:
-        return torch.load(Path(directory) / STATE_FILE, weights_only=True, map_location="cpu")
-    except Exception:  # a checkpoint cut short by a crash: train from scratch instead
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # e.g. a checkpoint cut short by a crash
+        log.warning(
+            "cannot load the trial state %s (%s: %s); training this trial from scratch",
+            path,
+            type(exc).__name__,
+            exc,
+        )
         return None
 
 

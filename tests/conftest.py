@@ -74,7 +74,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_fit2(tiny_train):
     """A 2-stage float32 ROM trained 30 + 30 iterations on the tiny oscillator (seed 7)."""
-    from mlasdi.rom import fit_rom
+    from mlasdi.fit import fit_rom
 
     return fit_rom(tiny_train, _tiny_config(), device="cpu")
 
@@ -82,7 +82,7 @@ def tiny_fit2(tiny_train):
 @pytest.fixture(scope="session")
 def tiny_fit2_f64(tiny_train):
     """The same in float64 (seed 7)."""
-    from mlasdi.rom import fit_rom
+    from mlasdi.fit import fit_rom
 
     return fit_rom(tiny_train, _tiny_config(dtype="float64"), device="cpu")
 

@@ -18,16 +18,16 @@ from mlasdi.acceptance import (
     HeldOut,
     StageSelector,
     choose_stop,
-    fit_accepted_rom,
     held_out_rom,
     train_accepted_stage,
 )
 from mlasdi.dynamics import fit_affine, time_derivative
+from mlasdi.fit import fit_accepted_rom, fit_rom
 from mlasdi.interpolation import CoefficientGP
 from mlasdi.metrics import max_relative_error
 from mlasdi.nn import ResidualDecoder
 from mlasdi.problems import oscillator
-from mlasdi.rom import MultiStageROM, fit_rom, residual_stage_data, stage1_rom
+from mlasdi.rom import MultiStageROM, residual_stage_data, stage1_rom
 from mlasdi.train import ResidualTrainer, Stage1Trainer
 from mlasdi.validation import validation_split
 

@@ -130,7 +130,8 @@ def test_worker_trains_on_the_gpu_it_is_given(smoke, monkeypatch):
 def test_worker_reports_at_steps_and_matches_fit_rom(smoke):
     """The worker's final value is fit_rom + evaluate on the held-out points, exactly."""
     from mlasdi.data import SnapshotSet
-    from mlasdi.rom import evaluate, fit_rom
+    from mlasdi.fit import fit_rom
+    from mlasdi.rom import evaluate
 
     data, val = B.search_data(smoke, 0.2, 0)
     assert val.tolist() == [0] or val.tolist() == [1]

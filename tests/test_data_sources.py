@@ -22,10 +22,10 @@ from mlasdi.data import DataError, SnapshotSet, import_npz, load_snapshot_set, s
 from mlasdi.problems import SOURCES, data_source
 from mlasdi.problems import vlasov as vlasov_module
 from mlasdi.problems.source import GeneratedGrid
+from mlasdi.study_data import load_study_data
 from studies.cli import main as study_main
 from studies.plan import format_plan
 from studies.spec import dump_toml, load_spec, smoke_spec, spec_from_dict, tomllib
-from studies.trial import load_study_data
 
 MODES = ((1, 1.0, 0.0), (2, 0.5, 0.3), (3, 0.25, 1.1))  # (k, a_k, phi_k)
 
@@ -184,7 +184,7 @@ def test_train_stride_on_a_file_matches_the_vlasov_training_grid(tmp_path):
 
 def test_study_data_of_a_file_splits_and_strides_exactly(adv_file, tmp_path):
     spec = load_spec(_file_spec(tmp_path, adv_file, time_stride=2))
-    data = load_study_data(spec, progress=False)
+    data = load_study_data(spec.data, progress=False)
     full = advection_set()
     np.testing.assert_array_equal(data.is_train, np.isin(np.arange(9), [0, 2, 6, 8]))
     np.testing.assert_allclose(data.times, full.times[::2])
@@ -204,7 +204,7 @@ def test_smoke_of_a_file_spec_uses_a_few_of_its_parameters_and_snapshots(tmp_pat
     assert d.problem == "file" and d.file == str(path)
     assert d.train_index == (0, 2) and d.use_index == (0, 1, 2, 3)
     assert d.n_times == 11 and d.n_train() == 2
-    data = load_study_data(spec, progress=False)
+    data = load_study_data(spec.data, progress=False)
     assert data.truth_test.shape == (4, 11, 16)
     np.testing.assert_array_equal(data.is_train, [True, False, True, False])
     # the smoke spec round-trips through spec.toml
@@ -525,7 +525,7 @@ def test_a_generated_problem_is_one_class_and_one_registry_line(tmp_path, monkey
     spec_raw["data"] = raw
     spec = spec_from_dict(spec_raw)
     assert spec.data.n_train() == 3 and not (tmp_path / "data").exists()  # nothing solved yet
-    data = load_study_data(spec, progress=False)
+    data = load_study_data(spec.data, progress=False)
     assert (tmp_path / "data" / "advdiff_16_3x3.h5").is_file()
     np.testing.assert_allclose(data.params_train, [[0.5, 0.01], [1.5, 0.05], [1.0, 0.03]])
     np.testing.assert_array_equal(np.flatnonzero(data.is_train), [0, 4, 8])

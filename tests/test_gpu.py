@@ -9,7 +9,8 @@ import torch
 
 from mlasdi import cuda_graphs
 from mlasdi.config import ResidualStageConfig, Stage1Config
-from mlasdi.rom import MultiStageROM, evaluate, fit_rom
+from mlasdi.fit import fit_rom
+from mlasdi.rom import MultiStageROM, evaluate
 from mlasdi.train import ResidualTrainer, Stage1Trainer, least_squares
 
 pytestmark = [

@@ -19,13 +19,13 @@ from mlasdi.config import (
     Stage1Config,
     from_dict,
 )
+from mlasdi.fit import fit_rom
 from mlasdi.metrics import max_relative_error
 from mlasdi.problems import oscillator
 from mlasdi.rom import (
     HeldOut,
     MultiStageROM,
     evaluate,
-    fit_rom,
     held_out_rom,
     stage1_rom,
     stage1_trainer,
@@ -274,9 +274,10 @@ def test_fast_recipe_study_trial_equals_direct_fits_at_every_budget():
     import json
 
     from mlasdi.data import SnapshotSet
+    from mlasdi.study_data import load_study_data
     from studies.plan import trials
     from studies.spec import spec_from_dict
-    from studies.trial import TrialRunner, load_study_data
+    from studies.trial import TrialRunner
 
     # Stage-1 budgets 250 and 300 around the recipe's selection grid of 100: each model keeps
     # the stage-1 checkpoint a run to its own budget keeps.
@@ -291,7 +292,7 @@ def test_fast_recipe_study_trial_equals_direct_fits_at_every_budget():
         "training": {"recipe": "fast", "lr": 1e-2, "gp": {"n_restarts": 0}},
     }
     spec = spec_from_dict(raw)
-    data = load_study_data(spec)
+    data = load_study_data(spec.data)
     (t,) = trials(spec)
     reports = []
     TrialRunner(t, spec, data, frozenset(), lambda m, s: reports.append(m)).run()

@@ -15,8 +15,9 @@ import torch
 
 from mlasdi.config import ACTIVATIONS, ResidualStageConfig, Stage1Config
 from mlasdi.dynamics import affine_fit_losses, time_derivative
+from mlasdi.fit import fit_rom
 from mlasdi.nn import Autoencoder, ResidualDecoder
-from mlasdi.rom import MultiStageROM, evaluate, fit_rom
+from mlasdi.rom import MultiStageROM, evaluate
 from mlasdi.train import (
     TRAINER_STATE_FORMAT,
     CheckpointReport,

@@ -23,8 +23,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.schema import read_param_errors, read_results
+from mlasdi import engine as engine_module
+from mlasdi import study_data as study_data_module
+from mlasdi.study_data import load_study_data
 from mlasdi.train import DivergenceError
-from studies import trial as trial_module
 from studies.cli import main
 from studies.plan import Run, format_plan, plan, trials
 from studies.spec import (
@@ -36,7 +38,7 @@ from studies.spec import (
     spec_from_dict,
     tomllib,
 )
-from studies.trial import TrialRunner, load_study_data
+from studies.trial import TrialRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -300,7 +302,7 @@ def test_cluster_yaml_validates_against_ray_schema():
 @pytest.fixture(scope="module")
 def tiny():
     spec = spec_from_dict(_base())
-    return spec, load_study_data(spec)
+    return spec, load_study_data(spec.data)
 
 
 def _run_trial(spec, data, t, finished=frozenset(), state=None):
@@ -360,7 +362,8 @@ def _same_rows(got: dict, want: dict) -> None:
 
 def test_three_stage_trial_equals_direct_fits(tiny, monkeypatch):
     from mlasdi.data import SnapshotSet
-    from mlasdi.rom import evaluate, fit_rom, residual_stage_data
+    from mlasdi.fit import fit_rom
+    from mlasdi.rom import evaluate, residual_stage_data
 
     _, data = tiny
     spec = spec_from_dict(_three_stage(THREE_STAGE))
@@ -376,8 +379,8 @@ def test_three_stage_trial_equals_direct_fits(tiny, monkeypatch):
         branched_from.append(rom.n_stages)
         return residual_stage_data(rom, *args)
 
-    monkeypatch.setattr(trial_module, "evaluate", evaluate_all)
-    monkeypatch.setattr(trial_module, "residual_stage_data", stage_data)
+    monkeypatch.setattr(study_data_module, "evaluate", evaluate_all)
+    monkeypatch.setattr(engine_module, "residual_stage_data", stage_data)
     rows = _rows(_run_trial(spec, data, t))
     assert list(rows) == t.evaluation_ids  # evaluated in budget order
     # One residual run per branch point: stage 2 at 30 and 40, stage 3 at (30, 20), (30, 30),
@@ -420,15 +423,15 @@ def _traced_trial(spec, data, t, monkeypatch, finished=frozenset(), state=None):
     from mlasdi.train import FullBatchTrainer
 
     trained = [0]
-    train = FullBatchTrainer.train
+    step = FullBatchTrainer.step
 
-    def counting(self, until, **kwargs):
-        trained[0] += until - self.iteration
-        return train(self, until, **kwargs)
+    def counting(self):
+        trained[0] += 1
+        return step(self)
 
     reports = []
     with monkeypatch.context() as patch:
-        patch.setattr(FullBatchTrainer, "train", counting)
+        patch.setattr(FullBatchTrainer, "step", counting)
         TrialRunner(
             t,
             spec,
@@ -553,7 +556,7 @@ def test_a_diverged_branch_ends_only_the_budgets_below_it(tiny, monkeypatch):
             raise DivergenceError("residual scale is nan: nothing left to fit or a blow-up")
         return residual_stage_data(rom, U, params)
 
-    monkeypatch.setattr(trial_module, "residual_stage_data", diverge_at_30_20)
+    monkeypatch.setattr(engine_module, "residual_stage_data", diverge_at_30_20)
     rows = _rows(_run_trial(spec, data, t))
     # The stage-3 branch at (30, 20) could not start: (30, 20, 10) and (30, 20, 20) diverged;
     # (30, 30, 10) and (40, 20, 10) were trained as usual.
@@ -570,7 +573,7 @@ def test_divergence_and_failure_rows(tiny, monkeypatch):
     def diverge(*args, **kwargs):
         raise DivergenceError("loss is not finite at iteration 10: loss=nan")
 
-    monkeypatch.setattr(trial_module, "residual_stage_data", diverge)
+    monkeypatch.setattr(engine_module, "residual_stage_data", diverge)
     rows = _rows(_run_trial(spec, data, m))
     assert {r["row"]["status"] for r in rows.values()} == {"diverged"}
     assert all("loss is not finite" in r["row"]["message"] for r in rows.values())
@@ -579,7 +582,7 @@ def test_divergence_and_failure_rows(tiny, monkeypatch):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero in the GP")
 
-    monkeypatch.setattr(trial_module, "stage1_rom", broken)
+    monkeypatch.setattr(engine_module, "stage1_rom", broken)
     rows = _rows(_run_trial(spec, data, g))
     assert len(rows) == 2
     assert {r["row"]["message"] for r in rows.values()} == {

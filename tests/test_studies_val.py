@@ -16,12 +16,13 @@ from test_studies import _rows
 from test_studies import _run_trial as _run
 
 from analysis.schema import read_results
+from mlasdi import study_data as study_data_module
 from mlasdi.metrics import METHODS, RESULT_COLUMNS
 from mlasdi.rom import evaluate as trial_module_evaluate
-from studies import trial as trial_module
+from mlasdi.study_data import load_study_data
 from studies.plan import format_plan, trials
 from studies.spec import SpecError, dump_toml, load_spec, smoke_spec, spec_from_dict, tomllib
-from studies.trial import TrialRunner, load_study_data
+from studies.trial import TrialRunner
 
 NEW_COLUMNS = ["stage_accepted", "stage_stop_iters", "stage_heldout_err_max", "heldout_err_max"]
 
@@ -47,7 +48,7 @@ def _raw(val_budgets=((30, 25), (30, 40)), **val) -> dict:
 @pytest.fixture(scope="module")
 def val_data():
     spec = spec_from_dict(_raw())
-    return load_study_data(spec)
+    return load_study_data(spec.data)
 
 
 def test_a_spec_with_all_three_methods_round_trips_and_plans():
@@ -167,7 +168,7 @@ def test_a_shared_residual_run_gives_each_budget_the_shorter_runs_answer(val_dat
         errors.append(trial_module_evaluate(rom, *args, **kwargs))
         return errors[-1]
 
-    monkeypatch.setattr(trial_module, "evaluate", evaluate_all)
+    monkeypatch.setattr(study_data_module, "evaluate", evaluate_all)
     TrialRunner(plain, plain_spec, val_data, frozenset(), lambda m, s: None).run()
     np.testing.assert_array_equal(shared[t.evaluation_id(0)]["param_err"], errors[0][0].max(-1))
 
@@ -182,8 +183,8 @@ def test_mlasdi_val_resumes_exactly_mid_residual_stage(val_data):
         for m, s in reports
         if s is not None and len(s["stages"]) == 2 and s["stages"][1]["trainer"]["iteration"] == 30
     )
-    assert state["done"] == [0] and "selector" in state["stages"][1]
-    assert state["stages"][1]["selector"]["iteration"] % 10 == 0
+    selector = state["stages"][1]["trainer"]["selector"]
+    assert state["done"] == [0] and selector["iteration"] % 10 == 0
     again = _rows(_run(spec, val_data, t, state=copy.deepcopy(state)))
     assert list(again) == [t.evaluation_id(1)]
     _same(again[t.evaluation_id(1)], rows[t.evaluation_id(1)])
@@ -195,7 +196,7 @@ def test_smoke_data_study_writes_rows_with_the_acceptance_columns(tmp_path):
     raw = load_spec("smoke").to_dict()
     raw["mlasdi_val"] = {**raw["mlasdi"], "val_every": 10}
     spec = spec_from_dict(tomllib.loads(dump_toml(raw)))
-    data = load_study_data(spec)
+    data = load_study_data(spec.data)
     for t in trials(spec):
         for m, _ in _run(spec, data, t):
             if m["kind"] == "eval":

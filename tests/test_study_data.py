@@ -19,15 +19,17 @@ from test_data_sources import _file_spec, advection_set
 from test_studies import _rows, _run_trial, _same_rows
 
 from mlasdi import data as data_module
+from mlasdi import engine as engine_module
+from mlasdi import study_data as study_data_module
 from mlasdi.cli import main as mlasdi_main
 from mlasdi.config import ConfigError
 from mlasdi.data import DataError, SnapshotReader, load_snapshot_set, save_snapshot_set
+from mlasdi.fit import fit_rom
 from mlasdi.problems import data_source
-from mlasdi.rom import evaluate, fit_rom, stage1_rom, stage1_trainer
-from studies import trial as trial_module
+from mlasdi.rom import evaluate, stage1_rom, stage1_trainer
+from mlasdi.study_data import load_study_data
 from studies.plan import format_plan, plan, trials
 from studies.spec import load_spec, smoke_spec, spec_from_dict, tomllib
-from studies.trial import load_study_data
 
 CORNERS = [0, 2, 6, 8]
 
@@ -42,15 +44,15 @@ def adv_spec(tmp_path):
 
 
 def _lazy(spec, monkeypatch):
-    monkeypatch.setattr(trial_module, "LAZY_TRUTH_BYTES", 0)
-    return load_study_data(spec, progress=False)
+    monkeypatch.setattr(study_data_module, "LAZY_TRUTH_BYTES", 0)
+    return load_study_data(spec.data, progress=False)
 
 
 # ----- the test truth read from the file ----------------------------------------------------
 
 
 def test_lazy_study_data_equals_the_in_memory_data_and_pickles_small(adv_spec, monkeypatch):
-    eager = load_study_data(adv_spec, progress=False)
+    eager = load_study_data(adv_spec.data, progress=False)
     lazy = _lazy(adv_spec, monkeypatch)
     assert isinstance(eager.truth_test, np.ndarray)
     assert isinstance(lazy.truth_test, SnapshotReader)
@@ -71,7 +73,7 @@ def test_lazy_study_data_equals_the_in_memory_data_and_pickles_small(adv_spec, m
 
 
 def test_a_study_through_the_reader_gives_the_rows_of_the_in_memory_study(adv_spec, monkeypatch):
-    eager = load_study_data(adv_spec, progress=False)
+    eager = load_study_data(adv_spec.data, progress=False)
     lazy = _lazy(adv_spec, monkeypatch)
     for t in trials(adv_spec):
         want = _rows(_run_trial(adv_spec, eager, t))
@@ -81,7 +83,7 @@ def test_a_study_through_the_reader_gives_the_rows_of_the_in_memory_study(adv_sp
 
 
 def test_evaluate_over_the_reader_equals_evaluate_over_the_array(adv_spec, monkeypatch):
-    eager = load_study_data(adv_spec, progress=False)
+    eager = load_study_data(adv_spec.data, progress=False)
     lazy = _lazy(adv_spec, monkeypatch)
     config = adv_spec.rom_config(hidden=(10,), latent_dim=2, seed=0, stage_iters=(15,))
     U = torch.as_tensor(eager.U_train)
@@ -128,7 +130,7 @@ def test_a_bad_value_is_found_by_the_batched_check(adv_spec, monkeypatch):
     with h5py.File(adv_spec.data.file, "r+") as handle:
         handle["snapshots"][7, 15, 3] = np.inf  # at a time the study does not even use
     with pytest.raises(DataError, match=r"adv.h5: snapshots contain NaN or Inf \(parameter "):
-        load_study_data(adv_spec, progress=False)
+        load_study_data(adv_spec.data, progress=False)
     monkeypatch.setattr(data_module, "SCAN_BATCH_BYTES", 1)  # one parameter per batch
     with pytest.raises(DataError, match=r"NaN or Inf \(parameter indices \[7\]\)"):
         _lazy(adv_spec, monkeypatch)
@@ -168,8 +170,8 @@ def _traced(spec, data, monkeypatch):
         errors.append(evaluate(*args, **kwargs))
         return errors[-1]
 
-    monkeypatch.setattr(trial_module, "stage1_trainer", trainer)
-    monkeypatch.setattr(trial_module, "evaluate", evaluate_all)
+    monkeypatch.setattr(engine_module, "stage1_trainer", trainer)
+    monkeypatch.setattr(study_data_module, "evaluate", evaluate_all)
     rows = {}
     for t in trials(spec):
         rows |= _rows(_run_trial(spec, data, t))
@@ -179,7 +181,7 @@ def _traced(spec, data, monkeypatch):
 def test_train_time_stride_trains_as_time_stride_and_reports_every_time(monkeypatch):
     coarse = spec_from_dict(_oscillator(time_stride=2))
     fine = spec_from_dict(_oscillator(train_time_stride=2))
-    a, b = load_study_data(coarse), load_study_data(fine)
+    a, b = load_study_data(coarse.data), load_study_data(fine.data)
     np.testing.assert_array_equal(b.U_train, a.U_train)
     np.testing.assert_array_equal(b.times, a.times)
     assert b.times.size == 11 and b.times_test.size == b.truth_test.shape[1] == 21

@@ -27,9 +27,9 @@ class SearchData:
 
 def search_data(spec: StudySpec, val_fraction: float, seed: int) -> tuple[SearchData, np.ndarray]:
     """Load the spec's data (:func:`studies.trial.load_study_data`) and split off validation."""
-    from studies.trial import load_study_data
+    from mlasdi.study_data import load_study_data
 
-    data = load_study_data(spec, progress=False)
+    data = load_study_data(spec.data, progress=False)
     fit, val = validation_split(data.params_train, fraction=val_fraction, seed=seed)
     return (
         SearchData(

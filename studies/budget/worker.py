@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import math
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,67 +71,36 @@ class TrialWorker:
             }
 
     def _stages(self, cand: Candidate) -> Iterator[dict[str, Any]]:
-        from mlasdi.rom import (
-            freeze,
-            residual_stage_data,
-            residual_stage_seed,
-            stage1_rom,
-            stage1_trainer,
-            torch_dtype,
-        )
-        from mlasdi.train import ResidualTrainer
-        from studies.trial import shared_tensor
+        """The candidate's stages on the stage engine, one chain stopping at every report step
+        (steps count the iterations of all stages); yields a report at each and stops when it
+        is the last (a pruned trial is simply never advanced again). ``train_time_s`` is the
+        training time so far, model assembly at the stops included."""
+        from mlasdi.engine import EngineConfig, StageEngine, TrainingSet, chain
+        from mlasdi.rom import torch_dtype
 
         d, setup = self.data, self.setup
         config = rom_config(self.spec, setup, cand)
-        U = shared_tensor(d.U_fit, self.device, torch_dtype(config.dtype))
-        steps = setup.steps
-        trainer = stage1_trainer(U, d.params_fit, d.times, config)
-        overhead = 0.0  # time of ROM assembly counted as training (stage1_rom, residual data)
-
-        def report(step: int, rom: Any, train_s: float) -> dict[str, Any]:
-            value = _evaluate_max(rom, d.params_val, d.truth_val)
-            done = step >= setup.budget
+        engine_config = EngineConfig(self.device, torch_dtype(config.dtype))
+        rows = TrainingSet(engine_config.tensor(d.U_fit), d.params_fit, d.times)
+        offsets = np.cumsum([0, *config.stage_iters[:-1]])
+        stops = [
+            [s - offset for s in setup.steps if offset < s <= offset + iters]
+            for offset, iters in zip(offsets, config.stage_iters, strict=True)
+        ]
+        engine = StageEngine(rows, lambda budget: config, engine_config)
+        for stop in engine.events(chain(config.stage_iters, stops)):
+            step = int(offsets[len(stop.budget) - 1]) + stop.budget[-1]
+            if step not in setup.steps:
+                continue
+            value = _evaluate_max(stop.rom, d.params_val, d.truth_val)
             status = "ok" if math.isfinite(value) else "diverged"
-            return {
+            yield {
                 "step": step,
                 "value": value,
-                "done": done or status != "ok",
-                "train_time_s": train_s,
+                "done": step >= setup.budget or status != "ok",
+                "train_time_s": float(sum(stop.stage_times_s)),
                 "status": status,
                 "message": "" if status == "ok" else "validation error is not finite",
             }
-
-        s1 = config.stage1.iters
-        rom = None
-        for step in [s for s in steps if s <= s1] + ([s1] if s1 not in steps else []):
-            trainer.train(step)
-            start = time.perf_counter()
-            rom = stage1_rom(trainer.selected()[1], U, d.params_fit, d.times, config)
-            if step == s1:
-                overhead += time.perf_counter() - start
-            if step in steps:
-                out = report(step, rom, trainer.elapsed_s + overhead)
-                yield out
-                if out["done"]:
-                    return
-        assert rom is not None
-        offset, elapsed = s1, trainer.elapsed_s
-        for k, stage in enumerate(config.residual_stages, start=2):
-            start = time.perf_counter()
-            Z, target, scale = residual_stage_data(rom, U, d.params_fit)
-            overhead += time.perf_counter() - start
-            residual = ResidualTrainer.create(
-                Z, target, stage, seed=residual_stage_seed(config.seed, k)
-            )
-            end = offset + stage.iters
-            for step in [s for s in steps if offset < s <= end]:
-                residual.train(step - offset)
-                partial = rom.with_stage(freeze(copy.deepcopy(residual.model)), scale)
-                out = report(step, partial, elapsed + residual.elapsed_s + overhead)
-                yield out
-                if out["done"]:
-                    return
-            residual.train(stage.iters)
-            rom = rom.with_stage(freeze(residual.model), scale)  # type: ignore[arg-type]
-            offset, elapsed = end, elapsed + residual.elapsed_s
+            if step >= setup.budget or status != "ok":
+                return
