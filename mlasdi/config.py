@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 ACTIVATIONS = ("softplus", "tanh", "relu", "sigmoid", "elu", "gelu", "silu", "sin")
-FD_SCHEMES = ("central2", "central4", "forward1")
+FD_SCHEMES = ("central2", "central4", "forward1", "sbp12")
 INTEGRATORS = ("expm", "rk4")
 GP_KERNELS = ("matern", "rbf")
 LR_SCHEDULES = ("constant", "cosine")

@@ -26,15 +26,21 @@ _STENCILS: dict[str, tuple[dict[int, float], list[dict[int, float]], float]] = {
         ],
         12.0,
     ),
+    # GPLaSDI's default (LLNL/GPLaSDI src/lasdi/fd.py, SBP12): the summation-by-parts operator of
+    # interior order 2 and boundary order 1, i.e. central differences inside and a forward
+    # (backward) difference in the first (last) row.
+    "sbp12": ({-1: -0.5, 1: 0.5}, [{0: -1.0, 1: 1.0}], 1.0),
 }
-_ORDER = {"forward1": 1, "central2": 2, "central4": 4}
+_ORDER = {"forward1": 1, "central2": 2, "central4": 4, "sbp12": 2}
 
 
 def derivative_matrix(n_t: int, dt: float, scheme: str = "central4") -> torch.Tensor:
     """Dense [n_t, n_t] float64 operator D with (D @ z)[i] ~ dz/dt(t_i) on a uniform grid.
 
     ``forward1`` is first order (the last row is a backward difference); ``central2`` and
-    ``central4`` are second and fourth order everywhere, with one-sided stencils at the ends.
+    ``central4`` are second and fourth order everywhere, with one-sided stencils at the ends;
+    ``sbp12`` (GPLaSDI's default) is second order inside and first order in the first and last
+    rows (a forward and a backward difference).
     """
     if scheme not in _STENCILS:
         raise ValueError(
