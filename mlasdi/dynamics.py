@@ -8,6 +8,7 @@ Shapes: a batch of latent trajectories is ``Z`` [n_mu, n_t, r]. Coefficients are
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -226,6 +227,40 @@ def integrate_expm(
     )
     Z = torch.einsum("ntij,nj->nti", propagators[:, :, :r, :], z0_aug)
     return Z.to(dtype)
+
+
+def integrate_expm_uniform(
+    A: torch.Tensor, b: torch.Tensor, z0: torch.Tensor, n_t: int, dt: float
+) -> torch.Tensor:
+    """Exact solution of dz/dt = A z + b, z(0) = z0, at the uniform times k dt, k < ``n_t``.
+
+    The same solution as :func:`integrate_expm` on a uniform grid, from one matrix exponential
+    per parameter instead of one per parameter and time (about 16 us each on a CPU core: a
+    sampling round of 441 parameters x 20 samples x 1001 times would spend 140 s in them).
+    With the one-step propagator P = exp(M dt) of the augmented system, z(k dt) = P^i Q^j z0 for
+    k = j B + i, Q = P^B and B ~ sqrt(n_t): about 2 sqrt(n_t) products, so the round-off grows
+    like 2 sqrt(n_t) eps (float64), not n_t eps. Shapes as :func:`integrate_expm`:
+    A [n, r, r], b [n, r], z0 [n, r] -> [n, n_t, r] in z0's dtype.
+    """
+    n, r = z0.shape
+    M = torch.zeros(n, r + 1, r + 1, dtype=torch.float64, device=z0.device)
+    M[:, :r, :r] = A.to(torch.float64)
+    M[:, :r, r] = b.to(torch.float64)
+    P = torch.linalg.matrix_exp(M * dt)
+    block = max(1, math.isqrt(n_t - 1) + 1)
+    powers = [torch.eye(r + 1, dtype=torch.float64, device=z0.device).expand(n, -1, -1)]
+    for _ in range(block - 1):
+        powers.append(powers[-1] @ P)
+    Q = powers[-1] @ P
+    y = torch.cat(
+        [z0.to(torch.float64), torch.ones(n, 1, dtype=torch.float64, device=z0.device)], 1
+    )
+    anchors = [y]
+    for _ in range(-(-n_t // block) - 1):
+        anchors.append(torch.einsum("nij,nj->ni", Q, anchors[-1]))
+    # Z[n, j, i] = P^i y_j for the j-th anchor y_j = Q^j z0: time j * block + i.
+    Z = torch.einsum("nirs,njs->njir", torch.stack(powers, 1)[:, :, :r, :], torch.stack(anchors, 1))
+    return Z.reshape(n, -1, r)[:, :n_t].to(z0.dtype)
 
 
 def integrate_rk4(
