@@ -13,7 +13,7 @@ from scipy.stats import norm
 from mlasdi.config import AutoencoderConfig, GPConfig, ROMConfig
 from mlasdi.dynamics import integrate_expm, integrate_expm_uniform
 from mlasdi.interpolation import CoefficientGP
-from mlasdi.nn import Autoencoder
+from mlasdi.nn import Autoencoder, ResidualDecoder
 from mlasdi.rom import MultiStageROM
 from mlasdi.uncertainty import (
     RunningMoments,
@@ -225,3 +225,25 @@ def test_uniform_rollout_matches_the_matrix_exponential_at_every_time(n_t):
     # ~2 sqrt(n_t) products of propagators: round-off of a few 1e-14 of the largest value
     scale = exact.abs().amax(dim=(1, 2), keepdim=True)
     assert float(((fast - exact).abs() / scale).max()) < 1e-12
+
+
+def test_residual_stages_decode_the_same_sampled_latent_trajectories():
+    torch.manual_seed(0)
+    residual = ResidualDecoder(1, (4,), N_STATE).double()
+    rom = linear_rom(0.2).with_stage(residual, 0.5)
+    params, u0 = np.zeros((2, 1)), _u0(2)
+    coefficients = sample_coefficients(rom, params, 3, seed=4)
+    z0 = rom.autoencoder.encode(torch.as_tensor(u0))
+    one = sampled_predictions(rom, coefficients, z0, rom.times, n_stages=1)
+    two = sampled_predictions(rom, coefficients, z0, rom.times)
+    # each sample's latent trajectory, integrated on its own
+    A, b = coefficients[..., 1:, :].mT, coefficients[..., 0, :]
+    times = torch.as_tensor(rom.times)
+    Z = torch.stack([integrate_expm(A[s], b[s], z0, times) for s in range(3)])
+    with torch.no_grad():
+        np.testing.assert_allclose(two - one, 0.5 * residual(Z), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(one, rom.autoencoder.decode(Z), rtol=0, atol=1e-12)
+    # with a zero-variance GP the two-stage spread's mean is the two-stage prediction
+    flat = linear_rom(0.0).with_stage(residual, 0.5)
+    spread = predict_spread(flat, params, u0, n_samples=4)
+    np.testing.assert_allclose(spread.mean, flat.predict(params, u0), rtol=0, atol=1e-13)
