@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 ACTIVATIONS = ("softplus", "tanh", "relu", "sigmoid", "elu", "gelu", "silu", "sin")
-FD_SCHEMES = ("central2", "central4", "forward1")
+FD_SCHEMES = ("central2", "central4", "forward1", "sbp12")
 INTEGRATORS = ("expm", "rk4")
 GP_KERNELS = ("matern", "rbf")
 LR_SCHEDULES = ("constant", "cosine")
 OUTPUT_LAYERS = ("adam", "lstsq")
 DTYPES = ("float32", "float64")
+SAMPLING_STRATEGIES = ("fixed", "greedy")
+SAMPLING_INITIAL = ("corners", "explicit")
+SAMPLING_CRITERIA = ("max_std", "coef_std")
 
 
 class ConfigError(ValueError):
@@ -240,6 +243,65 @@ class ROMConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Where the training points come from (:mod:`mlasdi.sampling`).
+
+    ``strategy`` ``fixed``: the data's training points, from the first iteration. ``greedy``
+    (GPLaSDI): start from ``initial`` points, the ``corners`` of the candidates' box or the data's
+    ``explicit`` training points, and after every ``every`` iterations (before iteration
+    ``last_round_iter`` and while fewer than ``max_points`` points; 0: no such limit) add the
+    ``points_per_round`` candidates with the largest ``criterion``, at least ``min_distance``
+    apart from each other and from the points already there (in units of the candidates' box,
+    each axis scaled to [0, 1]). ``criterion`` ``max_std``: the largest std over (t, x) of
+    ``n_samples`` decoded GP samples (GPLaSDI's); ``coef_std``: the sum of the GP std of the
+    latent dynamics coefficients (no rollout). ``candidates``: explicit parameter points, or
+    empty for the test grid.
+    """
+
+    strategy: str = "fixed"
+    initial: str = "corners"
+    every: int = 2000
+    max_points: int = 0
+    last_round_iter: int = 0
+    points_per_round: int = 1
+    min_distance: float = 0.0
+    criterion: str = "max_std"
+    n_samples: int = 20
+    candidates: tuple[tuple[float, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, choices in (
+            ("strategy", SAMPLING_STRATEGIES),
+            ("initial", SAMPLING_INITIAL),
+            ("criterion", SAMPLING_CRITERIA),
+        ):
+            value = getattr(self, name)
+            _check(value in choices, f"sampling.{name} must be one of {choices}, got {value!r}")
+        for name, minimum in (
+            ("every", 1),
+            ("max_points", 0),
+            ("last_round_iter", 0),
+            ("points_per_round", 1),
+            ("n_samples", 2),
+        ):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+                f"sampling.{name} must be an integer >= {minimum}, got {value!r}",
+            )
+        _check(
+            0.0 <= self.min_distance < 1.0,
+            f"sampling.min_distance must be in [0, 1) (units of the parameter box), got "
+            f"{self.min_distance!r}",
+        )
+        sizes = {len(point) for point in self.candidates}
+        _check(
+            len(sizes) <= 1 and 0 not in sizes,
+            "sampling.candidates must be parameter points of one length, e.g. [[0.7, 0.9], ...]",
+        )
 
 
 C = TypeVar("C")

@@ -8,6 +8,7 @@ Shapes: a batch of latent trajectories is ``Z`` [n_mu, n_t, r]. Coefficients are
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -26,15 +27,21 @@ _STENCILS: dict[str, tuple[dict[int, float], list[dict[int, float]], float]] = {
         ],
         12.0,
     ),
+    # GPLaSDI's default (LLNL/GPLaSDI src/lasdi/fd.py, SBP12): the summation-by-parts operator of
+    # interior order 2 and boundary order 1, i.e. central differences inside and a forward
+    # (backward) difference in the first (last) row.
+    "sbp12": ({-1: -0.5, 1: 0.5}, [{0: -1.0, 1: 1.0}], 1.0),
 }
-_ORDER = {"forward1": 1, "central2": 2, "central4": 4}
+_ORDER = {"forward1": 1, "central2": 2, "central4": 4, "sbp12": 2}
 
 
 def derivative_matrix(n_t: int, dt: float, scheme: str = "central4") -> torch.Tensor:
     """Dense [n_t, n_t] float64 operator D with (D @ z)[i] ~ dz/dt(t_i) on a uniform grid.
 
     ``forward1`` is first order (the last row is a backward difference); ``central2`` and
-    ``central4`` are second and fourth order everywhere, with one-sided stencils at the ends.
+    ``central4`` are second and fourth order everywhere, with one-sided stencils at the ends;
+    ``sbp12`` (GPLaSDI's default) is second order inside and first order in the first and last
+    rows (a forward and a backward difference).
     """
     if scheme not in _STENCILS:
         raise ValueError(
@@ -220,6 +227,40 @@ def integrate_expm(
     )
     Z = torch.einsum("ntij,nj->nti", propagators[:, :, :r, :], z0_aug)
     return Z.to(dtype)
+
+
+def integrate_expm_uniform(
+    A: torch.Tensor, b: torch.Tensor, z0: torch.Tensor, n_t: int, dt: float
+) -> torch.Tensor:
+    """Exact solution of dz/dt = A z + b, z(0) = z0, at the uniform times k dt, k < ``n_t``.
+
+    The same solution as :func:`integrate_expm` on a uniform grid, from one matrix exponential
+    per parameter instead of one per parameter and time (about 16 us each on a CPU core: a
+    sampling round of 441 parameters x 20 samples x 1001 times would spend 140 s in them).
+    With the one-step propagator P = exp(M dt) of the augmented system, z(k dt) = P^i Q^j z0 for
+    k = j B + i, Q = P^B and B ~ sqrt(n_t): about 2 sqrt(n_t) products, so the round-off grows
+    like 2 sqrt(n_t) eps (float64), not n_t eps. Shapes as :func:`integrate_expm`:
+    A [n, r, r], b [n, r], z0 [n, r] -> [n, n_t, r] in z0's dtype.
+    """
+    n, r = z0.shape
+    M = torch.zeros(n, r + 1, r + 1, dtype=torch.float64, device=z0.device)
+    M[:, :r, :r] = A.to(torch.float64)
+    M[:, :r, r] = b.to(torch.float64)
+    P = torch.linalg.matrix_exp(M * dt)
+    block = max(1, math.isqrt(n_t - 1) + 1)
+    powers = [torch.eye(r + 1, dtype=torch.float64, device=z0.device).expand(n, -1, -1)]
+    for _ in range(block - 1):
+        powers.append(powers[-1] @ P)
+    Q = powers[-1] @ P
+    y = torch.cat(
+        [z0.to(torch.float64), torch.ones(n, 1, dtype=torch.float64, device=z0.device)], 1
+    )
+    anchors = [y]
+    for _ in range(-(-n_t // block) - 1):
+        anchors.append(torch.einsum("nij,nj->ni", Q, anchors[-1]))
+    # Z[n, j, i] = P^i y_j for the j-th anchor y_j = Q^j z0: time j * block + i.
+    Z = torch.einsum("nirs,njs->njir", torch.stack(powers, 1)[:, :, :r, :], torch.stack(anchors, 1))
+    return Z.reshape(n, -1, r)[:, :n_t].to(z0.dtype)
 
 
 def integrate_rk4(
