@@ -9,8 +9,12 @@ Conventions
 * A *factor* is always GPLaSDI / method, so a factor above 1 favours the method: for errors it is
   how many times smaller the method's error is; for ``train_time_s`` and ``n_model_params`` it is
   how many times less time / fewer parameters the method uses.
-* Only *usable* rows enter a factor: ``status == "ok"`` with finite, positive ``err_max``,
-  ``err_mean`` and ``err_min``. Every other row is listed by :func:`split_usable` with a reason.
+* *Usable* rows enter the factors: ``status == "ok"`` with finite, positive ``err_max``,
+  ``err_mean`` and ``err_min``, and every ``diverged`` row, with infinite errors: a run that
+  blew up counts against its method (factor 0 when the method diverged, infinite when GPLaSDI
+  did, 1 when both did). Dropping them would hide a method's worst runs. ``failed`` rows (the
+  run broke, not the method) and ``ok`` rows with a bad error are listed by :func:`split_usable`
+  with a reason.
 * Pairing (:func:`pair_models`): a *group* is ``(arch_index, latent_dim, budget_index)``, i.e. the
   same architecture position (Table 1 row), latent size and budget position. With
   ``mode="seed"`` the seed is part of the group; with ``mode="mean"`` each method's rows of a group
@@ -70,6 +74,18 @@ COST_COLUMNS: tuple[str, ...] = ("train_time_s", "n_model_params")
 GROUP_KEY: tuple[str, ...] = ("arch_index", "latent_dim", "budget_index")
 MIN_PAIRS = 5  # fewer pairs: no bootstrap interval, the pairs are listed instead
 VERDICTS = ("improves", "worsens", "no detectable difference", "too few pairs")
+# Every error column of a row: +inf on a diverged row.
+_ERROR_COLUMNS = (
+    "err_max",
+    "err_mean",
+    "err_median",
+    "err_min",
+    "unseen_err_max",
+    "unseen_err_mean",
+    "unseen_err_median",
+    "unseen_err_min",
+    "train_err_max",
+)
 _ROW_COLUMNS = (
     "evaluation_id",
     "method",
@@ -104,23 +120,40 @@ def compared_methods(results: pd.DataFrame) -> list[str]:
 
 
 def split_usable(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split result rows into usable rows and excluded rows (with a ``reason`` column).
+    """Split result rows into the rows that enter the comparison and excluded rows.
 
-    Excluded: ``status`` other than ``ok`` (reason = the status), and ``ok`` rows whose
-    ``err_max``, ``err_mean`` or ``err_min`` is missing, not finite or not positive.
+    A ``diverged`` row is a run of its method that blew up: it stays, with every error column
+    (``err_*``, ``unseen_err_*``, ``train_err_max``) set to ``+inf``, so that it counts against
+    its method in a pair and in every median (``diverged`` column: True). Excluded (with a
+    ``reason`` column): ``failed`` rows (the run broke for reasons other than the method), and
+    ``ok`` rows whose ``err_max``, ``err_mean`` or ``err_min`` is missing, not finite or not
+    positive.
     """
     reasons = pd.Series("", index=results.index, dtype=object)
-    not_ok = results["status"] != "ok"
-    reasons[not_ok] = results.loc[not_ok, "status"].astype(str)
+    diverged = results["status"] == "diverged"
+    failed = ~diverged & (results["status"] != "ok")
+    reasons[failed] = results.loc[failed, "status"].astype(str)
     for col in ERROR_METRICS:
         values = results[col].astype("float64")
-        bad = ~not_ok & (reasons == "") & ~(np.isfinite(values) & (values > 0))
+        bad = ~failed & ~diverged & (reasons == "") & ~(np.isfinite(values) & (values > 0))
         reasons[bad] = [f"ok but {col}={v}" for v in values[bad]]
     excluded_mask = reasons != ""
     usable = results.loc[~excluded_mask].reset_index(drop=True)
+    usable["diverged"] = (usable["status"] == "diverged").to_numpy()
+    for col in _ERROR_COLUMNS:
+        usable[col] = usable[col].astype("float64").mask(usable["diverged"], np.inf)
     excluded = results.loc[excluded_mask, [*_ROW_COLUMNS, "message"]].copy()
     excluded.insert(len(_ROW_COLUMNS), "reason", reasons[excluded_mask].astype(str))
     return usable, excluded.reset_index(drop=True)
+
+
+def factor_of(baseline: np.ndarray | pd.Series, other: np.ndarray | pd.Series) -> np.ndarray:
+    """GPLaSDI / method, elementwise; two infinite errors (both diverged) give 1: a tie."""
+    a = np.asarray(baseline, dtype=np.float64)
+    b = np.asarray(other, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = a / b
+    return np.where(np.isinf(a) & np.isinf(b), 1.0, out)
 
 
 def _aggregate(rows: pd.DataFrame, group: list[str]) -> pd.DataFrame:
@@ -168,7 +201,7 @@ def pair_models(usable: pd.DataFrame, *, method: str = "mlasdi", mode: str = "au
     if mode == "mean":
         pairs.insert(len(key), "seed", pd.array([pd.NA] * len(pairs), dtype="Int64"))
     for col in (*ERROR_METRICS, *COST_COLUMNS):
-        pairs[f"factor_{col}"] = pairs[f"{col}_{BASELINE}"] / pairs[f"{col}_{method}"]
+        pairs[f"factor_{col}"] = factor_of(pairs[f"{col}_{BASELINE}"], pairs[f"{col}_{method}"])
     order = [
         *key,
         "seed",
@@ -205,9 +238,17 @@ def verdict(
     return "no detectable difference"
 
 
-def _finite(values: Sequence[float] | np.ndarray | pd.Series) -> np.ndarray:
+def _known(values: Sequence[float] | np.ndarray | pd.Series) -> np.ndarray:
+    """The values that are not NaN (an infinite error, a diverged run, stays)."""
     a = np.asarray(values, dtype=np.float64)
-    return a[np.isfinite(a)]
+    return a[~np.isnan(a)]
+
+
+def _percentile_interval(boots: np.ndarray, level: float) -> tuple[float, float]:
+    """The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the bootstrap values, taken
+    as order statistics (``inverted_cdf``: no interpolation, so infinite values are kept)."""
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return float(lo), float(hi)
 
 
 def _boot_medians(values: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
@@ -226,12 +267,11 @@ def median_ci(
     values: Sequence[float] | np.ndarray, rng: np.random.Generator, *, n_boot: int, level: float
 ) -> tuple[float, float, float]:
     """(median, low, high): percentile bootstrap interval of the median of the finite values."""
-    a = _finite(values)
+    a = _known(values)
     if a.size == 0:
         return (np.nan, np.nan, np.nan)
     boots = _boot_medians(a, rng, n_boot)
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    return float(np.median(a)), float(lo), float(hi)
+    return (float(np.median(a)), *_percentile_interval(boots, level))
 
 
 def ratio_of_medians_ci(
@@ -243,12 +283,12 @@ def ratio_of_medians_ci(
     level: float,
 ) -> tuple[float, float, float]:
     """(median(num) / median(den), low, high), resampling the two samples independently."""
-    a, b = _finite(numerator), _finite(denominator)
+    a, b = _known(numerator), _known(denominator)
     if a.size == 0 or b.size == 0:
         return (np.nan, np.nan, np.nan)
-    boots = _boot_medians(a, rng, n_boot) / _boot_medians(b, rng, n_boot)
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    return float(np.median(a) / np.median(b)), float(lo), float(hi)
+    boots = factor_of(_boot_medians(a, rng, n_boot), _boot_medians(b, rng, n_boot))
+    point = float(factor_of(np.median(a), np.median(b)))
+    return (point, *_percentile_interval(boots, level))
 
 
 def factor_table(
@@ -274,13 +314,13 @@ def factor_table(
     rows = []
     for col in columns:
         rng = np.random.default_rng(seed)
-        ratios = _finite(pairs[f"factor_{col}"]) if len(pairs) else np.empty(0)
+        ratios = _known(pairs[f"factor_{col}"]) if len(pairs) else np.empty(0)
         mor = median_ci(ratios, rng, n_boot=n_boot, level=level)
         few = ratios.size < min_pairs
         if few:
             mor = (mor[0], np.nan, np.nan)
-        gp = _finite(usable.loc[usable["method"] == BASELINE, col])
-        other = _finite(usable.loc[usable["method"] == method, col])
+        gp = _known(usable.loc[usable["method"] == BASELINE, col])
+        other = _known(usable.loc[usable["method"] == method, col])
         rom = ratio_of_medians_ci(gp, other, rng, n_boot=n_boot, level=level)
         rows.append(
             {

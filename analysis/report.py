@@ -38,6 +38,15 @@ PAPER_BUDGETS = {
     "mlasdi": ((25000, 25000), (25000, 50000), (50000, 50000), (75000, 25000)),
 }
 _BY = {"arch": "arch_index", "latent": "latent_dim", "budget": "budget_index"}
+_ROW_KEYS = [
+    "evaluation_id",
+    "method",
+    "hidden",
+    "arch_index",
+    "latent_dim",
+    "budget_index",
+    "seed",
+]
 
 
 @dataclass
@@ -627,6 +636,22 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
     ]
     L += ["## Per method", "", _md_table(a.summary), ""]
     L += ["### Status counts", "", _md_table(status_counts.reset_index()), ""]
+    diverged = a.usable[a.usable["diverged"]]
+    L += [
+        "## Diverged runs",
+        "",
+        "Counted as an infinite error: against their method in every pair and every median.",
+        "",
+        _md_table(
+            _readable_rows(
+                diverged[[*_ROW_KEYS, "message"]].assign(
+                    message=diverged["message"].fillna("").map(lambda s: s[:160])
+                ),
+                a,
+            )
+        ),
+        "",
+    ]
     L += ["## Excluded rows", "", "Not used in any factor.", ""]
     ex = a.excluded.assign(message=a.excluded["message"].fillna("").map(lambda s: s[:160]))
     L += [_md_table(_readable_rows(ex, a)), ""]

@@ -317,19 +317,21 @@ def test_missing_partner_and_excluded_rows_are_reported():
     rows = known_study()
     rows.append(row("gplasdi", 2, 3, 0, 0.02, hidden="160-80"))  # no mLaSDI partner
     rows.append(row("mlasdi", 0, 7, 0, 0.01))  # no GPLaSDI partner
-    # Diverged/failed mLaSDI rows: their GPLaSDI partners become unpaired.
+    # A failed mLaSDI row and a zero error: their GPLaSDI partners become unpaired. A diverged
+    # row stays paired, with infinite errors (factor 0).
     rows[0].update(status="diverged", err_max=float("nan"), message="loss is NaN at iter 40")
     rows[2].update(status="failed", message="CUDA OOM")
     rows[4].update(err_min=0.0)  # ok status but a zero error: excluded, reason given
     results = pd.DataFrame(rows)
     usable, excluded = split_usable(results)
-    assert excluded["reason"].tolist() == ["diverged", "failed", "ok but err_min=0.0"]
-    assert excluded["message"].tolist()[:2] == ["loss is NaN at iter 40", "CUDA OOM"]
+    assert excluded["reason"].tolist() == ["failed", "ok but err_min=0.0"]
+    assert excluded["message"].tolist()[0] == "CUDA OOM"
+    diverged = usable[usable["evaluation_id"] == rows[0]["evaluation_id"]]
+    assert diverged["err_max"].item() == np.inf and diverged["diverged"].item()
     p = pair_models(usable)
-    assert len(p.pairs) == 12 - 3
+    assert len(p.pairs) == 12 - 2
     assert sorted(p.unpaired["evaluation_id"]) == sorted(
         [
-            rows[1]["evaluation_id"],
             rows[3]["evaluation_id"],
             rows[5]["evaluation_id"],
             rows[-2]["evaluation_id"],
@@ -337,15 +339,16 @@ def test_missing_partner_and_excluded_rows_are_reported():
         ]
     )
     assert p.unpaired["reason"].str.startswith("no usable").all()
+    assert sorted(p.pairs["factor_err_max"])[0] == 0.0  # the diverged mLaSDI run
     t = factor_table(p.pairs, usable, n_boot=50).set_index("quantity")
     assert t.loc["err_max", "median_of_ratios"] == pytest.approx(2.5, rel=1e-12)
-    assert (t.loc["err_max", "n_gplasdi"], t.loc["err_max", "n_method"]) == (13, 10)
+    assert (t.loc["err_max", "n_gplasdi"], t.loc["err_max", "n_method"]) == (13, 11)
     share = share_below(usable, excluded, threshold=0.01).set_index("method")
     ml = usable[usable["method"] == "mlasdi"]
     assert share.loc["mlasdi", "n_below"] == int((ml["err_max"] < 0.01).sum())
-    assert share.loc["mlasdi", "n_excluded"] == 3
+    assert share.loc["mlasdi", "n_excluded"] == 2
     assert share.loc["mlasdi", "share_of_all"] == pytest.approx(
-        share.loc["mlasdi", "n_below"] / (len(ml) + 3)
+        share.loc["mlasdi", "n_below"] / (len(ml) + 2)
     )
     assert (
         share.loc["mlasdi", "share_low"]
@@ -459,13 +462,20 @@ def _recompute_headline(results_dir: Path) -> tuple[pd.DataFrame, dict[str, floa
     res = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
     res["t"] = pd.to_datetime(res["created_at"], utc=True, format="ISO8601")
     res = res.sort_values("t", kind="stable").drop_duplicates("evaluation_id", keep="last")
-    ok = res[res["status"] == "ok"]
-    ok = ok[np.isfinite(ok[["err_max", "err_mean", "err_min"]]).all(axis=1)]
+    errs = ["err_max", "err_mean", "err_min"]
+    diverged = res["status"] == "diverged"
+    res.loc[diverged, errs] = np.inf  # a diverged run: infinite error
+    ok = res[diverged | ((res["status"] == "ok") & np.isfinite(res[errs]).all(axis=1))]
     key = ["arch_index", "latent_dim", "budget_index", "seed"]
     m = ok[ok["method"] == "gplasdi"].merge(ok[ok["method"] == "mlasdi"], on=key)
-    return ok, {
-        q: float(np.median(m[f"{q}_x"] / m[f"{q}_y"])) for q in ("err_max", "err_mean", "err_min")
-    }
+    with np.errstate(invalid="ignore"):
+        ratios = {  # both diverged: a tie
+            q: np.where(
+                np.isinf(m[f"{q}_x"]) & np.isinf(m[f"{q}_y"]), 1.0, m[f"{q}_x"] / m[f"{q}_y"]
+            )
+            for q in errs
+        }
+    return ok, {q: float(np.median(r)) for q, r in ratios.items()}
 
 
 def _headline_factors(md: str, method: str = "mLaSDI") -> tuple[str, ...] | None:
@@ -541,7 +551,7 @@ def test_cli_end_to_end(tmp_path, capsys):
         "measured on a shared machine: on average 6 of the 9 trials ran at once (at most 9;" in md
     )
     unpaired = pd.read_csv(out / "tables" / "unpaired.csv")
-    assert len(unpaired) == 2  # the extra GPLaSDI row and the partner of the diverged row
+    assert len(unpaired) == 1  # the extra GPLaSDI row; the diverged row keeps its partner
     assert "1.00x fewer parameters" not in md and "4.00x fewer parameters" in md
 
 
@@ -989,3 +999,38 @@ def test_error_vs_time_fits_the_data_and_draws_the_line_only_in_range():
     assert {"latent 3", "latent 5", "b0", "budget 1", "budget 2"} <= set(legend)
     inside = plot_error_vs_time(table, threshold=0.01)
     assert [ln for ln in inside.axes[0].get_lines() if list(ln.get_ydata()) == [0.01, 0.01]]
+
+
+# ----------------------------------------------------------------------------- diverged runs
+
+
+def test_diverged_runs_count_against_their_method_in_pairs_and_verdict():
+    # 12 pairs, GPLaSDI error twice mLaSDI's; then mLaSDI diverges in 5 cells, GPLaSDI in 1,
+    # both in 1. Per-pair factors: 0 x5, 1 (both infinite: a tie), 2 x5, inf: median 1.5.
+    rows = factor_study([2.0] * 12)
+    diverged = {"status": "diverged", "message": "loss is NaN", "err_max": float("nan")}
+    ml = [r for r in rows if r["method"] == "mlasdi"]
+    gp = [r for r in rows if r["method"] == "gplasdi"]
+    for r in ml[:5] + ml[5:6] + gp[5:7]:
+        r.update(diverged)
+    usable, excluded = split_usable(pd.DataFrame(rows))
+    assert excluded.empty and int(usable["diverged"].sum()) == 8
+    p = pair_models(usable)
+    assert len(p.pairs) == 12 and p.unpaired.empty
+    assert sorted(p.pairs["factor_err_max"]) == [0.0] * 5 + [1.0] + [2.0] * 5 + [np.inf]
+    t = factor_table(p.pairs, usable, n_boot=500, seed=0).set_index("quantity")
+    assert (t["n_pairs"] == 12).all()
+    assert t["median_of_ratios"].tolist() == [1.5, 1.5, 1.5]
+    assert (t["verdict"] != "improves").all()
+    # Ratio of medians: each method's median over its 12 rows, diverged rows infinite.
+    ml_err = np.array([np.inf] * 6 + [2 * 0.01 * (1 + i) for i in range(6, 12)])
+    gp_err = np.array(
+        [2 * 0.01 * (1 + i) * 2 for i in range(5)]
+        + [np.inf] * 2
+        + [0.04 * (1 + i) for i in range(7, 12)]
+    )
+    assert t.loc["err_max", "ratio_of_medians"] == pytest.approx(
+        np.median(gp_err) / np.median(ml_err), rel=1e-12
+    )
+    share = share_below(usable, excluded, threshold=1.0).set_index("method")
+    assert share.loc["mlasdi", "n_models"] == 12 and share.loc["mlasdi", "n_below"] == 6
