@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ __all__ = [
     "heatmap_table",
     "heatmap_grid",
     "factor_bars",
+    "dimension_factors",
     "search_history",
     "search_params",
 ]
@@ -45,6 +46,9 @@ def budget_titles(labels: pd.DataFrame) -> dict[int, str]:
     """``budget_index`` -> the methods' budgets there (``GPLaSDI 25k · mLaSDI 25k+25k``)."""
     return _position_titles(labels, "budget_index")
 
+
+# A study dimension's column in words.
+DIMENSION_WORDS = {"arch_index": "architecture", "latent_dim": "latent", "budget_index": "budget"}
 
 # The columns that identify a model in every per-model table.
 MODEL_KEYS = [
@@ -108,6 +112,39 @@ def factor_bars(by_arch_latent: pd.DataFrame, quantity: str) -> pd.DataFrame:
     t = by_arch_latent[by_arch_latent["quantity"] == quantity]
     cols = ["arch_index", "latent_dim", "n_pairs", "median_of_ratios", "mor_low", "mor_high"]
     return t[cols].sort_values(["arch_index", "latent_dim"]).reset_index(drop=True)
+
+
+def dimension_factors(
+    by: Mapping[str, pd.DataFrame], labels: Mapping[str, Mapping[int, str]]
+) -> pd.DataFrame:
+    """Small-multiples data: the per-group factors of every study dimension with more than one
+    group that has pairs.
+
+    ``by`` maps a dimension's column (``arch_index``, ``latent_dim``, ``budget_index``) to its
+    :func:`~analysis.factors.factors_by` table; ``labels`` maps it to ``{value: label}``
+    (default ``latent 4`` style for latent sizes, the value otherwise). Returns ``dimension``,
+    ``value``, ``label``, ``quantity``, ``n_units``, ``median_of_ratios``, ``mor_low``,
+    ``mor_high``, ``verdict``, in dimension then value order.
+    """
+    parts = []
+    for dim, t in by.items():
+        t = t[t["n_pairs"] > 0]
+        if t[dim].nunique() < 2:
+            continue
+        names = labels.get(dim, {})
+        part = pd.DataFrame(
+            {
+                "dimension": dim,
+                "value": t[dim].to_numpy(),
+                "label": [names.get(int(v), f"{DIMENSION_WORDS[dim]} {v}") for v in t[dim]],
+            }
+        )
+        cols = ["quantity", "n_units", "median_of_ratios", "mor_low", "mor_high", "verdict"]
+        parts.append(pd.concat([part, t[cols].reset_index(drop=True)], axis=1))
+    cols = ["dimension", "value", "label", "quantity", "n_units", "median_of_ratios"]
+    if not parts:
+        return pd.DataFrame(columns=[*cols, "mor_low", "mor_high", "verdict"])
+    return pd.concat(parts, ignore_index=True).sort_values(["dimension", "value"], kind="stable")
 
 
 def search_history(trials: pd.DataFrame) -> pd.DataFrame:

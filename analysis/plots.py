@@ -27,6 +27,7 @@ __all__ = [
     "plot_error_vs_time",
     "plot_heatmaps",
     "plot_factor_bars",
+    "plot_factors_by_dimension",
     "plot_search_history",
     "plot_search_params",
     "save_figure",
@@ -464,6 +465,93 @@ def _factor_panel(
         ax.set_xticklabels([f"A{a}" for a in archs])
         ax.set_xlabel("architecture position")
     ax.grid(True, axis="y", which="major", alpha=0.2)
+
+
+_QUANTITY_NAMES = {"err_max": "max error", "err_mean": "mean error", "err_min": "min error"}
+_DIMENSION_TITLES = {
+    "arch_index": "architecture",
+    "latent_dim": "latent size",
+    "budget_index": "budget",
+}
+
+
+def plot_factors_by_dimension(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    """Small multiples of the improvement factor along each study dimension.
+
+    ``tables`` maps each compared method to its :func:`~analysis.figure_data.dimension_factors`
+    table. One row of panels per (method, dimension), one panel per group (architecture, latent
+    size, budget): the median factor of the max, mean and min error with its unit-bootstrap
+    interval (no whisker below ``MIN_UNITS`` units), the verdict beside it, on one shared log
+    axis; the dashed line marks a factor of 1. A factor of 0 or infinity (diverged runs) is drawn
+    at the axis edge as an arrow head.
+    """
+    rows = [(m, dim, g) for m, t in tables.items() for dim, g in t.groupby("dimension", sort=False)]
+    ncols = max(g["value"].nunique() for _, _, g in rows)
+    width = min(7.0, 1.2 + 1.9 * ncols)
+    fig = Figure(figsize=(width, 0.35 + 1.25 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), ncols, squeeze=False, sharex=True, sharey=True)
+    values = np.concatenate(
+        [
+            t[["median_of_ratios", "mor_low", "mor_high"]].to_numpy(float).ravel()
+            for t in tables.values()
+        ]
+    )
+    values = values[np.isfinite(values) & (values > 0)]
+    lo = min(0.8, values.min() / 1.3) if values.size else 0.8
+    hi = max(1.25, values.max() * 1.3) if values.size else 1.25
+    quantities = list(_QUANTITY_NAMES)
+    for r, (m, dim, g) in enumerate(rows):
+        colour = METHOD_STYLE[m]["color"]
+        for c, (_, panel) in enumerate(g.groupby("value", sort=True)):
+            ax = axes[r, c]
+            ax.axvline(1.0, color="0.3", ls="--", lw=0.8)
+            for y, q in enumerate(quantities):
+                sel = panel[panel["quantity"] == q]
+                if sel.empty:
+                    continue
+                x, xl, xh = sel[["median_of_ratios", "mor_low", "mor_high"]].to_numpy(float)[0]
+                if np.isfinite(xl) and np.isfinite(xh) and xl > 0:
+                    ax.plot([xl, xh], [y, y], color=colour, lw=1.4, solid_capstyle="butt")
+                shown = float(np.clip(x, lo, hi)) if not np.isnan(x) else np.nan
+                marker = "o" if lo <= x <= hi else ("<" if x < lo else ">")
+                ax.plot([shown], [y], marker=marker, ms=4.5, color=colour, mec="0.15", mew=0.4)
+                verdict = str(sel["verdict"].iloc[0]).replace(
+                    "no detectable difference", "no diff."
+                )
+                ax.annotate(
+                    verdict,
+                    (1.0, y),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(-2, 4),
+                    textcoords="offset points",
+                    ha="right",
+                    va="bottom",
+                    fontsize=6,
+                    color="0.35",
+                )
+            n_units = int(panel["n_units"].max())
+            ax.set_title(f"{panel['label'].iloc[0]} ({n_units} units)", fontsize=7)
+            ax.grid(True, axis="x", alpha=0.25)
+        for ax in axes[r, g["value"].nunique() :]:
+            ax.set_visible(False)
+        axes[r, 0].set_ylabel(
+            f"{METHOD_LABELS[m]}\nby {_DIMENSION_TITLES[dim]}", fontsize=7, rotation=90
+        )
+    ax0 = axes[0, 0]
+    ax0.set_xscale("log")
+    ax0.set_xlim(lo, hi)
+    _set_log_ticks(ax0.xaxis, lo, hi, _plain)
+    ax0.set_ylim(len(quantities) - 0.4, -0.6)
+    ax0.set_yticks(range(len(quantities)), [_QUANTITY_NAMES[q] for q in quantities])
+    for ax in axes.ravel():
+        ax.tick_params(labelsize=7)
+    for r, (_, _, g) in enumerate(rows):
+        for c in range(g["value"].nunique()):
+            below = r + 1 < len(rows) and c < rows[r + 1][2]["value"].nunique()
+            if not below:  # nothing drawn below: this panel carries the x axis
+                axes[r, c].tick_params(axis="x", labelbottom=True)
+                axes[r, c].set_xlabel("factor GPLaSDI / method", fontsize=7)
+    return fig
 
 
 def _latent_colours(n: int) -> list:

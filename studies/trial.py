@@ -114,6 +114,7 @@ class StudyData:
     u0_test: np.ndarray
     times_test: np.ndarray
     fingerprint: str = ""
+    param_names: tuple[str, ...] = ()  # the source's names of the n_p parameters
 
     @property
     def n_state(self) -> int:
@@ -164,6 +165,7 @@ def _study_data(
         is_train=is_train,
         u0_test=flatten_grid(u0, len(data.grid_shape)).astype(np.float32),
         times_test=subset.times,
+        param_names=data.param_names,
     )
 
 
@@ -200,6 +202,7 @@ def _lazy_study_data(source: DataSource, path: Path, rows: np.ndarray) -> StudyD
         ),
         times_test=times_test,
         fingerprint=fingerprint,
+        param_names=head.param_names,
     )
 
 
@@ -358,6 +361,8 @@ class TrialRunner:
             "stage_stop_iters": [],
             "stage_heldout_err_max": [],
             "heldout_err_max": [],
+            "problem": self.spec.data.problem,
+            "param_names": list(self.data.param_names),
         }
         row.update(values)
         return row
