@@ -526,6 +526,12 @@ def _write_csvs(a: Analysis, tables_dir: Path) -> dict[str, Path]:
         "unpaired": _stack(a, lambda c: c.pairing.unpaired),
         "excluded": a.excluded,
     }
+    if a.param_errors is not None and len(a.best):
+        ids = set(a.param_errors["evaluation_id"]) & set(a.best["evaluation_id"])
+        if ids:
+            table = D.heatmap_table(a.param_errors, sorted(ids))
+            names = {f"mu_{i}": n for i, n in enumerate(a.param_names)}
+            tables["param_errors_best"] = table.rename(columns=names)
     if a.trials is not None:
         tables["search_history"] = D.search_history(a.trials)
     tables_dir.mkdir(parents=True, exist_ok=True)
@@ -808,7 +814,8 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
         "error_vs_time": "Relative error vs training time, one panel per architecture (colour: "
         "method, marker: latent size, size: budget; marker at the mean error, bar from min to "
         "max).",
-        "heatmap_best": "r(mu) of the best model (by err_max) of each method; red squares: "
+        "heatmap_best": f"r(mu) over ({', '.join(a.param_names)}) of the best model (by "
+        "err_max) of each method; red squares: "
         "training parameters.",
         "factor_by_arch_latent": "Median improvement factor by architecture and latent size "
         f"({pct} unit-bootstrap intervals; none below {F.MIN_UNITS} units; dashed line: no "
