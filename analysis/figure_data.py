@@ -63,12 +63,13 @@ MODEL_KEYS = [
 
 
 def error_time_table(usable: pd.DataFrame) -> pd.DataFrame:
-    """Figure 2 data: one row per usable model with training time and min/mean/max error, and
-    its ``trial_id`` (the budgets of one trial continue one training run)."""
+    """Figure 2 data: one row per usable model with a finite training time and errors (a
+    diverged run, with infinite errors, cannot be drawn), with its min/mean/max error and its
+    ``trial_id`` (the budgets of one trial continue one training run)."""
     cols = [*MODEL_KEYS, "trial_id", "train_time_s", "err_min", "err_mean", "err_max"]
-    return (
-        usable[cols].sort_values(["method", "train_time_s"], kind="stable").reset_index(drop=True)
-    )
+    drawn = np.isfinite(usable[cols[-4:]].to_numpy(np.float64)).all(axis=1)
+    t = usable.loc[drawn, cols]
+    return t.sort_values(["method", "train_time_s"], kind="stable").reset_index(drop=True)
 
 
 def best_models(usable: pd.DataFrame, *, metric: str = "err_max") -> pd.DataFrame:

@@ -351,12 +351,17 @@ def split_lines(a: Analysis, c: Comparison) -> list[str]:
     for dim, t in c.splits[c.splits["splits"]].groupby("dimension", sort=False):
         groups = []
         for value, g in t.groupby("value", sort=True):
+            g = g[g["quantity"].isin(list(_NAMES))]
+            label = _value_label(a, dim, value, c.method)
+            if (g["verdict"] == "too few units").all():
+                n = int(g["n_units"].max())
+                label += f" ({_plural(n, 'unit')}, too few for an interval)"
             parts = [
-                f"{_NAMES[r.quantity]} {r.verdict} ({_factor(r.median_of_ratios)})"
+                f"{_NAMES[r.quantity]}{'' if r.verdict == 'too few units' else ' ' + r.verdict} "
+                f"({_factor(r.median_of_ratios)})"
                 for r in g.itertuples()
-                if r.quantity in _NAMES
             ]
-            groups.append(f"{_value_label(a, dim, value, c.method)}: {', '.join(parts)}")
+            groups.append(f"{label}: {', '.join(parts)}")
         lines.append(
             f"- By {_DIMENSIONS[dim]}, the verdict differs ({METHOD_LABELS[c.method]}, median "
             f"factor in brackets): {'; '.join(groups)}."

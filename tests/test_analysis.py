@@ -30,7 +30,7 @@ from analysis.factors import (
     verdict_splits,
 )
 from analysis.labels import budget_label, iters_label, position_labels
-from analysis.plots import log_ticks
+from analysis.plots import dodge, log_ticks
 from analysis.report import PAPER_BUDGETS, analyze, headline_sentence
 from analysis.schema import (
     SchemaError,
@@ -1197,3 +1197,57 @@ def test_verdict_splits_rule():
     assert not splits([4, 5], [1.1, 1.2], ["too few units", "improves"])
     assert not splits([4], [0.5], ["worsens"])
     assert MIN_UNITS == 5
+
+
+# ----------------------------------------------------------------------------- figures for a paper
+
+
+def test_every_figure_is_sharp_at_two_column_paper_width(tmp_path):
+    from PIL import Image
+
+    rd = _write_study(tmp_path)
+    out = tmp_path / "report"
+    assert main([str(rd), "--out", str(out), "--n-boot", "50"]) == 0
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert len(pngs) >= 5
+    for png in pngs:
+        with Image.open(png) as im:
+            dpi = im.info["dpi"][0]
+            width_in = im.size[0] / dpi
+        assert dpi >= 150 and width_in <= 7.3, (png.name, dpi, width_in)
+
+
+def test_dodge_separates_overlapping_markers_and_leaves_the_others():
+    x = np.array([1.0, 1.0, 1.0, 3.0, 1.02])
+    y = np.array([0.5, 0.5, 0.5, 0.5, 2.0])
+    out = dodge(x, y, 0.1)
+    for i in range(5):
+        for j in range(i):
+            assert np.hypot(out[i] - out[j], y[i] - y[j]) >= 0.1 - 1e-12
+    assert out[3] == 3.0 and out[4] == 1.02  # already clear: unmoved
+    assert sorted(out[:3]) == pytest.approx([0.9, 1.0, 1.1])
+
+
+def test_error_vs_time_moves_only_hidden_markers_and_labels_ticks_below_one_percent():
+    from analysis.plots import plot_error_vs_time
+
+    rows = []
+    for latent in (3, 5):  # both latent sizes at the same time and error: one would hide
+        for b, e in enumerate((0.0004, 0.002, 0.03)):
+            rows.append(row("gplasdi", 0, latent, b, e, seed=0, train_time_s=100.0 * (b + 1)))
+    usable, _ = split_usable(pd.DataFrame(rows))
+    fig = plot_error_vs_time(D.error_time_table(usable), threshold=0.01)
+    ax = fig.axes[0]
+    from matplotlib.collections import PathCollection
+
+    points = np.vstack([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+    assert len(np.unique(points.round(12), axis=0)) == 6  # no two markers in one place
+    assert "6 marker(s) moved sideways" not in fig._suptitle.get_text()
+    assert "3 marker(s) moved sideways" in fig._suptitle.get_text()
+    fig.draw_without_rendering()
+    labels = [t.get_text() for t in ax.yaxis.get_ticklabels()]
+    ticks = ax.get_yticks()
+    assert all(labels) and "1%" in labels and (ticks < 0.005).sum() >= 2  # labelled below 1 %
+    lo, hi = ax.get_ylim()
+    assert ticks.min() / lo <= 2 and hi / ticks.max() <= 2
+    assert log_ticks(0.4, 4.1).tolist() == pytest.approx([0.5, 0.7, 1, 2, 3])
