@@ -412,7 +412,7 @@ def plot_factor_bars(
     ``bars`` maps each compared method to ``{quantity: factor_bars table}``
     (:func:`~analysis.figure_data.factor_bars`): one row of panels per method, one panel per
     quantity. Bars show the median of ratios, whiskers its bootstrap interval (none below
-    ``MIN_PAIRS`` pairs); the dashed line marks a factor of 1 (no change). ``arch`` is the
+    ``MIN_UNITS`` units); the dashed line marks a factor of 1 (no change). ``arch`` is the
     :func:`~analysis.labels.position_labels` table of ``arch_index``: the x labels are the hidden
     widths (GPLaSDI above, the method below).
     """
