@@ -19,6 +19,12 @@ interval and the median interval width (log10 of high / low).
 
     python benchmarks/interval_coverage.py                 # 400 studies per line (minutes)
     python benchmarks/interval_coverage.py --smoke         # 20 studies, CI
+    python benchmarks/interval_coverage.py --results DIR   # a finished study: both intervals
+
+``--results`` prints, for each compared method and error, the interval of a finished study's
+results directory both ways: ``rows`` (every cell a pair, resampled one by one: the analysis
+before units) and ``units`` (the analysis now), with the numbers of cells, merged cells and
+units.
 """
 
 from __future__ import annotations
@@ -29,7 +35,14 @@ import time
 import numpy as np
 import pandas as pd
 
-from analysis.factors import factor_table, pair_models, split_usable
+from analysis.factors import (
+    ERROR_METRICS,
+    compared_methods,
+    factor_table,
+    pair_models,
+    split_usable,
+)
+from analysis.schema import read_results
 
 
 def study(
@@ -85,6 +98,30 @@ def intervals(rows: pd.DataFrame, n_boot: int, seed: int) -> dict[str, tuple[flo
     return {"units": (t.mor_low, t.mor_high), "rows": (r.mor_low, r.mor_high)}
 
 
+def real_intervals(results_dir: str, n_boot: int, seed: int) -> None:
+    """Print a finished study's intervals by rows (before) and by units (now)."""
+    results = read_results(results_dir)
+    usable = split_usable(results)[0]
+    for method in compared_methods(results):
+        p = pair_models(usable, method=method)
+        print(
+            f"{method}: {len(p.pairs) + len(p.merged)} cells, {len(p.merged)} merged, "
+            f"{len(p.pairs)} pairs, {p.n_units} units (each a {p.unit_name})"
+        )
+        kw = {"method": method, "n_boot": n_boot, "seed": seed, "min_units": 1}
+        cells = p.pairs.loc[p.pairs.index.repeat(p.pairs["n_cells"])]
+        cells = cells.assign(unit=np.arange(len(cells)), n_cells=1)
+        now = factor_table(p.pairs, p.rows, ERROR_METRICS, **kw).set_index("quantity")
+        before = factor_table(cells, p.rows, ERROR_METRICS, **kw).set_index("quantity")
+        for q in ERROR_METRICS:
+            b, n = before.loc[q], now.loc[q]
+            print(
+                f"  {q:9s} rows: {b.median_of_ratios:.2f} [{b.mor_low:.2f}, {b.mor_high:.2f}] "
+                f"over {b.n_pairs} cells   units: {n.median_of_ratios:.2f} "
+                f"[{n.mor_low:.2f}, {n.mor_high:.2f}] over {n.n_units} units, {n.verdict}"
+            )
+
+
 def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -102,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unit-sd", type=float, default=0.3)
     parser.add_argument("--budget-sd", type=float, default=0.05)
     parser.add_argument("--smoke", action="store_true", help="20 studies, 200 resamples (CI)")
+    parser.add_argument("--results", default=None, help="a finished study's results directory")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed for --results")
     args = parser.parse_args(argv)
+    if args.results is not None:
+        real_intervals(args.results, args.n_boot, args.seed)
+        return 0
     if args.smoke:
         args.studies, args.n_boot, args.units = 20, 200, [6]
     start = time.perf_counter()
