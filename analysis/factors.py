@@ -620,9 +620,9 @@ def share_below(
 ) -> pd.DataFrame:
     """Share of models with ``metric < threshold`` for each method.
 
-    ``share`` is over usable models (Wilson 95% interval in ``share_low``/``share_high``);
-    ``share_of_all`` also counts the excluded (diverged/failed) models of that method, as not
-    below the threshold.
+    ``share`` is over usable models, diverged ones included (never below: their error is
+    infinite; Wilson 95% interval in ``share_low``/``share_high``); ``share_of_all`` also counts
+    the excluded (failed) models of that method, as not below the threshold.
     """
     rows = []
     for m in _present(usable, excluded):
@@ -648,11 +648,16 @@ def share_below(
 
 
 def method_summary(usable: pd.DataFrame) -> pd.DataFrame:
-    """Per method: counts, medians and best values of errors, training time and size."""
+    """Per method: counts (``n_diverged`` of them diverged), medians and best values of errors
+    (a diverged model's error is infinite), training time and size."""
     rows = []
     for m in _present(usable):
         u = usable[usable["method"] == m]
-        row: dict[str, object] = {"method": m, "n_models": len(u)}
+        row: dict[str, object] = {
+            "method": m,
+            "n_models": len(u),
+            "n_diverged": int(u["diverged"].sum()) if len(u) else 0,
+        }
         for col in ERROR_METRICS:
             row[f"median_{col}"] = float(u[col].median()) if len(u) else np.nan
         row["best_err_max"] = float(u["err_max"].min()) if len(u) else np.nan

@@ -73,7 +73,9 @@ def error_time_table(usable: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_models(usable: pd.DataFrame, *, metric: str = "err_max") -> pd.DataFrame:
-    """The usable model with the smallest ``metric`` of each method (ties: faster, then id)."""
+    """The usable model with the smallest finite ``metric`` of each method (ties: faster, then
+    id); a method whose every run diverged has none."""
+    usable = usable[np.isfinite(usable[metric].to_numpy(np.float64))]
     ordered = usable.sort_values([metric, "train_time_s", "evaluation_id"], kind="stable")
     best = ordered.groupby("method", sort=True).head(1)
     return best.sort_values("method").reset_index(drop=True)

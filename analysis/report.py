@@ -778,8 +778,8 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
     L += [
         f"## Models under {a.threshold:.0%} max error",
         "",
-        "`share` over usable models (Wilson 95% interval); `share_of_all` also counts the "
-        "excluded models as not under the threshold.",
+        "`share` over usable models, diverged ones included as not under it (Wilson 95% "
+        "interval); `share_of_all` also counts the excluded (failed) models as not under it.",
         "",
         _md_table(share),
         "",
