@@ -714,7 +714,7 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
         f"{len(c.pairing.unpaired)} {METHOD_LABELS[m]}" for m, c in a.comparisons.items()
     )
     units = "; ".join(
-        f"{METHOD_LABELS[m]}: {c.pairing.n_units} units, each a {c.pairing.unit_name}, "
+        f"{METHOD_LABELS[m]}: {_plural(c.pairing.n_units, 'unit')}, each a {c.pairing.unit_name}, "
         f"{len(c.pairing.merged)} cell(s) merged as the same two models"
         for m, c in a.comparisons.items()
     )
