@@ -37,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--param-names",
-        default="T,k",
-        help="names of the two test parameters for heatmap axes (default 'T,k')",
+        default=None,
+        help="comma-separated names of the test parameters, for axes and tables (default: the "
+        "names the results record, else 'parameter 1', 'parameter 2')",
     )
     p.add_argument("--no-figures", action="store_true", help="write report and tables only")
     return p
@@ -47,10 +48,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mlasdi-analyze``; returns the process exit code."""
     args = _parser().parse_args(argv)
-    names = [s.strip() for s in args.param_names.split(",")]
-    if len(names) != 2 or not all(names):
-        print("mlasdi-analyze: --param-names needs two comma-separated names", file=sys.stderr)
-        return 2
+    names = None
+    if args.param_names is not None:
+        names = [s.strip() for s in args.param_names.split(",")]
+        if not all(names):
+            print(
+                "mlasdi-analyze: --param-names needs comma-separated, non-empty names, e.g. 'T,k'",
+                file=sys.stderr,
+            )
+            return 2
     if args.n_boot < 1:
         print("mlasdi-analyze: --n-boot must be at least 1", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ __all__ = [
     "heatmap_table",
     "heatmap_grid",
     "factor_bars",
+    "dimension_factors",
     "search_history",
     "search_params",
 ]
@@ -46,6 +47,9 @@ def budget_titles(labels: pd.DataFrame) -> dict[int, str]:
     return _position_titles(labels, "budget_index")
 
 
+# A study dimension's column in words.
+DIMENSION_WORDS = {"arch_index": "architecture", "latent_dim": "latent", "budget_index": "budget"}
+
 # The columns that identify a model in every per-model table.
 MODEL_KEYS = [
     "method",
@@ -59,16 +63,19 @@ MODEL_KEYS = [
 
 
 def error_time_table(usable: pd.DataFrame) -> pd.DataFrame:
-    """Figure 2 data: one row per usable model with training time and min/mean/max error, and
-    its ``trial_id`` (the budgets of one trial continue one training run)."""
+    """Figure 2 data: one row per usable model with a finite training time and errors (a
+    diverged run, with infinite errors, cannot be drawn), with its min/mean/max error and its
+    ``trial_id`` (the budgets of one trial continue one training run)."""
     cols = [*MODEL_KEYS, "trial_id", "train_time_s", "err_min", "err_mean", "err_max"]
-    return (
-        usable[cols].sort_values(["method", "train_time_s"], kind="stable").reset_index(drop=True)
-    )
+    drawn = np.isfinite(usable[cols[-4:]].to_numpy(np.float64)).all(axis=1)
+    t = usable.loc[drawn, cols]
+    return t.sort_values(["method", "train_time_s"], kind="stable").reset_index(drop=True)
 
 
 def best_models(usable: pd.DataFrame, *, metric: str = "err_max") -> pd.DataFrame:
-    """The usable model with the smallest ``metric`` of each method (ties: faster, then id)."""
+    """The usable model with the smallest finite ``metric`` of each method (ties: faster, then
+    id); a method whose every run diverged has none."""
+    usable = usable[np.isfinite(usable[metric].to_numpy(np.float64))]
     ordered = usable.sort_values([metric, "train_time_s", "evaluation_id"], kind="stable")
     best = ordered.groupby("method", sort=True).head(1)
     return best.sort_values("method").reset_index(drop=True)
@@ -108,6 +115,39 @@ def factor_bars(by_arch_latent: pd.DataFrame, quantity: str) -> pd.DataFrame:
     t = by_arch_latent[by_arch_latent["quantity"] == quantity]
     cols = ["arch_index", "latent_dim", "n_pairs", "median_of_ratios", "mor_low", "mor_high"]
     return t[cols].sort_values(["arch_index", "latent_dim"]).reset_index(drop=True)
+
+
+def dimension_factors(
+    by: Mapping[str, pd.DataFrame], labels: Mapping[str, Mapping[int, str]]
+) -> pd.DataFrame:
+    """Small-multiples data: the per-group factors of every study dimension with more than one
+    group that has pairs.
+
+    ``by`` maps a dimension's column (``arch_index``, ``latent_dim``, ``budget_index``) to its
+    :func:`~analysis.factors.factors_by` table; ``labels`` maps it to ``{value: label}``
+    (default ``latent 4`` style for latent sizes, the value otherwise). Returns ``dimension``,
+    ``value``, ``label``, ``quantity``, ``n_units``, ``median_of_ratios``, ``mor_low``,
+    ``mor_high``, ``verdict``, in dimension then value order.
+    """
+    parts = []
+    for dim, t in by.items():
+        t = t[t["n_pairs"] > 0]
+        if t[dim].nunique() < 2:
+            continue
+        names = labels.get(dim, {})
+        part = pd.DataFrame(
+            {
+                "dimension": dim,
+                "value": t[dim].to_numpy(),
+                "label": [names.get(int(v), f"{DIMENSION_WORDS[dim]} {v}") for v in t[dim]],
+            }
+        )
+        cols = ["quantity", "n_units", "median_of_ratios", "mor_low", "mor_high", "verdict"]
+        parts.append(pd.concat([part, t[cols].reset_index(drop=True)], axis=1))
+    cols = ["dimension", "value", "label", "quantity", "n_units", "median_of_ratios"]
+    if not parts:
+        return pd.DataFrame(columns=[*cols, "mor_low", "mor_high", "verdict"])
+    return pd.concat(parts, ignore_index=True).sort_values(["dimension", "value"], kind="stable")
 
 
 def search_history(trials: pd.DataFrame) -> pd.DataFrame:

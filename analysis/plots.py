@@ -23,10 +23,14 @@ from .labels import METHOD_LABELS
 __all__ = [
     "METHOD_STYLE",
     "LATENT_MARKERS",
+    "PAPER_WIDTH_IN",
+    "DPI",
     "log_ticks",
+    "dodge",
     "plot_error_vs_time",
     "plot_heatmaps",
     "plot_factor_bars",
+    "plot_factors_by_dimension",
     "plot_search_history",
     "plot_search_params",
     "save_figure",
@@ -41,12 +45,18 @@ METHOD_STYLE = {
 LATENT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
+# Figures are drawn at most this wide (inches: a two-column paper's text width) with fonts of
+# at least 6 points, and their PNGs written at DPI: at print size they stay sharp.
+PAPER_WIDTH_IN = 7.0
+DPI = 300
+
+
 def save_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
-    """Write ``<stem>.png`` (150 dpi) and ``<stem>.pdf`` into ``out_dir``; return the paths."""
+    """Write ``<stem>.png`` (``DPI``) and ``<stem>.pdf`` into ``out_dir``; return the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png, pdf = out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"
-    fig.savefig(png, dpi=150, bbox_inches="tight")
+    fig.savefig(png, dpi=DPI, bbox_inches="tight")
     fig.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None})
     return [png, pdf]
 
@@ -56,7 +66,8 @@ def log_ticks(lo: float, hi: float, *, max_ticks: int = 8) -> np.ndarray:
 
     Within a factor of 4, round linear steps (``0.8, 0.9, 1, 1.1, 1.2``: a log axis that narrow is
     nearly linear); wider, the first of 1, 1-2-5, 1-2-3-5-7 and 1-9 per decade that gives at
-    least 3 ticks, thinned to at most ``max_ticks``.
+    least 3 ticks with no end of the axis more than a factor 2 beyond the outer ticks, thinned
+    to at most ``max_ticks``.
     """
     if not 0 < lo < hi:
         raise ValueError(f"need 0 < lo < hi, got lo={lo}, hi={hi}")
@@ -75,9 +86,31 @@ def log_ticks(lo: float, hi: float, *, max_ticks: int = 8) -> np.ndarray:
     decades = np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1)
     for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 5, 7), tuple(range(1, 10))):
         ticks = inside(np.array([m * 10.0**d for d in decades for m in mantissas]))
-        if ticks.size >= 3:
+        # Enough ticks, and none of the axis more than a factor 2 from a labelled one.
+        if ticks.size >= 3 and ticks[0] / lo <= 2 and hi / ticks[-1] <= 2:
             return ticks[:: -(-ticks.size // max_ticks)]
     return ticks
+
+
+def dodge(x: np.ndarray, y: np.ndarray, radius: float) -> np.ndarray:
+    """New x positions so that no two points (``x``, ``y`` in the same length unit, e.g. inches
+    on the page) lie closer than ``radius``: each point, taken by increasing x, keeps its x if it
+    is free there, else moves to the nearest free x in steps of ``radius / 2`` (right first).
+    Points already ``radius`` apart never move."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    out = x.copy()
+    placed: list[int] = []
+    steps = radius / 2 * np.array([0, *[s * k for k in range(1, 4 * len(x) + 2) for s in (1, -1)]])
+    for i in np.argsort(x, kind="stable"):
+        for step in steps:
+            candidate = x[i] + step
+            if all(
+                np.hypot(candidate - out[j], y[i] - y[j]) >= radius * (1 - 1e-9) for j in placed
+            ):
+                break
+        out[i] = candidate
+        placed.append(int(i))
+    return out
 
 
 def _set_log_ticks(axis: Any, lo: float, hi: float, fmt: Callable[[float, object], str]) -> None:
@@ -128,15 +161,30 @@ def plot_error_vs_time(
     latents = sorted({int(v) for v in table["latent_dim"]})
     budget_ids = sorted({int(b) for b in table["budget_index"]})
     marker = {v: LATENT_MARKERS[i % len(LATENT_MARKERS)] for i, v in enumerate(latents)}
-    sizes = np.linspace(18, 90, len(budget_ids)) if len(budget_ids) > 1 else np.array([40.0])
+    sizes = np.linspace(14, 60, len(budget_ids)) if len(budget_ids) > 1 else np.array([30.0])
     size = dict(zip(budget_ids, sizes, strict=True))
-    ncols = min(len(archs), 3)
+    ncols = min(len(archs), 2)
     nrows = -(-len(archs) // ncols)
-    fig = Figure(figsize=(3.9 * ncols + 3.2, 3.3 * nrows + 0.5), layout="constrained")
+    panel_w, panel_h = (PAPER_WIDTH_IN - 2.0) / ncols, 2.3
+    fig = Figure(figsize=(PAPER_WIDTH_IN, panel_h * nrows + 0.9), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
     for ax in axes[len(archs) :]:
         ax.set_visible(False)
     methods = [m for m in METHOD_STYLE if (table["method"] == m).any()]
+    ylo, yhi = _padded(table[["err_min", "err_mean", "err_max"]].to_numpy(float).ravel())
+    xlo, xhi = _padded(table["train_time_s"].to_numpy(float), 1.3)
+    # Markers that would overlap move sideways (on the page: log axes, in inches).
+    table = table.copy()
+    lx, ly = np.log10([xlo, xhi]), np.log10([ylo, yhi])
+    u = (np.log10(table["train_time_s"].to_numpy(float)) - lx[0]) / (lx[1] - lx[0]) * panel_w
+    v = (np.log10(table["err_mean"].to_numpy(float)) - ly[0]) / (ly[1] - ly[0]) * panel_h
+    shown = u.copy()
+    diameter = np.sqrt(sizes.max()) / 72  # marker area in points^2 -> diameter in inches
+    for a in archs:
+        sel = (table["arch_index"] == a).to_numpy()
+        shown[sel] = dodge(u[sel], v[sel], diameter)
+    table["x"] = 10 ** (lx[0] + shown / panel_w * (lx[1] - lx[0]))
+    n_moved = int(np.sum(~np.isclose(shown, u)))
     for ax, a in zip(axes, archs, strict=False):
         panel = table[table["arch_index"] == a]
         for m in methods:
@@ -145,12 +193,10 @@ def plot_error_vs_time(
             for _, trial in t.groupby("trial_id", sort=True):
                 trial = trial.sort_values("budget_index")
                 if len(trial) > 1:
-                    ax.plot(
-                        trial["train_time_s"], trial["err_mean"], color=colour, lw=0.6, alpha=0.5
-                    )
+                    ax.plot(trial["x"], trial["err_mean"], color=colour, lw=0.6, alpha=0.5)
             yerr = np.vstack([t["err_mean"] - t["err_min"], t["err_max"] - t["err_mean"]])
             ax.errorbar(
-                t["train_time_s"],
+                t["x"],
                 t["err_mean"],
                 yerr=yerr,
                 fmt="none",
@@ -161,7 +207,7 @@ def plot_error_vs_time(
             )
             for latent, part in t.groupby("latent_dim", sort=True):
                 ax.scatter(
-                    part["train_time_s"],
+                    part["x"],
                     part["err_mean"],
                     s=[size[int(b)] for b in part["budget_index"]],
                     marker=marker[int(latent)],
@@ -171,13 +217,11 @@ def plot_error_vs_time(
                     alpha=0.85,
                     zorder=3,
                 )
-        ax.set_title(arch.get(a, f"architecture {a}"), fontsize=8)
+        ax.set_title(arch.get(a, f"architecture {a}"), fontsize=7)
         ax.grid(True, which="major", alpha=0.3)
     ax0 = axes[0]
     ax0.set_xscale("log")
     ax0.set_yscale("log")
-    ylo, yhi = _padded(table[["err_min", "err_mean", "err_max"]].to_numpy(float).ravel())
-    xlo, xhi = _padded(table["train_time_s"].to_numpy(float), 1.3)
     ax0.set_ylim(ylo, yhi)
     ax0.set_xlim(xlo, xhi)
     _set_log_ticks(ax0.yaxis, ylo, yhi, _percent)
@@ -188,12 +232,14 @@ def plot_error_vs_time(
     for i, ax in enumerate(axes[: len(archs)]):
         if i + ncols >= len(archs):  # nothing drawn below: this panel carries the x axis
             ax.tick_params(axis="x", labelbottom=True)
-            ax.set_xlabel("training time")
+            ax.set_xlabel("training time", fontsize=7)
     for r in range(nrows):
-        axes[r * ncols].set_ylabel("relative error $r(\\mu)$")
+        axes[r * ncols].set_ylabel("relative error $r(\\mu)$", fontsize=7)
     note = (
         "marker: mean error over the test parameters, bar: min to max; line: budgets of one trial"
     )
+    if n_moved:
+        note += f";\n{n_moved} marker(s) moved sideways so that none hides another"
     if threshold is not None:
         if ylo <= threshold <= yhi:
             for ax in axes[: len(archs)]:
@@ -202,9 +248,9 @@ def plot_error_vs_time(
         else:
             side = "below" if threshold < ylo else "above"
             note += f"; the {threshold:.0%} error line is {side} the range shown"
-    fig.suptitle(note, fontsize=8, y=0.0, va="top", color="0.3")
+    fig.suptitle(note, fontsize=6.5, y=0.0, va="top", color="0.3")
     handles, names = _legend_entries(methods, marker, size, budgets)
-    legend = fig.legend(handles, names, loc="outside right upper", frameon=False, fontsize=7.5)
+    legend = fig.legend(handles, names, loc="outside right upper", frameon=False, fontsize=6.5)
     for text in legend.get_texts():
         if text.get_text() in _LEGEND_HEADERS:
             text.set_fontweight("bold")
@@ -278,7 +324,9 @@ def plot_heatmaps(
     if vmax <= vmin:
         vmin, vmax = vmin / 2, vmax * 2
     norm = LogNorm(vmin=vmin, vmax=vmax)
-    fig = Figure(figsize=(5.2 * len(panels) + 1.0, 4.6), layout="constrained")
+    width = min(PAPER_WIDTH_IN, 3.0 * len(panels) + 1.0)
+    panel = (width - 1.0) / len(panels)
+    fig = Figure(figsize=(width, panel + 0.9), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     mappable = None
     for ax, (title, rows, grid) in zip(axes, panels, strict=True):
@@ -295,7 +343,7 @@ def plot_heatmaps(
                             f"{100 * z[j, i]:#.3g}",
                             ha="center",
                             va="center",
-                            fontsize=7,
+                            fontsize=min(7.0, 72 * 0.8 * panel / max(len(x), 1) / 3.2),
                             color="white" if norm(z[j, i]) < 0.6 else "black",
                         )
         else:
@@ -329,12 +377,14 @@ def plot_heatmaps(
                 edgecolors="red",
                 linewidths=1.4,
             )
-        ax.set_xlabel(param_names[0])
-        ax.set_ylabel(param_names[1])
-        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(param_names[0], fontsize=7)
+        ax.set_ylabel(param_names[1], fontsize=7)
+        ax.tick_params(labelsize=6.5)
+        ax.set_title(title, fontsize=7)
     if mappable is not None:
         cbar = fig.colorbar(mappable, ax=list(axes), shrink=0.9)
-        cbar.set_label("relative error $r(\\mu)$ (cell labels in %)")
+        cbar.set_label("relative error $r(\\mu)$ (cell labels in %)", fontsize=7)
+        cbar.ax.tick_params(labelsize=6.5)
         cbar.set_ticks(log_ticks(vmin, vmax))
         cbar.ax.yaxis.set_major_formatter(FuncFormatter(_percent))
         cbar.ax.yaxis.set_minor_locator(NullLocator())
@@ -349,7 +399,7 @@ def plot_heatmaps(
         markeredgewidth=1.6,
     )
     fig.legend(
-        [handle], ["training parameter"], loc="outside lower center", frameon=False, fontsize=9
+        [handle], ["training parameter"], loc="outside lower center", frameon=False, fontsize=7
     )
     return fig
 
@@ -362,15 +412,13 @@ def plot_factor_bars(
     ``bars`` maps each compared method to ``{quantity: factor_bars table}``
     (:func:`~analysis.figure_data.factor_bars`): one row of panels per method, one panel per
     quantity. Bars show the median of ratios, whiskers its bootstrap interval (none below
-    ``MIN_PAIRS`` pairs); the dashed line marks a factor of 1 (no change). ``arch`` is the
+    ``MIN_UNITS`` units); the dashed line marks a factor of 1 (no change). ``arch`` is the
     :func:`~analysis.labels.position_labels` table of ``arch_index``: the x labels are the hidden
     widths (GPLaSDI above, the method below).
     """
     methods = list(bars)
     quantities = list(next(iter(bars.values())))
-    fig = Figure(
-        figsize=(4.4 * len(quantities) + 0.6, 3.9 * len(methods) + 0.5), layout="constrained"
-    )
+    fig = Figure(figsize=(PAPER_WIDTH_IN, 2.5 * len(methods) + 0.6), layout="constrained")
     axes = fig.subplots(len(methods), len(quantities), squeeze=False, sharey=True)
     tables = [t for per in bars.values() for t in per.values()]
     all_latent = sorted({int(v) for t in tables for v in t["latent_dim"]})
@@ -378,8 +426,9 @@ def plot_factor_bars(
     for row, m in zip(axes, methods, strict=True):
         for ax, q in zip(row, quantities, strict=True):
             _factor_panel(ax, bars[m][q], all_latent, cmap, arch, m)
-            ax.set_title(f"{q}: GPLaSDI / {METHOD_LABELS[m]}", fontsize=10)
-        row[0].set_ylabel("median improvement factor")
+            ax.set_title(f"{q}: GPLaSDI / {METHOD_LABELS[m]}", fontsize=7)
+            ax.tick_params(labelsize=6.5)
+        row[0].set_ylabel("median improvement factor", fontsize=7)
     lims = np.concatenate(
         [t[["median_of_ratios", "mor_low", "mor_high"]].to_numpy(float).ravel() for t in tables]
     )
@@ -389,7 +438,9 @@ def plot_factor_bars(
     axes[0, 0].set_ylim(lo, hi)
     _set_log_ticks(axes[0, 0].yaxis, lo, hi, _plain)
     handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside upper center", ncol=len(names), frameon=False)
+    fig.legend(
+        handles, names, loc="outside upper center", ncol=len(names), frameon=False, fontsize=7
+    )
     return fig
 
 
@@ -457,13 +508,99 @@ def _factor_panel(
     if arch is not None:
         lab = arch.set_index("arch_index")
         ax.set_xticklabels(
-            [f"{lab.at[a, 'gplasdi']}\n{lab.at[a, method]}" for a in archs], fontsize=7
+            [f"{lab.at[a, 'gplasdi']}\n{lab.at[a, method]}" for a in archs], fontsize=6.5
         )
-        ax.set_xlabel(f"hidden widths: GPLaSDI (top), {METHOD_LABELS[method]} (bottom)", fontsize=8)
+        ax.set_xlabel(f"widths: GPLaSDI (top), {METHOD_LABELS[method]} (bottom)", fontsize=6.5)
     else:
         ax.set_xticklabels([f"A{a}" for a in archs])
         ax.set_xlabel("architecture position")
     ax.grid(True, axis="y", which="major", alpha=0.2)
+
+
+_QUANTITY_NAMES = {"err_max": "max error", "err_mean": "mean error", "err_min": "min error"}
+_DIMENSION_TITLES = {
+    "arch_index": "architecture",
+    "latent_dim": "latent size",
+    "budget_index": "budget",
+}
+
+
+def plot_factors_by_dimension(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    """Small multiples of the improvement factor along each study dimension.
+
+    ``tables`` maps each compared method to its :func:`~analysis.figure_data.dimension_factors`
+    table. One row of panels per (method, dimension), one panel per group (architecture, latent
+    size, budget): the median factor of the max, mean and min error with its unit-bootstrap
+    interval (no whisker below ``MIN_UNITS`` units), the verdict under it, on one shared log
+    axis; the dashed line marks a factor of 1. A factor of 0 or infinity (diverged runs) is drawn
+    at the axis edge as an arrow head.
+    """
+    rows = [(m, dim, g) for m, t in tables.items() for dim, g in t.groupby("dimension", sort=False)]
+    ncols = max(g["value"].nunique() for _, _, g in rows)
+    width = min(7.0, 1.2 + 1.9 * ncols)
+    fig = Figure(figsize=(width, 0.35 + 1.25 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), ncols, squeeze=False, sharex=True, sharey=True)
+    values = np.concatenate(
+        [
+            t[["median_of_ratios", "mor_low", "mor_high"]].to_numpy(float).ravel()
+            for t in tables.values()
+        ]
+    )
+    values = values[np.isfinite(values) & (values > 0)]
+    lo = min(0.8, values.min() / 1.3) if values.size else 0.8
+    hi = max(1.25, values.max() * 1.3) if values.size else 1.25
+    quantities = list(_QUANTITY_NAMES)
+    for r, (m, dim, g) in enumerate(rows):
+        colour = METHOD_STYLE[m]["color"]
+        for c, (_, panel) in enumerate(g.groupby("value", sort=True)):
+            ax = axes[r, c]
+            ax.axvline(1.0, color="0.3", ls="--", lw=0.8)
+            for y, q in enumerate(quantities):
+                sel = panel[panel["quantity"] == q]
+                if sel.empty:
+                    continue
+                x, xl, xh = sel[["median_of_ratios", "mor_low", "mor_high"]].to_numpy(float)[0]
+                if np.isfinite(xl) and np.isfinite(xh) and xl > 0:
+                    ax.plot([xl, xh], [y, y], color=colour, lw=1.4, solid_capstyle="butt")
+                shown = float(np.clip(x, lo, hi)) if not np.isnan(x) else np.nan
+                marker = "o" if lo <= x <= hi else ("<" if x < lo else ">")
+                ax.plot([shown], [y], marker=marker, ms=4.5, color=colour, mec="0.15", mew=0.4)
+                verdict = str(sel["verdict"].iloc[0]).replace(
+                    "no detectable difference", "no diff."
+                )
+                ax.annotate(
+                    verdict,
+                    (shown, y),
+                    xytext=(0, -4),
+                    textcoords="offset points",
+                    ha="center",
+                    va="top",
+                    fontsize=5.5,
+                    color="0.3",
+                )
+            n_units = int(panel["n_units"].max())
+            ax.set_title(f"{panel['label'].iloc[0]} ({n_units} units)", fontsize=7)
+            ax.grid(True, axis="x", alpha=0.25)
+        for ax in axes[r, g["value"].nunique() :]:
+            ax.set_visible(False)
+        axes[r, 0].set_ylabel(
+            f"{METHOD_LABELS[m]}\nby {_DIMENSION_TITLES[dim]}", fontsize=7, rotation=90
+        )
+    ax0 = axes[0, 0]
+    ax0.set_xscale("log")
+    ax0.set_xlim(lo, hi)
+    _set_log_ticks(ax0.xaxis, lo, hi, _plain)
+    ax0.set_ylim(len(quantities) - 0.4, -0.6)
+    ax0.set_yticks(range(len(quantities)), [_QUANTITY_NAMES[q] for q in quantities])
+    for ax in axes.ravel():
+        ax.tick_params(labelsize=7)
+    for r, (_, _, g) in enumerate(rows):
+        for c in range(g["value"].nunique()):
+            below = r + 1 < len(rows) and c < rows[r + 1][2]["value"].nunique()
+            if not below:  # nothing drawn below: this panel carries the x axis
+                axes[r, c].tick_params(axis="x", labelbottom=True)
+                axes[r, c].set_xlabel("factor GPLaSDI / method", fontsize=7)
+    return fig
 
 
 def _latent_colours(n: int) -> list:
@@ -494,7 +631,7 @@ def plot_search_params(params: pd.DataFrame, *, value_name: str = "validation er
     """``value_0`` against each numeric search parameter (one panel each)."""
     names = list(dict.fromkeys(params["param"]))
     n = max(len(names), 1)
-    fig = Figure(figsize=(3.4 * n + 0.4, 3.4), layout="constrained")
+    fig = Figure(figsize=(min(PAPER_WIDTH_IN - 0.4, 3.0 * n + 0.6), 3.0), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False, sharey=True)[0]
     vmin, vmax = float(params["number"].min()), float(params["number"].max())
     sc = None
@@ -550,10 +687,10 @@ def plot_pareto(table: pd.DataFrame) -> Figure:
 
 
 def save_png(fig: Figure, path: Path) -> None:
-    """Write ``path`` (PNG, 150 dpi) atomically: a temporary file beside it, then a rename, so
+    """Write ``path`` (PNG, ``DPI``) atomically: a temporary file beside it, then a rename, so
     that a killed run never leaves half a figure."""
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=150, bbox_inches="tight")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
     tmp.replace(path)
 
 

@@ -37,7 +37,19 @@ PAPER_BUDGETS = {
     "gplasdi": ((25000,), (50000,), (75000,), (100000,)),
     "mlasdi": ((25000, 25000), (25000, 50000), (50000, 50000), (75000, 25000)),
 }
+# The problem the paper's numbers are about; results that do not record their problem (written
+# before the ``problem`` column) count as the paper's when their study is a Vlasov preset.
+PAPER_PROBLEM = "vlasov"
 _BY = {"arch": "arch_index", "latent": "latent_dim", "budget": "budget_index"}
+_ROW_KEYS = [
+    "evaluation_id",
+    "method",
+    "hidden",
+    "arch_index",
+    "latent_dim",
+    "budget_index",
+    "seed",
+]
 
 
 @dataclass
@@ -50,6 +62,7 @@ class Comparison:
     costs: pd.DataFrame
     by: dict[str, pd.DataFrame]
     by_arch_latent: pd.DataFrame
+    splits: pd.DataFrame  # verdict_splits of the breakdowns by architecture, latent, budget
 
 
 @dataclass
@@ -81,21 +94,49 @@ class Analysis:
     n_boot: int
     level: float
     threshold: float
-    param_names: tuple[str, str]
+    param_names: tuple[str, ...]
+    problem: str | None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def paper(self) -> bool:
+        """Whether the paper's numbers apply: a study of its problem (Vlasov)."""
+        return self.problem == PAPER_PROBLEM
 
 
 def _compare(usable: pd.DataFrame, method: str, pairing: str, kw: dict) -> Comparison:
     p = F.pair_models(usable, method=method, mode=pairing)
     kw = {**kw, "method": method}
+    by = {k: F.factors_by(p.pairs, p.rows, col, **kw) for k, col in _BY.items()}
     return Comparison(
         method=method,
         pairing=p,
-        factors=F.factor_table(p.pairs, usable, F.ERROR_METRICS, **kw),
-        costs=F.factor_table(p.pairs, usable, F.COST_COLUMNS, **kw),
-        by={k: F.factors_by(p.pairs, usable, col, **kw) for k, col in _BY.items()},
-        by_arch_latent=F.factors_by(p.pairs, usable, ["arch_index", "latent_dim"], **kw),
+        factors=F.factor_table(p.pairs, p.rows, F.ERROR_METRICS, **kw),
+        costs=F.factor_table(p.pairs, p.rows, F.COST_COLUMNS, **kw),
+        by=by,
+        by_arch_latent=F.factors_by(p.pairs, p.rows, ["arch_index", "latent_dim"], **kw),
+        splits=F.verdict_splits({_BY[k]: t for k, t in by.items()}),
     )
+
+
+def data_names(results: pd.DataFrame) -> tuple[tuple[str, ...], str | None]:
+    """(parameter names, problem) the rows record (``param_names``, ``problem`` columns).
+
+    Rows written before those columns fall back to ``parameter 1`` and ``parameter 2``, and to
+    the study name: a study named ``vlasov*`` (the Vlasov presets) is the Vlasov problem, any
+    other unknown.
+    """
+    names = [tuple(n) for n in results["param_names"].dropna() if len(n)]
+    problems = results["problem"].dropna().unique()
+    if len(problems) == 1:
+        problem = str(problems[0])
+    elif len(problems) == 0 and results["study"].astype(str).str.startswith("vlasov").all():
+        problem = PAPER_PROBLEM
+    else:
+        problem = None
+    if names and len(set(names)) == 1:
+        return names[0], problem
+    return ("parameter 1", "parameter 2"), problem
 
 
 def analyze(
@@ -107,11 +148,12 @@ def analyze(
     pairing: str = "auto",
     threshold: float = 0.01,
     budget_dir: str | Path | None = None,
-    param_names: Sequence[str] = ("T", "k"),
+    param_names: Sequence[str] | None = None,
 ) -> Analysis:
     """Read a results directory and compute every table of the report.
 
     ``budget_dir`` defaults to ``RESULTS_DIR/budget`` when that holds a ``trials.csv``.
+    ``param_names`` overrides the parameter names the rows record (:func:`data_names`).
     """
     results_dir = Path(results_dir)
     notes: list[str] = []
@@ -154,7 +196,8 @@ def analyze(
         n_boot=n_boot,
         level=level,
         threshold=threshold,
-        param_names=(str(param_names[0]), str(param_names[1])),
+        param_names=tuple(map(str, param_names or data_names(results)[0])),
+        problem=data_names(results)[1],
         notes=notes,
     )
 
@@ -180,7 +223,7 @@ def _ci(lo: float, hi: float) -> str:
 
 def _spread(row: Any, pct: str) -> str:
     """The interval of a median of ratios (``row``: a factor-table row from ``itertuples``), or
-    the pairs themselves below ``MIN_PAIRS``."""
+    the pairs themselves below ``MIN_UNITS`` units."""
     if row.n_pairs == 0:
         return "no pairs"
     if row.pair_factors:
@@ -246,6 +289,7 @@ def _factor_rows(t: pd.DataFrame, group: Sequence[str] = (), *, pct: str = "95%"
     out = pd.DataFrame({g: t[g] for g in group})
     out["quantity"] = t["quantity"]
     out["pairs"] = t["n_pairs"]
+    out["units"] = t["n_units"]
     out["median of ratios"] = t["median_of_ratios"].map(_factor)
     out["interval or pairs"] = [_spread(r, pct).removeprefix(f"{pct} CI ") for r in t.itertuples()]
     out["verdict"] = t["verdict"]
@@ -268,40 +312,101 @@ def _and(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _comparison_sentence(c: Comparison, pct: str) -> str:
+_NAMES = {"err_max": "max error", "err_mean": "mean error", "err_min": "min error"}
+_DIMENSIONS = {"arch_index": "architecture", "latent_dim": "latent size", "budget_index": "budget"}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _units_phrase(c: Comparison) -> str:
+    """``12 matched pairs (18 cells, 6 merged ...; 6 independent units: ... groups)``."""
+    p = c.pairing
+    n_cells = len(p.pairs) + len(p.merged)
+    merged = (
+        f"{n_cells} cells, {len(p.merged)} merged as the same two models at a lower budget; "
+        if len(p.merged)
+        else ""
+    )
+    return (
+        f"{_plural(len(p.pairs), 'matched pair')} ({merged}"
+        f"{_plural(p.n_units, 'independent unit')}, each a {p.unit_name})"
+    )
+
+
+def _value_label(a: Analysis, dim: str, value: int, method: str) -> str:
+    """A group of a breakdown as a reader names it: widths, ``latent 4``, iterations."""
+    if dim == "latent_dim":
+        return f"latent {value}"
+    key = "arch" if dim == "arch_index" else "budget"
+    lab = a.labels[key].set_index(dim)
+    text = " vs ".join(dict.fromkeys(str(lab.at[value, m]) for m in (BASELINE, method)))
+    return text if key == "arch" else f"budget {text}"
+
+
+def split_lines(a: Analysis, c: Comparison) -> list[str]:
+    """One line per study dimension along which the verdict differs (:func:`verdict_splits`)."""
+    lines = []
+    for dim, t in c.splits[c.splits["splits"]].groupby("dimension", sort=False):
+        groups = []
+        for value, g in t.groupby("value", sort=True):
+            g = g[g["quantity"].isin(list(_NAMES))]
+            label = _value_label(a, dim, value, c.method)
+            if (g["verdict"] == "too few units").all():
+                n = int(g["n_units"].max())
+                label += f" ({_plural(n, 'unit')}, too few for an interval)"
+            parts = [
+                f"{_NAMES[r.quantity]}{'' if r.verdict == 'too few units' else ' ' + r.verdict} "
+                f"({_factor(r.median_of_ratios)})"
+                for r in g.itertuples()
+            ]
+            groups.append(f"{label}: {', '.join(parts)}")
+        lines.append(
+            f"- By {_DIMENSIONS[dim]}, the verdict differs ({METHOD_LABELS[c.method]}, median "
+            f"factor in brackets): {'; '.join(groups)}."
+        )
+    return lines
+
+
+def _comparison_sentence(a: Analysis, c: Comparison, pct: str) -> str:
     label = METHOD_LABELS[c.method]
     f = c.factors.set_index("quantity")
     n = int(f.loc["err_max", "n_pairs"])
+    n_units = int(f.loc["err_max", "n_units"])
     paper = _and([f"{PAPER_FACTORS[q]:.2f}" for q in F.ERROR_METRICS])
     head = f"**{label} vs {METHOD_LABELS[BASELINE]}**"
     if n == 0:
-        return (
-            f"{head}: no matched model pairs (see Unpaired rows), so no factor can be given "
-            f"(the paper's median factors: {paper})."
+        return f"{head}: no matched model pairs (see Unpaired rows), so no factor can be given" + (
+            f" (the paper's median factors: {paper})." if a.paper else "."
         )
-    names = {"err_max": "max error", "err_mean": "mean error", "err_min": "min error"}
     rows = list(zip(F.ERROR_METRICS, f.loc[list(F.ERROR_METRICS)].itertuples(), strict=True))
-    if n < F.MIN_PAIRS:
+    if n_units < F.MIN_UNITS:
         parts = [
-            f"{names[q]} {r.pair_factors} (median {_factor(r.median_of_ratios)})" for q, r in rows
+            f"{_NAMES[q]} {r.pair_factors} (median {_factor(r.median_of_ratios)})" for q, r in rows
         ]
         verdicts = (
-            f"{head}: **too few pairs** ({n} matched, below the {F.MIN_PAIRS} an interval "
-            f"needs); the per-pair factors are {'; '.join(parts)}"
+            f"{head}: **too few units** ({_units_phrase(c)}; an interval needs {F.MIN_UNITS} "
+            f"units); the per-pair factors are {'; '.join(parts)}"
         )
     else:
         parts = [
-            f"{names[q]} **{r.verdict}** (median factor {_factor(r.median_of_ratios)}, "
+            f"{_NAMES[q]} **{r.verdict}** (median factor {_factor(r.median_of_ratios)}, "
             f"{_spread(r, pct)})"
             for q, r in rows
         ]
-        verdicts = f"{head} over {n} matched pairs: {'; '.join(parts)}"
+        verdicts = f"{head} over {_units_phrase(c)}: {'; '.join(parts)}"
     cost = c.costs.set_index("quantity")["median_of_ratios"]
     params = _times(cost["n_model_params"], "more parameters", "fewer parameters", "parameters")
     time = _times(cost["train_time_s"], "more training time", "less training time", "times")
-    return (
-        f"{verdicts}. The paper's median factors are {paper} (above 1 favours {label}). "
-        f"{label} used a median of {params} and {time} per pair."
+    paper_part = (
+        f" The paper's median factors are {paper} (above 1 favours {label})." if a.paper else ""
+    )
+    return "\n".join(
+        [
+            f"{verdicts}.{paper_part} {label} used a median of {params} and {time} per pair.",
+            *split_lines(a, c),
+        ]
     )
 
 
@@ -309,6 +414,8 @@ def _budgets_sentence(a: Analysis) -> str:
     lab = a.labels["budget"]
     methods = [m for m in (BASELINE, *a.comparisons) if m in lab.columns]
     ours = _and([f"{METHOD_LABELS[m]} {', '.join(v for v in lab[m] if v != '–')}" for m in methods])
+    if not a.paper:
+        return f"Budgets (iterations): {ours}."
     paper = _and(
         [
             f"{METHOD_LABELS[m]} {', '.join(budget_label(b) for b in PAPER_BUDGETS[m])}"
@@ -374,7 +481,7 @@ def headline_sentence(a: Analysis) -> str:
     """The verdict for each compared method, the budgets against the paper's, whether the models
     are training-limited, and how concurrent the timed trials were (markdown paragraphs)."""
     pct = f"{a.level:.0%}"
-    parts = [_comparison_sentence(c, pct) for c in a.comparisons.values()]
+    parts = [_comparison_sentence(a, c, pct) for c in a.comparisons.values()]
     parts += [_budgets_sentence(a), _training_sentence(a), _concurrency_sentence(a)]
     return "\n\n".join(p for p in parts if p)
 
@@ -424,6 +531,12 @@ def _write_csvs(a: Analysis, tables_dir: Path) -> dict[str, Path]:
         "unpaired": _stack(a, lambda c: c.pairing.unpaired),
         "excluded": a.excluded,
     }
+    if a.param_errors is not None and len(a.best):
+        ids = set(a.param_errors["evaluation_id"]) & set(a.best["evaluation_id"])
+        if ids:
+            table = D.heatmap_table(a.param_errors, sorted(ids))
+            names = {f"mu_{i}": n for i, n in enumerate(a.param_names)}
+            tables["param_errors_best"] = table.rename(columns=names)
     if a.trials is not None:
         tables["search_history"] = D.search_history(a.trials)
     tables_dir.mkdir(parents=True, exist_ok=True)
@@ -485,6 +598,19 @@ def _write_figures(a: Analysis, fig_dir: Path) -> tuple[dict[str, list[Path]], l
     else:
         notes.append("No matched pairs: improvement-factor figure skipped.")
 
+    dims = {}
+    for m, c in a.comparisons.items():
+        labels = {
+            _BY[k]: {int(v): _value_label(a, _BY[k], int(v), m) for v in c.by[k][_BY[k]]}
+            for k in ("arch", "budget")
+        }
+        t = D.dimension_factors({_BY[k]: c.by[k] for k in _BY}, labels)
+        if len(t):
+            dims[m] = t
+    if dims:
+        fig = P.plot_factors_by_dimension(dims)
+        figs["factors_by_dimension"] = P.save_figure(fig, fig_dir, "factors_by_dimension")
+
     if a.trials is not None:
         history = D.search_history(a.trials)
         if len(history):
@@ -504,26 +630,41 @@ def _write_figures(a: Analysis, fig_dir: Path) -> tuple[dict[str, list[Path]], l
 def _comparison_section(a: Analysis, c: Comparison, pct: str) -> list[str]:
     label = METHOD_LABELS[c.method]
     gp = METHOD_LABELS[BASELINE]
+    p = c.pairing
     f = c.factors
-    paper = pd.DataFrame(
-        {
-            "quantity": list(F.ERROR_METRICS),
-            "paper": [PAPER_FACTORS[q] for q in F.ERROR_METRICS],
-            "ours (median of ratios)": f["median_of_ratios"].map(_factor).to_list(),
-            "interval or pairs": [
-                _spread(r, pct).removeprefix(f"{pct} CI ") for r in f.itertuples()
-            ],
-            "verdict": f["verdict"].to_list(),
-            "ours (ratio of medians)": f["ratio_of_medians"].map(_factor).to_list(),
-        }
-    )
     L = [f"## {label} vs {gp}", ""]
     L += [
-        f"Factor = {gp} / {label}; intervals: {pct} bootstrap over pairs, none below "
-        f"{F.MIN_PAIRS} pairs (the per-pair factors are listed instead).",
+        f"Factor = {gp} / {label}; intervals: {pct} bootstrap over independent units (a unit is "
+        f"a {p.unit_name}: {p.n_units} units behind {len(p.pairs)} pairs), none below "
+        f"{F.MIN_UNITS} units (the per-pair factors are listed instead).",
         "",
-        _md_table(paper, {"paper": ".2f"}),
     ]
+    if a.paper:
+        paper = pd.DataFrame(
+            {
+                "quantity": list(F.ERROR_METRICS),
+                "paper": [PAPER_FACTORS[q] for q in F.ERROR_METRICS],
+                "ours (median of ratios)": f["median_of_ratios"].map(_factor).to_list(),
+                "interval or pairs": [
+                    _spread(r, pct).removeprefix(f"{pct} CI ") for r in f.itertuples()
+                ],
+                "verdict": f["verdict"].to_list(),
+                "ours (ratio of medians)": f["ratio_of_medians"].map(_factor).to_list(),
+            }
+        )
+        L += [_md_table(paper, {"paper": ".2f"})]
+    if len(p.merged):
+        merged = p.merged.rename(columns={"same_as_budget_index": "counted as budget position"})
+        L += [
+            "### Merged cells",
+            "",
+            f"{len(p.merged)} cell(s) hold the same two models as a pair at a lower budget (the "
+            "same checkpoint kept at several budgets; every error summary identical): each "
+            "counts once, as that pair.",
+            "",
+            _md_table(merged),
+            "",
+        ]
     L += ["### Improvement factors", "", _md_table(_factor_rows(f, pct=pct)), ""]
     L += [
         "### Training time and model size",
@@ -542,6 +683,9 @@ def _comparison_section(a: Analysis, c: Comparison, pct: str) -> list[str]:
             t = _with_labels(t, col, a.labels[key], c.method)
             group = list(_label_columns(col, c.method))
         L += [f"### Factors by {title}", "", _md_table(_factor_rows(t, group, pct=pct)), ""]
+    lines = split_lines(a, c)
+    if lines:
+        L += ["### Where the verdict differs", "", *lines, ""]
     L += [
         "### Unpaired rows",
         "",
@@ -569,9 +713,21 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
     n_unpaired = ", ".join(
         f"{len(c.pairing.unpaired)} {METHOD_LABELS[m]}" for m, c in a.comparisons.items()
     )
+    units = "; ".join(
+        f"{METHOD_LABELS[m]}: {_plural(c.pairing.n_units, 'unit')}, each a {c.pairing.unit_name}, "
+        f"{len(c.pairing.merged)} cell(s) merged as the same two models"
+        for m, c in a.comparisons.items()
+    )
+    n_models = ", ".join(
+        f"{int((a.usable['method'] == m).sum())} rows hold "
+        f"{a.usable.loc[a.usable['method'] == m, 'model_id'].nunique()} distinct "
+        f"{METHOD_LABELS[m]} models"
+        for m in (BASELINE, *a.comparisons)
+    )
     modes = {c.pairing.mode for c in a.comparisons.values()}
     mode = modes.pop() if len(modes) == 1 else "/".join(sorted(modes))
     names = " and ".join(METHOD_LABELS[m] for m in a.comparisons)
+    params = ", ".join(f"`{n}`" for n in a.param_names)
     L: list[str] = []
     L += [f"# {names} vs GPLaSDI: {studies}", ""]
     L += [
@@ -579,14 +735,17 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
         f"rows read, **{info.n_duplicates_dropped} duplicate evaluation_id row(s) dropped**"
         + (f": {', '.join(info.duplicate_ids)}" if info.duplicate_ids else "")
         + ", newest created_at kept)",
-        f"- models: {len(a.results)} evaluated, {len(a.usable)} usable, {len(a.excluded)} "
-        f"excluded (not ok or non-finite errors); matched pairs with GPLaSDI: {n_pairs}; "
-        f"usable rows unpaired: {n_unpaired}",
+        f"- data: problem `{a.problem or 'unknown'}`, parameters {params}",
+        f"- models: {len(a.results)} evaluated, {len(a.usable)} usable "
+        f"({int(a.usable['diverged'].sum())} diverged, counted as infinite error), "
+        f"{len(a.excluded)} excluded (failed, or ok with a bad error); {n_models}; matched "
+        f"pairs with GPLaSDI: {n_pairs}; usable rows unpaired: {n_unpaired}",
         "- pairing: on (architecture, latent size, budget position"
         + (", seed)" if mode == "seed" else ") after averaging over seeds")
-        + f" (mode `{mode}`)",
-        f"- bootstrap: {a.n_boot} resamples, percentile {pct} intervals, "
-        f"`numpy.random.default_rng({a.seed})` (seed {a.seed}) for every interval",
+        + f" (mode `{mode}`); cells whose two models repeat a lower budget's pair count once",
+        f"- bootstrap: resamples independent units, not rows ({units}); {a.n_boot} "
+        f"resamples, percentile {pct} intervals, `numpy.random.default_rng({a.seed})` "
+        f"(seed {a.seed}) for every interval",
         "- factor = GPLaSDI / method (above 1 favours the method)",
         "",
     ]
@@ -619,14 +778,30 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
     L += [
         f"## Models under {a.threshold:.0%} max error",
         "",
-        "`share` over usable models (Wilson 95% interval); `share_of_all` also counts the "
-        "excluded models as not under the threshold.",
+        "`share` over usable models, diverged ones included as not under it (Wilson 95% "
+        "interval); `share_of_all` also counts the excluded (failed) models as not under it.",
         "",
         _md_table(share),
         "",
     ]
     L += ["## Per method", "", _md_table(a.summary), ""]
     L += ["### Status counts", "", _md_table(status_counts.reset_index()), ""]
+    diverged = a.usable[a.usable["diverged"]]
+    L += [
+        "## Diverged runs",
+        "",
+        "Counted as an infinite error: against their method in every pair and every median.",
+        "",
+        _md_table(
+            _readable_rows(
+                diverged[[*_ROW_KEYS, "message"]].assign(
+                    message=diverged["message"].fillna("").map(lambda s: s[:160])
+                ),
+                a,
+            )
+        ),
+        "",
+    ]
     L += ["## Excluded rows", "", "Not used in any factor.", ""]
     ex = a.excluded.assign(message=a.excluded["message"].fillna("").map(lambda s: s[:160]))
     L += [_md_table(_readable_rows(ex, a)), ""]
@@ -644,10 +819,15 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
         "error_vs_time": "Relative error vs training time, one panel per architecture (colour: "
         "method, marker: latent size, size: budget; marker at the mean error, bar from min to "
         "max).",
-        "heatmap_best": "r(mu) of the best model (by err_max) of each method; red squares: "
+        "heatmap_best": f"r(mu) over ({', '.join(a.param_names)}) of the best model (by "
+        "err_max) of each method; red squares: "
         "training parameters.",
         "factor_by_arch_latent": "Median improvement factor by architecture and latent size "
-        f"({pct} bootstrap intervals; none below {F.MIN_PAIRS} pairs; dashed line: no change).",
+        f"({pct} unit-bootstrap intervals; none below {F.MIN_UNITS} units; dashed line: no "
+        "change).",
+        "factors_by_dimension": "Median improvement factor in each group of each study "
+        f"dimension (architecture, latent size, budget), with its {pct} unit-bootstrap interval "
+        f"(none below {F.MIN_UNITS} units) and verdict; dashed line: no change.",
         "search_history": "Budget search history (validation err_max, running best).",
         "search_params": "Budget search: validation err_max against each parameter.",
     }

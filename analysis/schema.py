@@ -44,6 +44,7 @@ _KINDS: dict[str, pa.DataType] = {
     "list<bool>": pa.list_(pa.bool_()),
     "list<int64>": pa.list_(pa.int64()),
     "list<float64>": pa.list_(pa.float64()),
+    "list<string>": pa.list_(pa.string()),
 }
 
 # Columns that identify a row; a null here makes the row unusable, so it is a schema error.
@@ -68,6 +69,8 @@ _RESULT_ADDED = (
     "stage_stop_iters",
     "stage_heldout_err_max",
     "heldout_err_max",
+    "problem",
+    "param_names",
 )
 
 

@@ -140,7 +140,7 @@ def summarise(out: Path) -> list[str]:
         for r in c.factors.itertuples():
             print(
                 f"  {r.quantity:9s} {r.median_of_ratios:6.3f} [{r.mor_low:.3f}, {r.mor_high:.3f}]"
-                f" over {r.n_pairs} pairs: {r.verdict}"
+                f" over {r.n_pairs} pairs in {r.n_units} units: {r.verdict}"
             )
             tag = r.quantity.removeprefix("err_")
             lines.append(f"factor_{method}_{tag}={r.median_of_ratios:.4g}")

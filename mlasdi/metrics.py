@@ -10,7 +10,7 @@ shape [..., n_t, n_state] and return the same kind.
 ``RESULT_COLUMNS`` and ``PARAM_ERROR_COLUMNS`` are the single definition of the Parquet result
 tables: the study harness writes them and the analysis validates them, without either importing
 the other. Kinds are ``string``, ``int64``, ``float64``, ``bool``, ``list<bool>``,
-``list<int64>``, ``list<float64>``.
+``list<int64>``, ``list<float64>``, ``list<string>``.
 """
 
 from __future__ import annotations
@@ -94,6 +94,10 @@ RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     # Held-out max error of the model kept after stage 1, 2, ... (n_stages entries; empty lists
     # for the other methods): never increasing.
     ("heldout_err_max", "list<float64>"),
+    # The data source: its problem (``vlasov``, ``file``, ...) and parameter names, in the order
+    # of ``params`` in PARAM_ERROR_COLUMNS; null in files written before them.
+    ("problem", "string"),
+    ("param_names", "list<string>"),
 )
 
 # One row per (evaluated model, test parameter): r(mu) for heatmaps.

@@ -52,6 +52,7 @@ class StudyData:
     u0_test: np.ndarray
     times_test: np.ndarray
     fingerprint: str = ""
+    param_names: tuple[str, ...] = ()  # the source's names of the n_p parameters
 
     @property
     def n_state(self) -> int:
@@ -102,6 +103,7 @@ def _study_data(
         is_train=is_train,
         u0_test=flatten_grid(u0, len(data.grid_shape)).astype(np.float32),
         times_test=subset.times,
+        param_names=data.param_names,
     )
 
 
@@ -137,6 +139,7 @@ def _lazy_study_data(source: DataSource, path: Path, rows: np.ndarray) -> StudyD
             np.float32
         ),
         times_test=times_test,
+        param_names=head.param_names,
         fingerprint=fingerprint,
     )
 

@@ -194,6 +194,8 @@ class TrialRunner(Plugin):
             "stage_stop_iters": [],
             "stage_heldout_err_max": [],
             "heldout_err_max": [],
+            "problem": self.spec.data.problem,
+            "param_names": list(self.data.param_names),
         }
         row.update(values)
         return row

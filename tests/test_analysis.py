@@ -18,6 +18,7 @@ from analysis import figure_data as D
 from analysis.cli import main
 from analysis.conditions import concurrency, training_limited, trial_intervals
 from analysis.factors import (
+    MIN_UNITS,
     factor_table,
     factors_by,
     median_ci,
@@ -26,9 +27,10 @@ from analysis.factors import (
     share_below,
     split_usable,
     verdict,
+    verdict_splits,
 )
 from analysis.labels import budget_label, iters_label, position_labels
-from analysis.plots import log_ticks
+from analysis.plots import dodge, log_ticks
 from analysis.report import PAPER_BUDGETS, analyze, headline_sentence
 from analysis.schema import (
     SchemaError,
@@ -60,6 +62,8 @@ _DEFAULTS = {
     "config_json": "{}",
     "mlasdi_version": "0.1.0",
     "created_at": "2025-01-01T00:00:00+00:00",
+    "problem": "vlasov",
+    "param_names": ["T", "k"],
 }
 
 
@@ -93,7 +97,8 @@ def write_parquet(path: Path, rows: list[dict], columns=RESULT_COLUMNS) -> Path:
 
 
 def known_study(c_max=2.5, c_mean=3.0, c_min=6.0, arch_scale=(1.0, 1.0)) -> list[dict]:
-    """GPLaSDI errors exactly c times mLaSDI errors (per metric; arch 1 times arch_scale[1])."""
+    """GPLaSDI errors exactly c times mLaSDI errors (per metric; arch 1 times arch_scale[1]).
+    Budget position b is trained with seed b, so every pair is a unit of its own (12 units)."""
     rows = []
     rng = np.random.default_rng(7)
     for arch in (0, 1):
@@ -113,6 +118,7 @@ def known_study(c_max=2.5, c_mean=3.0, c_min=6.0, arch_scale=(1.0, 1.0)) -> list
                         n_model_params=500,
                         n_stages=2,
                         stage_iters=[100, 50],
+                        seed=budget,
                     )
                 )
                 rows.append(
@@ -128,6 +134,7 @@ def known_study(c_max=2.5, c_mean=3.0, c_min=6.0, arch_scale=(1.0, 1.0)) -> list
                         hidden="80-40",
                         train_time_s=150.0,
                         n_model_params=2000,
+                        seed=budget,
                     )
                 )
     return rows
@@ -272,26 +279,26 @@ def test_factors_exact_by_construction():
     assert excluded.empty
     p = pair_models(usable)
     assert p.mode == "seed" and len(p.pairs) == 12 and p.unpaired.empty
-    t = factor_table(p.pairs, usable, n_boot=200, seed=0).set_index("quantity")
+    t = factor_table(p.pairs, p.rows, n_boot=200, seed=0).set_index("quantity")
     for q, c in (("err_max", 2.5), ("err_mean", 3.0), ("err_min", 6.0)):
         for col in ("median_of_ratios", "mor_low", "mor_high", "ratio_of_medians"):
             assert t.loc[q, col] == pytest.approx(c, rel=1e-12), (q, col)
         assert t.loc[q, "n_pairs"] == 12 and t.loc[q, "n_gplasdi"] == 12
-    costs = factor_table(p.pairs, usable, ["train_time_s", "n_model_params"], n_boot=50)
+    costs = factor_table(p.pairs, p.rows, ["train_time_s", "n_model_params"], n_boot=50)
     assert costs["median_of_ratios"].tolist() == pytest.approx([3.0, 4.0], rel=1e-12)
 
 
 def test_median_of_ratios_with_ties_and_ratio_of_medians():
     # mLaSDI err_mean 0.01 everywhere; GPLaSDI ratios 1, 2, 2, 2, 7 (ties at the median).
     rows = []
-    for b, r in enumerate((1.0, 2.0, 2.0, 2.0, 7.0)):
+    for b, r in enumerate((1.0, 2.0, 2.0, 2.0, 7.0)):  # seed b: five units
         rows += [
-            row("mlasdi", 0, 3, b, 0.01 * (b + 1)),
-            row("gplasdi", 0, 3, b, 0.01 * (b + 1) * r),
+            row("mlasdi", 0, 3, b, 0.01 * (b + 1), seed=b),
+            row("gplasdi", 0, 3, b, 0.01 * (b + 1) * r, seed=b),
         ]
     usable, _ = split_usable(pd.DataFrame(rows))
     p = pair_models(usable)
-    t = factor_table(p.pairs, usable, ["err_mean"], n_boot=500, seed=3).iloc[0]
+    t = factor_table(p.pairs, p.rows, ["err_mean"], n_boot=500, seed=3).iloc[0]
     assert t["median_of_ratios"] == pytest.approx(2.0, rel=1e-12)
     gp = np.array([0.01 * (b + 1) * r for b, r in enumerate((1.0, 2.0, 2.0, 2.0, 7.0))])
     ml = 0.01 * np.arange(1, 6)
@@ -305,7 +312,8 @@ def test_bootstrap_matches_manual_recomputation():
     rng = np.random.default_rng(11)
     boots = np.median(values[rng.integers(0, 7, size=(1000, 7))], axis=1)
     assert med == np.median(values)
-    assert (lo, hi) == pytest.approx(tuple(np.quantile(boots, [0.025, 0.975])), rel=1e-15)
+    expected = np.quantile(boots, [0.025, 0.975], method="inverted_cdf")
+    assert (lo, hi) == pytest.approx(tuple(expected), rel=1e-15)
     a, b = np.array([4.0, 6.0, 8.0]), np.array([1.0, 2.0, 3.0, 4.0])
     r, rlo, rhi = ratio_of_medians_ci(a, b, np.random.default_rng(1), n_boot=400, level=0.9)
     assert r == pytest.approx(6.0 / 2.5, rel=1e-12) and rlo <= r <= rhi
@@ -317,19 +325,21 @@ def test_missing_partner_and_excluded_rows_are_reported():
     rows = known_study()
     rows.append(row("gplasdi", 2, 3, 0, 0.02, hidden="160-80"))  # no mLaSDI partner
     rows.append(row("mlasdi", 0, 7, 0, 0.01))  # no GPLaSDI partner
-    # Diverged/failed mLaSDI rows: their GPLaSDI partners become unpaired.
+    # A failed mLaSDI row and a zero error: their GPLaSDI partners become unpaired. A diverged
+    # row stays paired, with infinite errors (factor 0).
     rows[0].update(status="diverged", err_max=float("nan"), message="loss is NaN at iter 40")
     rows[2].update(status="failed", message="CUDA OOM")
     rows[4].update(err_min=0.0)  # ok status but a zero error: excluded, reason given
     results = pd.DataFrame(rows)
     usable, excluded = split_usable(results)
-    assert excluded["reason"].tolist() == ["diverged", "failed", "ok but err_min=0.0"]
-    assert excluded["message"].tolist()[:2] == ["loss is NaN at iter 40", "CUDA OOM"]
+    assert excluded["reason"].tolist() == ["failed", "ok but err_min=0.0"]
+    assert excluded["message"].tolist()[0] == "CUDA OOM"
+    diverged = usable[usable["evaluation_id"] == rows[0]["evaluation_id"]]
+    assert diverged["err_max"].item() == np.inf and diverged["diverged"].item()
     p = pair_models(usable)
-    assert len(p.pairs) == 12 - 3
+    assert len(p.pairs) == 12 - 2
     assert sorted(p.unpaired["evaluation_id"]) == sorted(
         [
-            rows[1]["evaluation_id"],
             rows[3]["evaluation_id"],
             rows[5]["evaluation_id"],
             rows[-2]["evaluation_id"],
@@ -337,15 +347,16 @@ def test_missing_partner_and_excluded_rows_are_reported():
         ]
     )
     assert p.unpaired["reason"].str.startswith("no usable").all()
-    t = factor_table(p.pairs, usable, n_boot=50).set_index("quantity")
+    assert sorted(p.pairs["factor_err_max"])[0] == 0.0  # the diverged mLaSDI run
+    t = factor_table(p.pairs, p.rows, n_boot=50).set_index("quantity")
     assert t.loc["err_max", "median_of_ratios"] == pytest.approx(2.5, rel=1e-12)
-    assert (t.loc["err_max", "n_gplasdi"], t.loc["err_max", "n_method"]) == (13, 10)
+    assert (t.loc["err_max", "n_gplasdi"], t.loc["err_max", "n_method"]) == (13, 11)
     share = share_below(usable, excluded, threshold=0.01).set_index("method")
     ml = usable[usable["method"] == "mlasdi"]
     assert share.loc["mlasdi", "n_below"] == int((ml["err_max"] < 0.01).sum())
-    assert share.loc["mlasdi", "n_excluded"] == 3
+    assert share.loc["mlasdi", "n_excluded"] == 2
     assert share.loc["mlasdi", "share_of_all"] == pytest.approx(
-        share.loc["mlasdi", "n_below"] / (len(ml) + 3)
+        share.loc["mlasdi", "n_below"] / (len(ml) + 2)
     )
     assert (
         share.loc["mlasdi", "share_low"]
@@ -377,16 +388,16 @@ def test_breakdown_by_architecture_latent_budget():
     rows = known_study(arch_scale=(1.0, 4.0))  # arch 1 factors 4 times larger
     usable, _ = split_usable(pd.DataFrame(rows))
     p = pair_models(usable)
-    by = factors_by(p.pairs, usable, "arch_index", n_boot=50).set_index(["arch_index", "quantity"])
+    by = factors_by(p.pairs, p.rows, "arch_index", n_boot=50).set_index(["arch_index", "quantity"])
     assert by.loc[(0, "err_max"), "median_of_ratios"] == pytest.approx(2.5, rel=1e-12)
     assert by.loc[(1, "err_max"), "median_of_ratios"] == pytest.approx(10.0, rel=1e-12)
     assert by.loc[(1, "err_min"), "ratio_of_medians"] == pytest.approx(24.0, rel=1e-12)
-    two = factors_by(p.pairs, usable, ["arch_index", "latent_dim"], n_boot=50)
+    two = factors_by(p.pairs, p.rows, ["arch_index", "latent_dim"], n_boot=50)
     assert len(two) == 2 * 2 * 3 and (two["n_pairs"] == 3).all()
-    bud = factors_by(p.pairs, usable, "budget_index", n_boot=50)
+    bud = factors_by(p.pairs, p.rows, "budget_index", n_boot=50)
     assert sorted(bud["budget_index"].unique()) == [0, 1, 2]
     # One architecture has 2 of each ratio: the median of 4 numbers (2.5,2.5,10,10) is 6.25.
-    assert factor_table(p.pairs, usable, ["err_max"], n_boot=10)[
+    assert factor_table(p.pairs, p.rows, ["err_max"], n_boot=10)[
         "median_of_ratios"
     ].item() == pytest.approx(6.25)
 
@@ -459,19 +470,26 @@ def _recompute_headline(results_dir: Path) -> tuple[pd.DataFrame, dict[str, floa
     res = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
     res["t"] = pd.to_datetime(res["created_at"], utc=True, format="ISO8601")
     res = res.sort_values("t", kind="stable").drop_duplicates("evaluation_id", keep="last")
-    ok = res[res["status"] == "ok"]
-    ok = ok[np.isfinite(ok[["err_max", "err_mean", "err_min"]]).all(axis=1)]
+    errs = ["err_max", "err_mean", "err_min"]
+    diverged = res["status"] == "diverged"
+    res.loc[diverged, errs] = np.inf  # a diverged run: infinite error
+    ok = res[diverged | ((res["status"] == "ok") & np.isfinite(res[errs]).all(axis=1))]
     key = ["arch_index", "latent_dim", "budget_index", "seed"]
     m = ok[ok["method"] == "gplasdi"].merge(ok[ok["method"] == "mlasdi"], on=key)
-    return ok, {
-        q: float(np.median(m[f"{q}_x"] / m[f"{q}_y"])) for q in ("err_max", "err_mean", "err_min")
-    }
+    with np.errstate(invalid="ignore"):
+        ratios = {  # both diverged: a tie
+            q: np.where(
+                np.isinf(m[f"{q}_x"]) & np.isinf(m[f"{q}_y"]), 1.0, m[f"{q}_x"] / m[f"{q}_y"]
+            )
+            for q in errs
+        }
+    return ok, {q: float(np.median(r)) for q, r in ratios.items()}
 
 
 def _headline_factors(md: str, method: str = "mLaSDI") -> tuple[str, ...] | None:
     """The three median factors of one method's headline sentence (at least 5 pairs)."""
     got = re.search(
-        rf"\*\*{method} vs GPLaSDI\*\* over \d+ matched pairs: "
+        rf"\*\*{method} vs GPLaSDI\*\* over \d+ matched pairs \(.*?\): "
         r"max error \*\*[a-z ]+\*\* \(median factor ([\d.]+),.*?"
         r"mean error \*\*[a-z ]+\*\* \(median factor ([\d.]+),.*?"
         r"min error \*\*[a-z ]+\*\* \(median factor ([\d.]+),",
@@ -535,13 +553,14 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "**1 duplicate evaluation_id row(s) dropped**" in md
     assert "default_rng(5)" in md and "loss is NaN at iter 40" in md
     assert "(mode `seed`)" in md
-    # All rows end at the same created_at: 4 GPLaSDI trials of 151 s, the extra one of 101 s and
-    # 4 mLaSDI trials of 51 s, 909 s in all over a 151 s union.
+    # All rows end at the same created_at: 12 GPLaSDI trials of 151 s, the extra one of 101 s
+    # and 12 mLaSDI trials of 51 s, 2525 s in all over a 151 s union.
     assert (
-        "measured on a shared machine: on average 6 of the 9 trials ran at once (at most 9;" in md
+        "measured on a shared machine: on average 17 of the 25 trials ran at once (at most 25;"
+        in md
     )
     unpaired = pd.read_csv(out / "tables" / "unpaired.csv")
-    assert len(unpaired) == 2  # the extra GPLaSDI row and the partner of the diverged row
+    assert len(unpaired) == 1  # the extra GPLaSDI row; the diverged row keeps its partner
     assert "1.00x fewer parameters" not in md and "4.00x fewer parameters" in md
 
 
@@ -565,7 +584,7 @@ def test_analyze_headline_and_budget_dir_option(tmp_path):
 def test_cli_reports_schema_errors(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "r")]) == 1
     assert "no *.parquet files" in capsys.readouterr().err
-    assert main([str(tmp_path), "--out", str(tmp_path / "r"), "--param-names", "T"]) == 2
+    assert main([str(tmp_path), "--out", str(tmp_path / "r"), "--param-names", "T,"]) == 2
 
 
 def test_import_is_light():
@@ -642,7 +661,7 @@ def factor_study(factors: list[float], method: str = "mlasdi") -> list[dict]:
 def test_verdict_on_clear_and_indistinguishable_studies(factors, expected):
     usable, _ = split_usable(pd.DataFrame(factor_study(factors)))
     p = pair_models(usable)
-    t = factor_table(p.pairs, usable, n_boot=1000, seed=0).set_index("quantity")
+    t = factor_table(p.pairs, p.rows, n_boot=1000, seed=0).set_index("quantity")
     assert (t["verdict"] == expected).all()
     assert t["median_of_ratios"].tolist() == pytest.approx([np.median(factors)] * 3, rel=1e-12)
     assert (t["n_pairs"] == 12).all() and (t["pair_factors"] == "").all()
@@ -657,8 +676,8 @@ def test_verdict_on_clear_and_indistinguishable_studies(factors, expected):
 def test_verdict_too_few_pairs_lists_the_pairs(tmp_path):
     usable, _ = split_usable(pd.DataFrame(factor_study([4.0, 0.5, 2.0])))
     p = pair_models(usable)
-    t = factor_table(p.pairs, usable, n_boot=200).set_index("quantity")
-    assert (t["verdict"] == "too few pairs").all()
+    t = factor_table(p.pairs, p.rows, n_boot=200).set_index("quantity")
+    assert (t["verdict"] == "too few units").all() and (t["n_units"] == 3).all()
     assert t["mor_low"].isna().all() and t["mor_high"].isna().all()
     assert (t["pair_factors"] == "0.5, 2, 4").all()
     assert t["median_of_ratios"].tolist() == pytest.approx([2.0] * 3, rel=1e-12)
@@ -668,9 +687,12 @@ def test_verdict_too_few_pairs_lists_the_pairs(tmp_path):
     out = tmp_path / "r"
     assert main([str(rd), "--out", str(out), "--n-boot", "50", "--no-figures"]) == 0
     md = (out / "report.md").read_text()
-    assert "**mLaSDI vs GPLaSDI**: **too few pairs** (3 matched, below the 5" in md
+    assert (
+        "**mLaSDI vs GPLaSDI**: **too few units** (3 matched pairs (3 independent units, each a "
+        "(architecture, latent size, seed) group); an interval needs 5 units)" in md
+    )
     assert "max error 0.5, 2, 4 (median 2.00)" in md
-    assert "| err_max | 2.54 | 2.00 | pairs: 0.5, 2, 4 | too few pairs |" in md
+    assert "| err_max | 2.54 | 2.00 | pairs: 0.5, 2, 4 | too few units |" in md
 
 
 def test_verdict_rule_at_its_boundaries():
@@ -679,8 +701,8 @@ def test_verdict_rule_at_its_boundaries():
     assert verdict(0.9, 0.8, 0.99, 5) == "worsens"
     assert verdict(0.9, 0.8, 1.0, 5) == "no detectable difference"
     assert verdict(1.0, 1.0, 1.0, 50) == "no detectable difference"
-    assert verdict(3.0, 2.0, 4.0, 4) == "too few pairs"
-    assert verdict(3.0, 2.0, 4.0, 4, min_pairs=4) == "improves"
+    assert verdict(3.0, 2.0, 4.0, 4) == "too few units"
+    assert verdict(3.0, 2.0, 4.0, 4, min_units=4) == "improves"
 
 
 def test_headline_states_each_verdict_with_its_interval(tmp_path):
@@ -692,7 +714,8 @@ def test_headline_states_each_verdict_with_its_interval(tmp_path):
     f = a.comparisons["mlasdi"].factors.set_index("quantity")
     lo, hi = f.loc["err_max", "mor_low"], f.loc["err_max", "mor_high"]
     assert (
-        f"**mLaSDI vs GPLaSDI** over 12 matched pairs: max error **improves** (median factor "
+        "**mLaSDI vs GPLaSDI** over 12 matched pairs (6 independent units, each a (architecture, "
+        "latent size, seed) group): max error **improves** (median factor "
         f"2.02, 95% CI [{lo:.2f}, {hi:.2f}])" in s
     )
     assert _headline_factors(s) == ("2.02", "2.02", "2.02")
@@ -989,3 +1012,242 @@ def test_error_vs_time_fits_the_data_and_draws_the_line_only_in_range():
     assert {"latent 3", "latent 5", "b0", "budget 1", "budget 2"} <= set(legend)
     inside = plot_error_vs_time(table, threshold=0.01)
     assert [ln for ln in inside.axes[0].get_lines() if list(ln.get_ydata()) == [0.01, 0.01]]
+
+
+# ----------------------------------------------------------------------------- diverged runs
+
+
+def test_diverged_runs_count_against_their_method_in_pairs_and_verdict():
+    # 12 pairs, GPLaSDI error twice mLaSDI's; then mLaSDI diverges in 5 cells, GPLaSDI in 1,
+    # both in 1. Per-pair factors: 0 x5, 1 (both infinite: a tie), 2 x5, inf: median 1.5.
+    rows = factor_study([2.0] * 12)
+    diverged = {"status": "diverged", "message": "loss is NaN", "err_max": float("nan")}
+    ml = [r for r in rows if r["method"] == "mlasdi"]
+    gp = [r for r in rows if r["method"] == "gplasdi"]
+    for r in ml[:5] + ml[5:6] + gp[5:7]:
+        r.update(diverged)
+    usable, excluded = split_usable(pd.DataFrame(rows))
+    assert excluded.empty and int(usable["diverged"].sum()) == 8
+    p = pair_models(usable)
+    assert len(p.pairs) == 12 and p.unpaired.empty
+    assert sorted(p.pairs["factor_err_max"]) == [0.0] * 5 + [1.0] + [2.0] * 5 + [np.inf]
+    t = factor_table(p.pairs, p.rows, n_boot=500, seed=0).set_index("quantity")
+    assert (t["n_pairs"] == 12).all()
+    assert t["median_of_ratios"].tolist() == [1.5, 1.5, 1.5]
+    assert (t["verdict"] != "improves").all()
+    # Ratio of medians: each method's median over its 12 rows, diverged rows infinite.
+    ml_err = np.array([np.inf] * 6 + [2 * 0.01 * (1 + i) for i in range(6, 12)])
+    gp_err = np.array(
+        [2 * 0.01 * (1 + i) * 2 for i in range(5)]
+        + [np.inf] * 2
+        + [0.04 * (1 + i) for i in range(7, 12)]
+    )
+    assert t.loc["err_max", "ratio_of_medians"] == pytest.approx(
+        np.median(gp_err) / np.median(ml_err), rel=1e-12
+    )
+    share = share_below(usable, excluded, threshold=1.0).set_index("method")
+    assert share.loc["mlasdi", "n_models"] == 12 and share.loc["mlasdi", "n_below"] == 6
+
+
+# ----------------------------------------------------------------------------- units and merged cells
+
+
+def unit_study(
+    factors: dict[int, float], n_seeds: int = 6, n_budgets: int = 3, same_model: bool = False
+) -> list[dict]:
+    """Per latent size a known factor; one (latent, seed) trial pair per seed, evaluated at
+    ``n_budgets`` budgets. Within a unit the factor wobbles by a seed-dependent 1.1**(seed - 2.5)
+    (so units differ) and a budget-dependent 1.01**budget. ``same_model``: every budget of a
+    trial repeats its budget-0 model (identical errors), as when checkpoint selection keeps one
+    stage-1 checkpoint."""
+    rows = []
+    for latent, f in factors.items():
+        for seed in range(n_seeds):
+            for b in range(n_budgets):
+                k = 0 if same_model else b
+                e = 0.01 * (1 + 0.3 * seed + 0.1 * k)
+                g = f * 1.1 ** (seed - 2.5) * 1.01**k
+                ml = row("mlasdi", 0, latent, b, e, seed=seed, hidden="20-10")
+                gp = row(
+                    "gplasdi",
+                    0,
+                    latent,
+                    b,
+                    e,
+                    seed=seed,
+                    err_max=2 * e * g,
+                    err_mean=e * g,
+                    err_min=e / 4 * g,
+                )
+                rows += [ml, gp]
+    return rows
+
+
+def test_units_are_the_trials_behind_a_pair_and_named_by_the_design():
+    usable, _ = split_usable(pd.DataFrame(unit_study({4: 2.0, 5: 2.0})))
+    p = pair_models(usable)
+    assert p.mode == "seed" and len(p.pairs) == 36 and p.merged.empty
+    assert p.n_units == 12 and p.unit_name == "(architecture, latent size, seed) group"
+    # Every (latent, seed) is one unit: its three budgets share it, no two cells share one.
+    assert (p.pairs.groupby(["latent_dim", "seed"])["unit"].nunique() == 1).all()
+    assert p.pairs.groupby("unit").size().tolist() == [3] * 12
+    assert sorted(p.rows["unit"].unique()) == list(range(12)) and len(p.rows) == 72
+    # Three near-copies per unit carry about the information of one: the unit bootstrap gives
+    # about the interval of one budget per unit (12 pairs); resampling the 36 pairs one by one
+    # gives a narrower one.
+    t = factor_table(p.pairs, p.rows, ["err_max"], n_boot=400, seed=1).iloc[0]
+    rows = factor_table(p.pairs.assign(unit=np.arange(36)), p.rows, ["err_max"], n_boot=400, seed=1)
+    one = pair_models(split_usable(pd.DataFrame(unit_study({4: 2.0, 5: 2.0}, n_budgets=1)))[0])
+    t1 = factor_table(one.pairs, one.rows, ["err_max"], n_boot=400, seed=1).iloc[0]
+    width = t["mor_high"] - t["mor_low"]
+    assert width == pytest.approx(t1["mor_high"] - t1["mor_low"], rel=0.15)
+    assert width > 1.4 * (rows["mor_high"] - rows["mor_low"]).item()
+    # Averaged over seeds (disjoint seeds), the unit is the (architecture, latent size) group.
+    rows = unit_study({4: 2.0, 5: 2.0}, n_seeds=2)
+    for r in rows:
+        if r["method"] == "mlasdi":
+            r["seed"] += 10
+            r["trial_id"] = r["trial_id"].replace("-s", "-s1")
+    m = pair_models(split_usable(pd.DataFrame(rows))[0])
+    assert m.mode == "mean" and m.n_units == 2
+    assert m.unit_name == "(architecture, latent size) group"
+
+
+def test_the_same_model_at_several_budgets_counts_once_and_does_not_narrow_the_interval():
+    one = unit_study({4: 2.0, 5: 1.5}, n_budgets=1)
+    three = unit_study({4: 2.0, 5: 1.5}, n_budgets=3, same_model=True)
+    p1 = pair_models(split_usable(pd.DataFrame(one))[0])
+    u3, _ = split_usable(pd.DataFrame(three))
+    assert u3["model_id"].nunique() == 24 and len(u3) == 72
+    p3 = pair_models(u3)
+    assert len(p3.pairs) == 12 and len(p3.merged) == 24 and (p3.pairs["n_cells"] == 3).all()
+    assert (p3.merged["same_as_budget_index"] == 0).all()
+    t1 = factor_table(p1.pairs, p1.rows, n_boot=400, seed=1)
+    t3 = factor_table(p3.pairs, p3.rows, n_boot=400, seed=1)
+    assert (t3["n_cells"] == 36).all() and (t1["n_cells"] == 12).all()
+    same = ["n_pairs", "n_units", "median_of_ratios", "mor_low", "mor_high", "ratio_of_medians"]
+    pd.testing.assert_frame_equal(t1[same], t3[same])
+    # Counting the copies as pairs (each budget its own unit) would narrow the interval.
+    naive = p3.pairs.loc[p3.pairs.index.repeat(3)].assign(unit=np.arange(36), n_cells=1)
+    tn = factor_table(naive, p3.rows, n_boot=400, seed=1).set_index("quantity")
+    t3 = t3.set_index("quantity")
+    assert (tn["mor_high"] - tn["mor_low"] < t3["mor_high"] - t3["mor_low"]).all()
+
+
+def test_a_unit_bootstrap_resamples_whole_units():
+    values = np.array([1.0, 1.1, 1.2, 3.0, 3.3, 0.5, 0.6, 2.0])
+    units = np.array([7, 7, 7, 2, 2, 9, 9, 4])
+    med, lo, hi = median_ci(values, np.random.default_rng(3), n_boot=300, level=0.9, units=units)
+    rng = np.random.default_rng(3)
+    labels = np.array([2, 4, 7, 9])  # the units, sorted: codes 0..3
+    draws = rng.integers(0, 4, size=(300, 4))
+    boots = [np.median(np.concatenate([values[units == labels[d]] for d in row])) for row in draws]
+    assert med == np.median(values)
+    expected = np.quantile(boots, [0.05, 0.95], method="inverted_cdf")
+    assert (lo, hi) == pytest.approx(tuple(expected), rel=1e-15)
+
+
+def test_verdict_splits_along_latent_size_are_in_the_headline(tmp_path):
+    # Latent 4: mLaSDI halves the error; latent 5: it doubles it; 6 units each.
+    rd = tmp_path / "split"
+    write_parquet(rd / "results" / "a.parquet", unit_study({4: 2.0, 5: 0.5}))
+    a = analyze(rd, n_boot=400)
+    c = a.comparisons["mlasdi"]
+    lat = c.by["latent"].set_index(["latent_dim", "quantity"])
+    assert lat.loc[(4, "err_max"), "verdict"] == "improves"
+    assert lat.loc[(5, "err_max"), "verdict"] == "worsens"
+    assert (c.by["latent"]["n_units"] == 6).all() and (c.by["latent"]["n_pairs"] == 18).all()
+    splits = c.splits.groupby("dimension")["splits"].first()
+    assert splits.to_dict() == {"arch_index": False, "budget_index": False, "latent_dim": True}
+    s = headline_sentence(a)
+    assert (
+        "- By latent size, the verdict differs (mLaSDI, median factor in brackets): latent 4: "
+        "max error improves (2.02), mean error improves (2.02)" in s
+    )
+    assert "latent 5: max error worsens (0.51)" in s
+    assert "By architecture" not in s and "By budget" not in s
+    out = tmp_path / "r"
+    assert main([str(rd), "--out", str(out), "--n-boot", "100"]) == 0
+    md = (out / "report.md").read_text()
+    assert "### Where the verdict differs" in md
+    assert (out / "figures" / "factors_by_dimension.png").stat().st_size > 1000
+
+
+def test_verdict_splits_rule():
+    def table(values, medians, verdicts):
+        return pd.DataFrame(
+            {
+                "latent_dim": values,
+                "quantity": "err_max",
+                "n_pairs": 3,
+                "n_units": 6,
+                "median_of_ratios": medians,
+                "mor_low": np.nan,
+                "mor_high": np.nan,
+                "verdict": verdicts,
+            }
+        )
+
+    def splits(*args):
+        return bool(verdict_splits({"latent_dim": table(*args)})["splits"].all())
+
+    assert splits([4, 5], [1.5, 1.6], ["improves", "no detectable difference"])
+    assert not splits([4, 5], [1.5, 1.6], ["improves", "improves"])
+    assert splits([4, 5], [0.9, 1.2], ["too few units"] * 2)  # both sides of 1
+    assert not splits([4, 5], [1.1, 1.2], ["too few units", "improves"])
+    assert not splits([4], [0.5], ["worsens"])
+    assert MIN_UNITS == 5
+
+
+# ----------------------------------------------------------------------------- figures for a paper
+
+
+def test_every_figure_is_sharp_at_two_column_paper_width(tmp_path):
+    from PIL import Image
+
+    rd = _write_study(tmp_path)
+    out = tmp_path / "report"
+    assert main([str(rd), "--out", str(out), "--n-boot", "50"]) == 0
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert len(pngs) >= 5
+    for png in pngs:
+        with Image.open(png) as im:
+            dpi = im.info["dpi"][0]
+            width_in = im.size[0] / dpi
+        assert dpi >= 150 and width_in <= 7.3, (png.name, dpi, width_in)
+
+
+def test_dodge_separates_overlapping_markers_and_leaves_the_others():
+    x = np.array([1.0, 1.0, 1.0, 3.0, 1.02])
+    y = np.array([0.5, 0.5, 0.5, 0.5, 2.0])
+    out = dodge(x, y, 0.1)
+    for i in range(5):
+        for j in range(i):
+            assert np.hypot(out[i] - out[j], y[i] - y[j]) >= 0.1 - 1e-12
+    assert out[3] == 3.0 and out[4] == 1.02  # already clear: unmoved
+    assert sorted(out[:3]) == pytest.approx([0.9, 1.0, 1.1])
+
+
+def test_error_vs_time_moves_only_hidden_markers_and_labels_ticks_below_one_percent():
+    from analysis.plots import plot_error_vs_time
+
+    rows = []
+    for latent in (3, 5):  # both latent sizes at the same time and error: one would hide
+        for b, e in enumerate((0.0004, 0.002, 0.03)):
+            rows.append(row("gplasdi", 0, latent, b, e, seed=0, train_time_s=100.0 * (b + 1)))
+    usable, _ = split_usable(pd.DataFrame(rows))
+    fig = plot_error_vs_time(D.error_time_table(usable), threshold=0.01)
+    ax = fig.axes[0]
+    from matplotlib.collections import PathCollection
+
+    points = np.vstack([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+    assert len(np.unique(points.round(12), axis=0)) == 6  # no two markers in one place
+    assert "6 marker(s) moved sideways" not in fig._suptitle.get_text()
+    assert "3 marker(s) moved sideways" in fig._suptitle.get_text()
+    fig.draw_without_rendering()
+    labels = [t.get_text() for t in ax.yaxis.get_ticklabels()]
+    ticks = ax.get_yticks()
+    assert all(labels) and "1%" in labels and (ticks < 0.005).sum() >= 2  # labelled below 1 %
+    lo, hi = ax.get_ylim()
+    assert ticks.min() / lo <= 2 and hi / ticks.max() <= 2
+    assert log_ticks(0.4, 4.1).tolist() == pytest.approx([0.5, 0.7, 1, 2, 3])

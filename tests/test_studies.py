@@ -608,7 +608,7 @@ def test_smoke_run_end_to_end_and_rerun_is_a_no_op(tmp_path, capsys):
     assert "ray_overhead_fraction=" in text and "best mlasdi" in text and "best gplasdi" in text
     # The run ends with the analysis report, whose sentence is printed.
     assert (out / "report" / "report.md").is_file()
-    assert "**mLaSDI vs GPLaSDI**: **too few pairs** (2 matched" in text
+    assert "**mLaSDI vs GPLaSDI**: **too few units** (" in text
     df = read_results(out)
     spec = load_spec("smoke")
     ids = [e for t in trials(spec) for e in t.evaluation_ids]
