@@ -71,7 +71,17 @@ _RESULT_ADDED = (
     "heldout_err_max",
     "problem",
     "param_names",
+    "uq_samples",
+    "coverage_90",
+    "coverage_levels",
+    "coverage_curve",
+    "spread_spearman",
+    "calibration_scale",
+    "calibrated_coverage_90",
+    "uq_time_s",
 )
+# The same for PARAM_ERROR_COLUMNS.
+_PARAM_ERROR_ADDED = ("max_std",)
 
 
 class SchemaError(ValueError):
@@ -241,6 +251,7 @@ def read_param_errors(results_dir: str | Path) -> pd.DataFrame:
         PARAM_ERROR_COLUMNS,
         required=_PARAM_ERROR_REQUIRED,
         allowed={"method": METHODS},
+        optional=_PARAM_ERROR_ADDED,
     )
     lengths = df["params"].map(len)
     if len(df) and lengths.nunique() != 1:

@@ -98,6 +98,17 @@ RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     # of ``params`` in PARAM_ERROR_COLUMNS; null in files written before them.
     ("problem", "string"),
     ("param_names", "list<string>"),
+    # The spread of GP samples of the prediction (mlasdi.uncertainty), residual stages decoding
+    # the same sampled latent trajectories; over every test parameter and (t, x). Null in files
+    # written before them, and (but uq_samples, 0) when a study switches them off.
+    ("uq_samples", "int64"),  # GP samples drawn per parameter ([run] uncertainty_samples)
+    ("coverage_90", "float64"),  # fraction of true values inside prediction +- z_0.9 std
+    ("coverage_levels", "list<float64>"),  # nominal levels of the calibration curve
+    ("coverage_curve", "list<float64>"),  # the empirical coverage at each of them
+    ("spread_spearman", "float64"),  # rank correlation of max std and r(mu) over test points
+    ("calibration_scale", "float64"),  # spread scale covering 90 % of held-out training values
+    ("calibrated_coverage_90", "float64"),  # test coverage of the 90 % interval so scaled
+    ("uq_time_s", "float64"),  # seconds spent on the above (not in eval_time_s)
 )
 
 # One row per (evaluated model, test parameter): r(mu) for heatmaps.
@@ -107,6 +118,7 @@ PARAM_ERROR_COLUMNS: tuple[tuple[str, str], ...] = (
     ("method", "string"),
     ("param_index", "int64"),
     ("params", "list<float64>"),
-    ("is_train", "bool"),
+    ("is_train", "bool"),  # a training point of the model evaluated (its grown set if greedy)
     ("err", "float64"),
+    ("max_std", "float64"),  # largest std over (t, x) of its GP samples; null if not computed
 )

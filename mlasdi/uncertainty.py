@@ -284,7 +284,9 @@ class UncertaintyReport:
     ``coverage[i]``: the fraction of true values (over all parameters, times and state entries)
     inside the central interval of level ``levels[i]``, ``prediction +- scale * z * std``;
     ``max_std`` [n]: each parameter's largest std over (t, x); ``max_error`` [n]: its r(mu), the
-    max relative error of the prediction (:mod:`mlasdi.metrics`).
+    max relative error of the prediction (:mod:`mlasdi.metrics`). ``calibrated[i]``: the
+    coverage of the same intervals with the spread times ``calibrated_scale`` instead (empty
+    when none was given).
     """
 
     levels: tuple[float, ...]
@@ -292,6 +294,8 @@ class UncertaintyReport:
     scale: float
     max_std: np.ndarray
     max_error: np.ndarray
+    calibrated_scale: float | None = None
+    calibrated: tuple[float, ...] = ()
 
     @property
     def calibration_curve(self) -> list[tuple[float, float]]:
@@ -353,19 +357,22 @@ def assess(
     u0: np.ndarray | torch.Tensor | None = None,
     levels: Sequence[float] = NOMINAL_LEVELS,
     scale: float = 1.0,
+    calibrated_scale: float | None = None,
     n_samples: int = 20,
     seed: int = 0,
     times: np.ndarray | None = None,
     n_stages: int | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> UncertaintyReport:
-    """Coverage of the central intervals of ``levels`` (their spread times ``scale``), and each
+    """Coverage of the central intervals of ``levels`` (their spread times ``scale``, and times
+    ``calibrated_scale`` too when given: one pass over the samples for both), and each
     parameter's largest std and max error, against ``truth`` [n, n_t, n_state] (an array, or
     anything whose ``truth[start:stop]`` reads those rows, e.g. a
     :class:`~mlasdi.data.SnapshotReader`) at ``params`` [n, n_p]. ``u0`` defaults to the
     truth's first snapshots. Spread options as :func:`iter_spread`."""
     z = torch.tensor([central_z(level) for level in levels], dtype=torch.float64)
-    inside = torch.zeros(len(levels), dtype=torch.float64)
+    scales = [scale] if calibrated_scale is None else [scale, calibrated_scale]
+    inside = torch.zeros(len(scales), len(levels), dtype=torch.float64)
     total = 0
     max_std, max_error = [], []
     for U, prediction, std in _compared(
@@ -380,17 +387,21 @@ def assess(
         chunk_elements=chunk_elements,
     ):
         error = (U - prediction).abs()
-        for i, half_width in enumerate(z.tolist()):
-            inside[i] += float((error <= scale * half_width * std).sum())
+        for j, c in enumerate(scales):
+            for i, half_width in enumerate(z.tolist()):
+                inside[j, i] += float((error <= c * half_width * std).sum())
         total += error.numel()
         max_std.append(std.flatten(1).amax(1).double().cpu().numpy())
         max_error.append(max_relative_error(U, prediction).double().cpu().numpy())
+    covered = (inside / total).tolist()
     return UncertaintyReport(
         levels=tuple(float(level) for level in levels),
-        coverage=tuple((inside / total).tolist()),
+        coverage=tuple(covered[0]),
         scale=float(scale),
         max_std=np.concatenate(max_std),
         max_error=np.concatenate(max_error),
+        calibrated_scale=calibrated_scale,
+        calibrated=tuple(covered[1]) if calibrated_scale is not None else (),
     )
 
 

@@ -49,8 +49,10 @@ def write_evaluation(
     param_err: list[float],
     params_test: np.ndarray,
     is_train: np.ndarray,
+    param_std: list[float] | None = None,
 ) -> Path:
-    """Write one evaluation (param errors, then the row) atomically; returns the results file."""
+    """Write one evaluation (param errors, then the row) atomically; returns the results file.
+    ``param_std``: each test parameter's largest predicted std (None: not computed)."""
     stem = file_stem(row["evaluation_id"])
     (out / "results").mkdir(parents=True, exist_ok=True)
     (out / "param_errors").mkdir(parents=True, exist_ok=True)
@@ -64,6 +66,7 @@ def write_evaluation(
             "params": [[float(x) for x in p] for p in params_test],
             "is_train": [bool(b) for b in is_train],
             "err": [float(e) for e in param_err],
+            "max_std": [None] * n if param_std is None else [float(s) for s in param_std],
         },
         schema=PARAM_ERROR_SCHEMA,
     )
@@ -136,8 +139,15 @@ class ResultWriter:
         }
         if kind == "eval":
             payload = json.loads(result["payload"])
+            # A greedy trial's training points are its own (grown) set, sent with the row.
+            is_train = payload.get("is_train")
             write_evaluation(
-                self.out, payload["row"], payload["param_err"], self.params_test, self.is_train
+                self.out,
+                payload["row"],
+                payload["param_err"],
+                self.params_test,
+                self.is_train if is_train is None else np.asarray(is_train, dtype=bool),
+                payload.get("param_std"),
             )
             self.written.append(payload["row"]["evaluation_id"])
         self.records.append(record)

@@ -165,11 +165,14 @@ class ResourceSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Execution settings: periodic Tune checkpoints inside a stage, retries, evaluation batch."""
+    """Execution settings: periodic Tune checkpoints inside a stage, retries, evaluation batch,
+    and the GP samples per test parameter behind each row's uncertainty columns
+    (:mod:`mlasdi.uncertainty`; 0 switches them off)."""
 
     checkpoint_every: int = 0  # iterations; 0 = only at budgets
     max_failures: int = 3
     eval_batch_size: int = 32
+    uncertainty_samples: int = 10
 
 
 @dataclass(frozen=True)
@@ -442,6 +445,11 @@ def _run_spec(raw: Any) -> RunSpec:
         d["max_failures"] = _int(d["max_failures"], "run.max_failures", 0)
     if "eval_batch_size" in d:
         d["eval_batch_size"] = _int(d["eval_batch_size"], "run.eval_batch_size")
+    if "uncertainty_samples" in d:
+        n = _int(d["uncertainty_samples"], "run.uncertainty_samples", 0)
+        if n == 1:
+            raise SpecError("run.uncertainty_samples must be 0 (off) or >= 2 (a spread), got 1")
+        d["uncertainty_samples"] = n
     return RunSpec(**d)
 
 

@@ -58,10 +58,11 @@ from mlasdi.engine import (
     TrainingSet,
 )
 from mlasdi.metrics import summarize_errors
-from mlasdi.rom import MultiStageROM, resolve_device, torch_dtype
+from mlasdi.rom import MultiStageROM, held_out_rom, resolve_device, torch_dtype
 from mlasdi.runtime import provenance
 from mlasdi.study_data import StudyData
 from mlasdi.train import TRAINER_STATE_FORMAT, CheckpointReport, DivergenceError
+from mlasdi.uncertainty import assess, calibration_scale
 from mlasdi.validation import Split
 from studies.plan import Trial
 from studies.spec import StudySpec, hidden_label
@@ -196,13 +197,27 @@ class TrialRunner(Plugin):
             "heldout_err_max": [],
             "problem": self.spec.data.problem,
             "param_names": list(self.data.param_names),
+            "uq_samples": self.spec.run.uncertainty_samples,
+            "coverage_90": nan,
+            "coverage_levels": [],
+            "coverage_curve": [],
+            "spread_spearman": nan,
+            "calibration_scale": nan,
+            "calibrated_coverage_90": nan,
+            "uq_time_s": nan,
         }
         row.update(values)
         return row
 
-    def _report_row(self, i: int, row: dict[str, Any], param_err: list[float]) -> None:
+    def _report_row(
+        self,
+        i: int,
+        row: dict[str, Any],
+        param_err: list[float],
+        param_std: list[float] | None = None,
+    ) -> None:
         self.done.add(i)
-        payload = json.dumps({"row": row, "param_err": param_err})
+        payload = json.dumps({"row": row, "param_err": param_err, "param_std": param_std})
         self._emit(
             {
                 "kind": "eval",
@@ -258,7 +273,52 @@ class TrialRunner(Plugin):
         status, message = "ok", ""
         if not np.all(np.isfinite(r)):
             status, message = "diverged", "prediction error is not finite"
-        self._report_row(i, self._row(i, status, message, **values), [float(x) for x in r])
+        uncertainty, param_std = self._uncertainty(rom) if status == "ok" else ({}, None)
+        values |= uncertainty
+        row = self._row(i, status, message, **values)
+        self._report_row(i, row, [float(x) for x in r], param_std)
+
+    def _uncertainty(self, rom: MultiStageROM) -> tuple[dict[str, Any], list[float] | None]:
+        """The uncertainty columns of ``rom``'s row and each test parameter's largest std
+        (:mod:`mlasdi.uncertainty`, ``run.uncertainty_samples`` GP samples drawn with the
+        trial's seed). The calibration scale is chosen on the held-out split of the training
+        set (the engine's), with a ROM whose GP did not see those parameters."""
+        n_samples = self.spec.run.uncertainty_samples
+        if n_samples == 0:
+            return {}, None
+        start = time.perf_counter()
+        engine, data, seed = self.engine, self.data, self.trial.seed
+        assert engine is not None
+        held = engine.setup.held_out(engine.data)
+        options = {"n_samples": n_samples, "seed": seed}
+        try:
+            held_rom = held_out_rom(rom, held)
+        except DivergenceError:  # the held-out GP's coefficients blew up: no scale
+            scale = math.nan
+        else:
+            scale = calibration_scale(
+                held_rom, held.params_val, held.U_val, times=engine.data.times, **options
+            )
+        report = assess(
+            rom,
+            data.params_test,
+            data.truth_test,
+            u0=data.u0_test,
+            times=data.times_test,
+            calibrated_scale=scale,
+            **options,
+        )
+        at_90 = report.levels.index(0.9)
+        values = {
+            "coverage_90": report.coverage[at_90],
+            "coverage_levels": list(report.levels),
+            "coverage_curve": list(report.coverage),
+            "spread_spearman": report.spearman,
+            "calibration_scale": scale,
+            "calibrated_coverage_90": report.calibrated[at_90] if not math.isnan(scale) else scale,
+            "uq_time_s": time.perf_counter() - start,
+        }
+        return values, [float(x) for x in report.max_std]
 
     # ----- training: the engine's plug-in ------------------------------------------------------
     def run(self) -> None:

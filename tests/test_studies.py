@@ -7,6 +7,7 @@ at a tiny size; every file goes to tmp_path.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import math
@@ -848,3 +849,57 @@ def test_rows_record_threads_versions_and_commit(tiny, tmp_path):
     assert (df["numpy_version"] == np.__version__).all()
     commit = head.stdout.strip() if head.returncode == 0 else None
     assert df["git_commit"].tolist() == [commit] * len(df)
+
+
+def test_rows_carry_the_uncertainty_of_their_model(tiny, monkeypatch):
+    """Coverage, calibration curve and Spearman of a row against an independent computation
+    from the same ROM: predict_spread's std and numpy."""
+    from scipy.stats import spearmanr
+
+    import studies.trial as trial_module
+    from mlasdi.uncertainty import central_z, predict_spread
+
+    spec, data = tiny
+    roms = {}
+    real_assess = trial_module.assess
+
+    def recording(rom, *args, **kwargs):
+        roms[len(roms)] = rom
+        return real_assess(rom, *args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "assess", recording)
+    t = next(t for t in trials(spec) if t.method == "mlasdi")
+    rows = _rows(_run_trial(spec, data, t))
+    payload = rows[t.evaluation_ids[-1]]
+    row, rom = payload["row"], roms[len(t.budgets) - 1]
+    assert rom.n_stages == 2 and row["uq_samples"] == spec.run.uncertainty_samples == 10
+    np.testing.assert_array_equal(data.times_test, rom.times)
+    spread = predict_spread(rom, data.params_test, data.u0_test, n_samples=10, seed=t.seed)
+    truth = np.asarray(data.truth_test, dtype=np.float64)
+    error = np.abs(truth - rom.predict(data.params_test, data.u0_test).double().numpy())
+    std = spread.std.double().numpy()
+    for level, got in zip(row["coverage_levels"], row["coverage_curve"], strict=True):
+        assert got == pytest.approx(np.mean(error <= central_z(level) * std), abs=1e-3)
+    assert row["coverage_levels"] == [0.5, 0.8, 0.9, 0.95]
+    assert row["coverage_90"] == row["coverage_curve"][2]
+    np.testing.assert_allclose(payload["param_std"], std.reshape(len(std), -1).max(1), rtol=1e-5)
+    rho = spearmanr(payload["param_std"], payload["param_err"]).statistic
+    assert row["spread_spearman"] == pytest.approx(rho, abs=1e-12)
+    scale = row["calibration_scale"]
+    assert np.isfinite(scale) and scale > 0
+    assert row["calibrated_coverage_90"] == pytest.approx(
+        np.mean(error <= scale * central_z(0.9) * std), abs=1e-3
+    )
+    assert row["uq_time_s"] > 0
+
+
+def test_uncertainty_off_leaves_every_other_number_unchanged(tiny):
+    spec, data = tiny
+    off = dataclasses.replace(spec, run=dataclasses.replace(spec.run, uncertainty_samples=0))
+    t = next(t for t in trials(spec) if t.method == "gplasdi")
+    on_rows, off_rows = _rows(_run_trial(spec, data, t)), _rows(_run_trial(off, data, t))
+    for eid, p in off_rows.items():
+        assert p["param_std"] is None and p["row"]["uq_samples"] == 0
+        assert np.isnan(p["row"]["coverage_90"]) and p["row"]["coverage_curve"] == []
+        assert p["param_err"] == on_rows[eid]["param_err"]
+        assert p["row"]["err_max"] == on_rows[eid]["row"]["err_max"]

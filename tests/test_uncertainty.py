@@ -209,6 +209,10 @@ def test_calibrated_interval_recovers_an_understated_spread():
     # 4 binomial standard errors over 1000 parameters, plus the scale's own error.
     assert before.coverage[0] == pytest.approx(_expected_coverage(0.9, 2.0, 11), abs=0.04)
     assert after.coverage[0] == pytest.approx(0.9, abs=0.05)
+    # One pass gives both: the plain coverage and the calibrated one, exactly as two passes.
+    both = assess(rom, test_params, test, calibrated_scale=scale, **options)
+    assert both.coverage == before.coverage and both.calibrated == after.coverage
+    assert both.calibrated_scale == scale and before.calibrated == ()
 
 
 @pytest.mark.parametrize("n_t", [1, 2, 5, 1001])
