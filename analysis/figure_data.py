@@ -20,6 +20,10 @@ __all__ = [
     "dimension_factors",
     "search_history",
     "search_params",
+    "uncertainty_summary",
+    "calibration_curves",
+    "picks",
+    "value_grid",
 ]
 
 
@@ -92,6 +96,7 @@ def heatmap_table(param_errors: pd.DataFrame, evaluation_ids: Sequence[str]) -> 
         raise ValueError(f"no param_errors rows for evaluation_id(s) {missing}")
     mu = [c for c in param_errors.columns if c.startswith("mu_")]
     cols = ["evaluation_id", "method", "param_index", *mu, "err", "is_train"]
+    cols += ["max_std"] if "max_std" in rows else []
     return rows[cols].sort_values(["evaluation_id", "param_index"]).reset_index(drop=True)
 
 
@@ -101,13 +106,7 @@ def heatmap_grid(table: pd.DataFrame, evaluation_id: str) -> pd.DataFrame | None
     Returns ``None`` when there are not exactly two parameters or the points do not fill a
     rectangular grid (then draw a scatter instead).
     """
-    rows = table[table["evaluation_id"] == evaluation_id]
-    if not {"mu_0", "mu_1"} <= set(rows.columns) or "mu_2" in rows.columns:
-        return None
-    grid = rows.pivot_table(index="mu_1", columns="mu_0", values="err", aggfunc="mean")
-    if grid.size != len(rows) or grid.isna().any().any():
-        return None
-    return grid
+    return value_grid(table[table["evaluation_id"] == evaluation_id], "err")
 
 
 def factor_bars(by_arch_latent: pd.DataFrame, quantity: str) -> pd.DataFrame:
@@ -181,3 +180,74 @@ def search_params(trials: pd.DataFrame) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame(columns=["number", "param", "value", "value_0"])
     return pd.concat(parts, ignore_index=True)
+
+
+# ----- uncertainty and sampling ------------------------------------------------------------------
+
+# How far the empirical coverage of the 90 % interval may sit from 90 % before the report says
+# that the error bars cannot be read at face value.
+COVERAGE_TOLERANCE = 0.1
+
+
+def _with_sampling(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``sampling`` filled (``fixed`` for rows written before the column)."""
+    sampling = rows["sampling"] if "sampling" in rows else pd.Series("fixed", index=rows.index)
+    return rows.assign(sampling=sampling.fillna("fixed"))
+
+
+def uncertainty_summary(usable: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, sampling), over the models with uncertainty columns: their number and the
+    median coverage of the 90 % interval, Spearman of max std vs max error, calibration scale
+    and calibrated coverage."""
+    cols = ["coverage_90", "spread_spearman", "calibration_scale", "calibrated_coverage_90"]
+    rows = _with_sampling(usable)
+    if "coverage_90" not in rows:
+        return pd.DataFrame(columns=["method", "sampling", "n_models", *cols])
+    rows = rows[np.isfinite(rows["coverage_90"].to_numpy(np.float64, na_value=np.nan))]
+    out = rows.groupby(["method", "sampling"], sort=True)[cols].median()
+    out.insert(0, "n_models", rows.groupby(["method", "sampling"], sort=True).size())
+    return out.reset_index()
+
+
+def calibration_curves(usable: pd.DataFrame) -> pd.DataFrame:
+    """Long table ``method, sampling, nominal, empirical, low, high``: the median (and the
+    min and max) over models of the empirical coverage at each nominal level."""
+    rows = _with_sampling(usable)
+    if "coverage_curve" not in rows:
+        return pd.DataFrame(columns=["method", "sampling", "nominal", "empirical", "low", "high"])
+    rows = rows[rows["coverage_curve"].map(lambda c: c is not None and len(c) > 0)]
+    long = [
+        {"method": r.method, "sampling": r.sampling, "nominal": float(n), "value": float(e)}
+        for r in rows.itertuples(index=False)
+        for n, e in zip(r.coverage_levels, r.coverage_curve, strict=True)
+    ]
+    if not long:
+        return pd.DataFrame(columns=["method", "sampling", "nominal", "empirical", "low", "high"])
+    g = pd.DataFrame(long).groupby(["method", "sampling", "nominal"], sort=True)["value"]
+    out = pd.concat({"empirical": g.median(), "low": g.min(), "high": g.max()}, axis=1)
+    return out.reset_index()
+
+
+def picks(row: Mapping[str, object], n_params: int) -> pd.DataFrame:
+    """The greedy picks of one result row in order: ``order`` (1, 2, ...), ``iteration`` and
+    ``mu_0, mu_1, ...`` (empty for a fixed training set)."""
+    flat = np.asarray(row.get("picked_params") if row.get("picked_params") is not None else [])
+    iters = row.get("picked_iters") if row.get("picked_iters") is not None else []
+    points = flat.reshape(-1, n_params) if flat.size else np.empty((0, n_params))
+    out = pd.DataFrame(points, columns=[f"mu_{i}" for i in range(n_params)])
+    out.insert(0, "iteration", np.asarray(iters, dtype=np.int64))
+    out.insert(0, "order", np.arange(1, len(out) + 1))
+    return out
+
+
+def value_grid(rows: pd.DataFrame, value: str) -> pd.DataFrame | None:
+    """``value`` (``err`` or ``max_std``) of one model's rows as a grid (as
+    :func:`heatmap_grid`): None without two parameters, a full grid or finite values."""
+    if not {"mu_0", "mu_1"} <= set(rows.columns) or "mu_2" in rows.columns:
+        return None
+    if value not in rows:
+        return None
+    grid = rows.pivot_table(index="mu_1", columns="mu_0", values=value, aggfunc="mean")
+    if grid.size != len(rows) or grid.isna().any().any():
+        return None
+    return grid

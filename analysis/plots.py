@@ -34,6 +34,8 @@ __all__ = [
     "plot_search_history",
     "plot_search_params",
     "save_figure",
+    "plot_calibration_curves",
+    "plot_error_and_spread",
 ]
 
 # Colour-blind-safe colours (Okabe-Ito blue / vermillion / bluish green).
@@ -695,3 +697,90 @@ def save_png(fig: Figure, path: Path) -> None:
 
 
 __all__ += ["plot_importance", "plot_pareto", "save_png"]
+
+
+def plot_calibration_curves(curves: pd.DataFrame) -> Figure:
+    """Empirical against nominal coverage of the central GP-sample intervals, one line per
+    (method, sampling) of :func:`~analysis.figure_data.calibration_curves` (median over models,
+    band from min to max); the diagonal is a calibrated spread."""
+    fig = Figure(figsize=(3.4, 3.0), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="calibrated")
+    for (method, sampling), g in curves.groupby(["method", "sampling"], sort=True):
+        style = METHOD_STYLE[method]
+        ls = "-" if sampling == "fixed" else ":"
+        ax.plot(
+            g["nominal"],
+            g["empirical"],
+            marker="o",
+            ms=3,
+            ls=ls,
+            color=style["color"],
+            label=f"{style['label']} ({sampling})",
+        )
+        ax.fill_between(g["nominal"], g["low"], g["high"], color=style["color"], alpha=0.15)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal coverage", fontsize=7)
+    ax.set_ylabel("empirical coverage (test set)", fontsize=7)
+    ax.tick_params(labelsize=6.5)
+    ax.legend(fontsize=6, frameon=False)
+    return fig
+
+
+def plot_error_and_spread(
+    panels: Sequence[tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]],
+    *,
+    param_names: Sequence[str] = ("mu_1", "mu_2"),
+) -> Figure:
+    """For each model, r(mu) and the largest predicted std side by side over the parameter
+    grid. A panel is ``(title, rows, error grid, std grid, picks)`` (:func:`~analysis.
+    figure_data.value_grid`, :func:`~analysis.figure_data.picks`): the model's training points
+    that were not picked are white squares, the greedy picks white circles with their order."""
+    fig = Figure(figsize=(PAPER_WIDTH_IN, 2.6 * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), 2, squeeze=False)
+    for (title, rows, err, std, picked), pair in zip(panels, axes, strict=True):
+        picked_at = {(round(a, 9), round(b, 9)) for a, b in zip(picked["mu_0"], picked["mu_1"])}
+        train = rows[rows["is_train"].astype(bool)]
+        initial = train[
+            [(round(a, 9), round(b, 9)) not in picked_at for a, b in zip(train.mu_0, train.mu_1)]
+        ]
+        for ax, grid, what in ((pair[0], err, "r(mu)"), (pair[1], std, "max std")):
+            values = grid.to_numpy(float)
+            positive = values[np.isfinite(values) & (values > 0)]
+            norm = LogNorm(*(positive.min(), positive.max())) if positive.size else None
+            x, y = grid.columns.to_numpy(float), grid.index.to_numpy(float)
+            mesh = ax.pcolormesh(_edges(x), _edges(y), values, norm=norm, cmap="viridis")
+            fig.colorbar(mesh, ax=ax, shrink=0.9).ax.tick_params(labelsize=6)
+            ax.scatter(
+                initial["mu_0"],
+                initial["mu_1"],
+                marker="s",
+                s=40,
+                facecolors="none",
+                edgecolors="white",
+                linewidths=1.2,
+            )
+            ax.scatter(
+                picked["mu_0"],
+                picked["mu_1"],
+                marker="o",
+                s=30,
+                facecolors="none",
+                edgecolors="white",
+                linewidths=1.2,
+            )
+            for p in picked.itertuples(index=False):
+                ax.annotate(
+                    str(p.order),
+                    (p.mu_0, p.mu_1),
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    color="white",
+                    fontsize=6,
+                )
+            ax.set_title(f"{title}: {what}", fontsize=7)
+            ax.set_xlabel(param_names[0], fontsize=7)
+            ax.set_ylabel(param_names[1], fontsize=7)
+            ax.tick_params(labelsize=6.5)
+    return fig

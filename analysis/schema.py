@@ -79,6 +79,12 @@ _RESULT_ADDED = (
     "calibration_scale",
     "calibrated_coverage_90",
     "uq_time_s",
+    "sampling",
+    "n_fom_solves",
+    "picked_params",
+    "picked_iters",
+    "round_time_s",
+    "fom_time_s",
 )
 # The same for PARAM_ERROR_COLUMNS.
 _PARAM_ERROR_ADDED = ("max_std",)

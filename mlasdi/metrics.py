@@ -109,6 +109,14 @@ RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("calibration_scale", "float64"),  # spread scale covering 90 % of held-out training values
     ("calibrated_coverage_90", "float64"),  # test coverage of the 90 % interval so scaled
     ("uq_time_s", "float64"),  # seconds spent on the above (not in eval_time_s)
+    # Where the training points came from ([sampling], mlasdi.sampling). Null in files written
+    # before them (their training sets were fixed).
+    ("sampling", "string"),  # fixed | greedy
+    ("n_fom_solves", "int64"),  # training points of the model (one full-order solve each)
+    ("picked_params", "list<float64>"),  # greedy picks in order, flat [n_picks * n_p]
+    ("picked_iters", "list<int64>"),  # the stage-1 iteration after which each was picked
+    ("round_time_s", "float64"),  # greedy rounds up to this model: scoring, solves, growing
+    ("fom_time_s", "float64"),  # the full-order solves (or cache reads) of those rounds
 )
 
 # One row per (evaluated model, test parameter): r(mu) for heatmaps.

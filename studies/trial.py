@@ -205,6 +205,12 @@ class TrialRunner(Plugin):
             "calibration_scale": nan,
             "calibrated_coverage_90": nan,
             "uq_time_s": nan,
+            "sampling": "fixed",
+            "n_fom_solves": int(self.data.params_train.shape[0]),
+            "picked_params": [],
+            "picked_iters": [],
+            "round_time_s": 0.0,
+            "fom_time_s": 0.0,
         }
         row.update(values)
         return row
