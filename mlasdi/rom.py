@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlasdi.config import ROMConfig, from_dict, to_dict
+from mlasdi.config import ConfigError, ROMConfig, from_dict, to_dict
 from mlasdi.data import SnapshotReader, SnapshotSet
 from mlasdi.dynamics import fit_affine, integrate, split_coefficients, time_derivative
 from mlasdi.interpolation import CoefficientGP
@@ -396,17 +396,20 @@ def fit_rom(
     device: str | torch.device = "auto",
     stage_callback: Callable[[int], Callback] | None = None,
     checkpoints: dict[int, list[int]] | None = None,
+    stage_done: Callable[[FitResult], None] | None = None,
 ) -> FitResult:
     """Train every stage of ``config`` on ``train`` (its first snapshot is each u0).
 
     ``checkpoints[k]`` lists iterations of stage k (1-based) at which ``stage_callback(k)`` is
-    called with a :class:`~mlasdi.train.CheckpointReport`.
+    called with a :class:`~mlasdi.train.CheckpointReport`. ``stage_done`` is called with the
+    stages finished so far after each stage, so that a caller keeps them when a later stage
+    raises :class:`~mlasdi.train.DivergenceError`.
     """
     device = resolve_device(device)
     dtype = torch_dtype(config.dtype)
     ae = config.autoencoder
     if ae.latent_dim >= train.n_state:
-        raise ValueError(
+        raise ConfigError(
             f"latent size {ae.latent_dim} must be smaller than the state size {train.n_state}"
         )
     U = torch.as_tensor(train.flat_snapshots(), dtype=dtype).to(device)
@@ -421,6 +424,8 @@ def fit_rom(
     rom = stage1_rom(trainer.selected()[1], U, train.params, train.times, config)
     stage_times = [trainer.elapsed_s + time.perf_counter() - start]
     histories = [trainer.history]
+    if stage_done is not None:
+        stage_done(FitResult(rom, list(stage_times), list(histories)))
     for k, stage in enumerate(config.residual_stages, start=2):
         start = time.perf_counter()
         Z, target, scale = residual_stage_data(rom, U, train.params)
@@ -431,6 +436,8 @@ def fit_rom(
         rom = rom.with_stage(freeze(residual.model), scale)  # type: ignore[arg-type]
         stage_times.append(time.perf_counter() - start)
         histories.append(residual.history)
+        if stage_done is not None:
+            stage_done(FitResult(rom, list(stage_times), list(histories)))
     return FitResult(rom=rom, stage_times_s=stage_times, loss_histories=histories)
 
 
