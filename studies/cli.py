@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except (SpecError, DataError) as exc:
-        print(f"mlasdi-study: error: {exc}", file=sys.stderr)
+        for message in getattr(exc, "messages", [str(exc)]):
+            print(f"mlasdi-study: error: {message}", file=sys.stderr)
         return 2
 
 
