@@ -99,7 +99,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         help="do not reject resources no current node has (an autoscaler will add them)",
     )
     run.add_argument(
-        "-v", "--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune verbosity"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show Ray Tune's tables as well as the progress line (-vv: every result and the "
+        "workers' logs); OUT/run.log keeps them either way",
     )
     run.set_defaults(handler=_run)
 

@@ -658,18 +658,20 @@ def _solve_batches(
     for b in range(n_batches):
         idx = np.arange(b * size, min((b + 1) * size, n_mu))
         batches.append((idx, np.concatenate([idx, np.full(size - idx.size, idx[-1])])))
+    desc = f"vlasov {settings.nx}x{settings.nv}"
     bar = tqdm(
         total=n_batches * settings.n_steps,
-        desc=f"vlasov {settings.nx}x{settings.nv}",
+        desc=f"{desc} compiling (one-time)" if compile else desc,
         unit="step",
         disable=not progress,
         leave=False,
     )
+    update = CompiledFirstUpdate(bar, desc) if compile else bar.update
     with bar:
         if workers <= 1:
             stepper = _Stepper(settings, device, compile)
             for idx, padded in batches:
-                snaps = _run_batch(stepper, params[padded], settings, device, bar.update)
+                snaps = _run_batch(stepper, params[padded], settings, device, update)
                 yield idx, _checked(snaps[: idx.size], idx)
             return
         context = multiprocessing.get_context("spawn")
@@ -682,11 +684,29 @@ def _solve_batches(
                 for future in as_completed(pending):
                     idx = pending.pop(future)
                     snaps = future.result()
-                    bar.update(settings.n_steps)
+                    update(settings.n_steps)
                     yield idx, _checked(snaps[: idx.size], idx)
             finally:
                 for future in pending:
                     future.cancel()
+
+
+class CompiledFirstUpdate:
+    """``bar.update`` for a compiled solver: its first update includes the one-time compilation
+    (30 s on a CPU), so the bar restarts its clock after it and the ETA counts from the second
+    step on."""
+
+    def __init__(self, bar: tqdm, desc: str) -> None:
+        self.bar, self.desc, self.first = bar, desc, True
+
+    def __call__(self, n: int) -> None:
+        self.bar.update(n)
+        if self.first:
+            self.first = False
+            done = self.bar.n
+            self.bar.reset(total=self.bar.total)
+            self.bar.initial = self.bar.n = self.bar.last_print_n = done
+            self.bar.set_description(self.desc)
 
 
 def _checked(snaps: np.ndarray, idx: np.ndarray) -> np.ndarray:
