@@ -164,6 +164,24 @@ def test_training_split_precedence(adv_file):
         data_source({"file": str(adv_file), "train_stride": 1.0})
 
 
+def test_a_stride_that_does_not_fit_says_its_unit_and_the_strides_that_fit(adv_file):
+    # adv_file: c in {0.5, 1.0, 1.5}, nu in {0.01, 0.03, 0.05}.
+    with pytest.raises(ConfigError) as info:
+        data_source({"file": str(adv_file), "train_stride": 0.1})
+    assert str(info.value) == (
+        "data.train_stride 0.1: c = 0.6 is not on the grid of "
+        f"{adv_file} (values [0.5, 1.0, 1.5]); strides that fit its values [0.5, 1.0, 1.5]: "
+        "0.5, 1"
+    )
+    with pytest.raises(ConfigError) as info:
+        data_source({"file": str(adv_file), "train_stride": [0.5, 0.03]})
+    assert str(info.value).startswith(
+        "data.train_stride 0.03 does not divide the range [0.01, 0.05] of parameter nu: the "
+        "stride is a step in nu's own units along its axis; strides that fit its values "
+        "[0.01, 0.03, 0.05]: 0.02, 0.04"
+    )
+
+
 def test_train_stride_on_a_file_matches_the_vlasov_training_grid(tmp_path):
     params = vlasov_module.parameter_grid(9, 9)
     rng = np.random.default_rng(0)
