@@ -219,7 +219,7 @@ def _parse_setting(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def _fit_data_table(args: argparse.Namespace) -> dict[str, Any]:
+def fit_data_table(args: argparse.Namespace) -> dict[str, Any]:
     """The ``[data]`` table that ``fit``'s options describe (the same keys as a study spec)."""
     table: dict[str, Any] = dict(args.set or [])
     if args.data is not None:
@@ -249,7 +249,7 @@ def _fit(args: argparse.Namespace) -> int:
         args.iters = [10_000] * args.stages
     if len(args.iters) != args.stages:
         raise ConfigError(f"--iters gives {len(args.iters)} budgets for --stages {args.stages}")
-    source = data_source(_fit_data_table(args))
+    source = data_source(fit_data_table(args))
     if source.train_time_stride != 1:
         raise ConfigError(
             "data.train_time_stride is for studies; mlasdi fit trains and tests on every "
