@@ -166,10 +166,7 @@ def _architecture(args: argparse.Namespace, problem: str) -> Architecture:
         "residual_kappa": args.residual_kappa,
         "residual_activation": args.residual_activation,
     }
-    arch = dataclasses.replace(default, **{k: v for k, v in given.items() if v is not None})
-    if arch.residual_kappa <= 0:
-        raise ConfigError(f"--residual-kappa must be > 0, got {arch.residual_kappa}")
-    return arch
+    return dataclasses.replace(default, **{k: v for k, v in given.items() if v is not None})
 
 
 def usable_device(text: str) -> str:

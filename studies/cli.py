@@ -101,10 +101,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     run.add_argument(
         "-v",
         "--verbose",
-        action="count",
+        type=int,
+        nargs="?",
+        const=1,
         default=0,
-        help="show Ray Tune's tables as well as the progress line (-vv: every result and the "
-        "workers' logs); OUT/run.log keeps them either way",
+        choices=(0, 1, 2),
+        help="0 (the default): one progress line; 1 (-v alone): Ray Tune's tables too; 2: "
+        "every result and the workers' logs too. OUT/run.log keeps them all",
     )
     run.set_defaults(handler=_run)
 

@@ -6,7 +6,7 @@ estimated from the planned compute (:meth:`studies.plan.Trial.shared_cost`, the 
 each trial's schedule) of what is done, the lowest max error so far and the failures. On a
 terminal the line is rewritten in place; in a file or pipe a new line is written each time a
 trial ends or fails. Ray Tune's own tables go to ``OUT/run.log`` only, which also keeps every
-console line; ``--verbose`` shows them on the console as well.
+console line; ``--verbose`` (``-v``) shows them on the console as well.
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ def test_a_study_on_a_user_file_runs_through_the_smoke_path(adv_file, tmp_path, 
     )
     assert "gives 1 training parameter(s)" in capsys.readouterr().err and not out.exists()
     spec = _file_spec(tmp_path, adv_file)
-    assert study_main(["run", spec, "--smoke", "--out", str(out), "-v", "0", "--no-report"]) == 0
+    assert study_main(["run", spec, "--smoke", "--out", str(out), "--no-report"]) == 0
     text = capsys.readouterr().out
     assert "data: 4 test / 2 training parameters, 9 snapshots of 16 values" in text
     from analysis.schema import read_param_errors, read_results
@@ -253,7 +253,7 @@ def test_a_study_on_a_user_file_runs_through_the_smoke_path(adv_file, tmp_path, 
     # The file changes under its name: no rows from other data are added to these.
     next((out / "results").glob("*.parquet")).unlink()
     _edit(adv_file, lambda h: h["snapshots"].__setitem__((3, 2, 5), 0.5))
-    assert study_main(["run", spec, "--smoke", "--out", str(out), "-v", "0"]) == 2
+    assert study_main(["run", spec, "--smoke", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"{out} holds results made from other data than {adv_file} now holds" in err
 

@@ -140,3 +140,11 @@ def test_a_failed_evaluation_is_counted_once(status):
     progress.evaluation(_eval("gplasdi-a0-l2-s0/b0", float("nan"), status=status))
     progress.evaluation(_eval("gplasdi-a0-l2-s0/b1", 0.3))
     assert progress.line().endswith("best err_max 0.3 (gplasdi), failures 1")
+
+
+@pytest.mark.parametrize(("flags", "level"), [([], 0), (["-v"], 1), (["-v", "2"], 2)])
+def test_verbosity_flags(flags, level):
+    from studies.cli import build_parser
+
+    parser, _ = build_parser()
+    assert parser.parse_args(["run", "smoke", *flags]).verbose == level
