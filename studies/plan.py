@@ -107,9 +107,14 @@ class Trial:
             * (stage1 * self.stage1_weights(n_state) + residual * self.residual_weights(n_state))
         )
 
-    def shared_cost(self, n_state: int, n_snapshots: int) -> tuple[int, int, int]:
-        """(stage-1 iterations, residual iterations, compute) of this trial's schedule."""
-        stage1, *residual = self.schedule()
+    def shared_cost(
+        self, n_state: int, n_snapshots: int, pending: Sequence[int] | None = None
+    ) -> tuple[int, int, int]:
+        """(stage-1 iterations, residual iterations, compute) of this trial's schedule (of the
+        budgets ``pending`` only: default all)."""
+        if pending is not None and not len(pending):
+            return 0, 0, 0
+        stage1, *residual = self.schedule(pending)
         s1, s_res = stage1.until, sum(run.until for run in residual)
         return s1, s_res, self._cost(s1, s_res, n_state, n_snapshots)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 import json
 import math
 import os
@@ -603,9 +604,16 @@ def _result_values(out: Path) -> dict[str, list[float]]:
 
 def test_smoke_run_end_to_end_and_rerun_is_a_no_op(tmp_path, capsys):
     out = tmp_path / "smoke"
-    assert main(["run", "smoke", "--out", str(out), "-v", "0"]) == 0
+    assert main(["run", "smoke", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "ray_overhead_fraction=" in text and "best mlasdi" in text and "best gplasdi" in text
+    # The console has the progress line, not Tune's tables or a TensorBoard hint; the run log
+    # keeps both.
+    assert "trials 2/2, evaluations 4/4 (100 % of planned compute)" in text
+    assert "Trial status" not in text and "TensorBoard" not in text
+    log = (out / "run.log").read_text()
+    assert "Trial status" in log and "trials 2/2, evaluations 4/4" in log
+    assert "ray_overhead_fraction=" in log and "TensorBoard" not in log
     # The run ends with the analysis report, whose sentence is printed.
     assert (out / "report" / "report.md").is_file()
     assert "**mLaSDI vs GPLaSDI**: **too few units** (" in text
@@ -805,15 +813,19 @@ def test_smoke_flag_shrinks_any_spec():
 def test_a_trial_ray_gave_up_on_gets_failed_rows(tiny, tmp_path):
     from types import SimpleNamespace
 
+    from studies.progress import StudyProgress
     from studies.results import ResultWriter
     from studies.run import _make_callback
 
     spec, data = tiny
     t = trials(spec)[1]
     writer = ResultWriter(tmp_path, data.params_test, data.is_train)
-    callback = _make_callback(writer, spec, data)
+    progress = StudyProgress([t], set(), data.n_state, 10, stream=io.StringIO())
+    callback = _make_callback(writer, spec, data, progress)
     fake = SimpleNamespace(trial_id="abc_00001", config={"trial": t.to_config()}, error_file=None)
     callback.on_trial_error(0, [], fake)
+    assert progress.line().startswith("trials 1/1, evaluations 2/2")
+    assert progress.line().endswith("no result yet, failures 2")
     df = read_results(tmp_path)
     assert sorted(df["evaluation_id"]) == t.evaluation_ids
     assert set(df["status"]) == {"failed"}

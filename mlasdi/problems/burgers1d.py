@@ -122,18 +122,18 @@ class BurgersSettings:
         for name, least in (("nx", 4), ("nt", 3), ("max_newton", 1)):
             n = getattr(self, name)
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {n!r}")
+                raise ConfigError(f"{name} must be an integer, got {n!r}")
             if n < least:
-                raise ValueError(f"{name} must be >= {least}, got {n}")
+                raise ConfigError(f"{name} must be >= {least}, got {n}")
         for name in ("x_min", "x_max", "t_max", "tol"):
             if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be finite, got {getattr(self, name)}")
         if not self.x_max > self.x_min:
-            raise ValueError(f"x_max ({self.x_max}) must exceed x_min ({self.x_min})")
+            raise ConfigError(f"x_max ({self.x_max}) must exceed x_min ({self.x_min})")
         if not (self.t_max > 0 and self.tol > 0):
-            raise ValueError(f"t_max and tol must be positive, got {self.t_max} and {self.tol}")
+            raise ConfigError(f"t_max and tol must be positive, got {self.t_max} and {self.tol}")
         if self.on_failure not in ON_FAILURE:
-            raise ValueError(
+            raise ConfigError(
                 f"on_failure must be one of {list(ON_FAILURE)}, got {self.on_failure!r}"
             )
 
@@ -192,7 +192,7 @@ def parameter_grid(n_a: int = 21, n_w: int = 21) -> np.ndarray:
     one ulp away from ``linspace``) and ``linspace(0.9, 1.1, n_w)`` otherwise.
     """
     if n_a < 1 or n_w < 1:
-        raise ValueError(f"grid sizes must be positive, got {n_a} x {n_w}")
+        raise ConfigError(f"grid sizes must be positive, got {n_a} x {n_w}")
     a = np.linspace(*A_RANGE, n_a)
     if n_w == 21:
         w = np.array([round(0.9 + 0.01 * j, 2) for j in range(21)])
@@ -205,18 +205,18 @@ def parameter_grid(n_a: int = 21, n_w: int = 21) -> np.ndarray:
 def _check_params(params: np.ndarray) -> np.ndarray:
     params = np.atleast_2d(np.asarray(params, dtype=np.float64))
     if params.ndim != 2 or params.shape[1] != 2 or params.shape[0] == 0:
-        raise ValueError(f"params must have shape [n, 2] with columns (a, w), got {params.shape}")
+        raise ConfigError(f"params must have shape [n, 2] with columns (a, w), got {params.shape}")
     if not np.all(np.isfinite(params)):
-        raise ValueError("params must be finite")
+        raise ConfigError("params must be finite")
     bad = np.flatnonzero(params[:, 0] < 0)
     if bad.size:
-        raise ValueError(
+        raise ConfigError(
             f"amplitude a must be >= 0 (the upwind differences assume u >= 0); "
             f"got a = {params[bad[0], 0]} (row {bad[0]})"
         )
     bad = np.flatnonzero(params[:, 1] == 0)
     if bad.size:
-        raise ValueError(f"width w must be nonzero; got w = 0 (row {bad[0]})")
+        raise ConfigError(f"width w must be nonzero; got w = 0 (row {bad[0]})")
     return params
 
 
@@ -416,7 +416,7 @@ def _solve_batches(
     """
     size = _BATCH if batch_size is None else batch_size
     if size < 1:
-        raise ValueError(f"batch_size must be positive, got {size}")
+        raise ConfigError(f"batch_size must be positive, got {size}")
     n_mu = params.shape[0]
     n_batches = -(-n_mu // size)
     size = -(-n_mu // n_batches)
