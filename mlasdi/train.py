@@ -528,9 +528,16 @@ class FullBatchTrainer:
 def standardization(U: torch.Tensor) -> tuple[torch.Tensor, float]:
     """(mean [n_state], std) of snapshots ``U`` [..., n_state]: the mean over every snapshot
     of each state entry and one standard deviation of the centred snapshots (computed in
-    float64)."""
+    float64).
+
+    When every snapshot is the same field the std is 1, not 0: the centred snapshots are then
+    zero (up to the rounding of the mean) and stay so, where dividing them by their own rounding
+    noise, or by 0, would feed the networks noise blown up to order 1, or NaN.
+    """
     flat = U.reshape(-1, U.shape[-1]).double()
     mean = flat.mean(0)
+    if torch.equal(flat.amin(0), flat.amax(0)):
+        return mean.to(U.dtype), 1.0
     return mean.to(U.dtype), float((flat - mean).std())
 
 

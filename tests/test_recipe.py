@@ -166,6 +166,25 @@ def test_standardisation_is_the_training_mean_and_std_and_predictions_are_physic
     np.testing.assert_allclose(outer, mean + std * inner, rtol=1e-12, atol=1e-12)
 
 
+def test_standardisation_of_a_training_set_without_spread_keeps_unit_scale():
+    # float64, seed 3: every training snapshot is the same field u0 [32], so the centred
+    # snapshots are 0 and their std is 0 (u0 of integers: the mean is exact) or the rounding
+    # noise of the mean (random u0: 2e-16). The scale falls back to 1 and the networks see
+    # U - shift, zero to rounding; dividing by that std gives NaN (0 / 0) or noise of order 1.
+    rng = np.random.default_rng(3)
+    for u0 in (torch.arange(32.0, dtype=torch.float64), torch.as_tensor(rng.standard_normal(32))):
+        U = u0.expand(2, 9, 32).clone()
+        trainer = Stage1Trainer.create(
+            U, 0.1, (8,), 2, "softplus", Stage1Config(iters=3, standardize=True), 1
+        )
+        model = trainer.model
+        assert float(model.scale) == 1.0
+        torch.testing.assert_close(model.shift, u0, rtol=0, atol=1e-15 * float(u0.abs().max()))
+        assert float(trainer.U_flat.abs().max()) <= 1e-15 * float(u0.abs().max())
+        with torch.no_grad():
+            assert bool(torch.isfinite(model.decode(model.encode(U))).all())
+
+
 def _fast_config(tiny_config, **stage1):
     base = tiny_config(n_stages=2, iters=30, dtype="float64")
     return ROMConfig(
