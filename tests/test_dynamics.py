@@ -195,22 +195,28 @@ def test_time_derivative_adjoint_is_the_transpose(scheme):
     torch.testing.assert_close(adjoint, autograd, rtol=1e-14, atol=1e-14)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_latent_penalty_gradient_equals_autograd_bit_for_bit(dtype):
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_latent_penalty_gradient_equals_autograd_through_qr(dtype, rtol, latent_losses_through_qr):
     # Seed 19: stage-1 shapes (two trajectories of 201 steps in 10 latent dimensions, central4,
-    # beta1 0.1, beta2 1e-3). The training loop's graph-free gradient gives exactly autograd's
-    # numbers through affine_fit_losses(Z, time_derivative(Z)): training did not change when it
-    # replaced autograd, in float32 as in float64.
+    # beta1 0.1, beta2 1e-3). The training loop's graph-free, closed-form gradient against an
+    # independent formulation in float64: the dense derivative operator applied by einsum, the
+    # coefficients by a QR least-squares fit, the gradient by autograd through both. Measured:
+    # 0 and 5e-16 relative in float64, 2e-7 and 6e-7 in float32.
     rng = np.random.default_rng(19)
-    Z = torch.as_tensor(rng.standard_normal((2, 201, 10)).cumsum(axis=1) * 0.1, dtype=dtype)
+    Z = torch.as_tensor(rng.standard_normal((2, 201, 10)).cumsum(axis=1) * 0.1)
     weights = [torch.tensor(w, dtype=dtype) for w in (0.1, 1e-3)]
-    dynamics, coefficients, grad = latent_penalty_gradient(Z, 0.03, "central4", *weights)
+    dynamics, coefficients, grad = latent_penalty_gradient(Z.to(dtype), 0.03, "central4", *weights)
     Z_autograd = Z.clone().requires_grad_()
-    expected = affine_fit_losses(Z_autograd, time_derivative(Z_autograd, 0.03, "central4"))
+    dZdt = torch.einsum("ij,njr->nir", derivative_matrix(201, 0.03, "central4"), Z_autograd)
+    expected = latent_losses_through_qr(Z_autograd, dZdt)
     (0.1 * expected[0] + 1e-3 * expected[1]).backward()
-    assert torch.equal(dynamics, expected[0].detach())
-    assert torch.equal(coefficients, expected[1].detach())
-    assert torch.equal(grad, Z_autograd.grad)
+    for ours, theirs in ((dynamics, expected[0]), (coefficients, expected[1])):
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours.double(), theirs.detach(), rtol=rtol, atol=0)
+    assert grad.dtype == dtype
+    torch.testing.assert_close(
+        grad.double(), Z_autograd.grad, rtol=0, atol=rtol * float(Z_autograd.grad.abs().max())
+    )
 
 
 # --- integrators ---------------------------------------------------------------------------------
