@@ -195,19 +195,22 @@ def test_time_derivative_adjoint_is_the_transpose(scheme):
     torch.testing.assert_close(adjoint, autograd, rtol=1e-14, atol=1e-14)
 
 
+@pytest.mark.parametrize("scheme", ["central4", "central2"])
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_latent_penalty_gradient_equals_autograd_through_qr(dtype, rtol, latent_losses_through_qr):
-    # Seed 19: stage-1 shapes (two trajectories of 201 steps in 10 latent dimensions, central4,
-    # beta1 0.1, beta2 1e-3). The training loop's graph-free, closed-form gradient against an
+def test_latent_penalty_gradient_equals_autograd_through_qr(
+    dtype, rtol, scheme, latent_losses_through_qr
+):
+    # Seed 19: stage-1 shapes (two trajectories of 201 steps in 10 latent dimensions, central4
+    # and central2, beta1 0.1, beta2 1e-3). The training loop's graph-free, closed-form gradient against an
     # independent formulation in float64: the dense derivative operator applied by einsum, the
     # coefficients by a QR least-squares fit, the gradient by autograd through both. Measured:
     # 0 and 5e-16 relative in float64, 2e-7 and 6e-7 in float32.
     rng = np.random.default_rng(19)
     Z = torch.as_tensor(rng.standard_normal((2, 201, 10)).cumsum(axis=1) * 0.1)
     weights = [torch.tensor(w, dtype=dtype) for w in (0.1, 1e-3)]
-    dynamics, coefficients, grad = latent_penalty_gradient(Z.to(dtype), 0.03, "central4", *weights)
+    dynamics, coefficients, grad = latent_penalty_gradient(Z.to(dtype), 0.03, scheme, *weights)
     Z_autograd = Z.clone().requires_grad_()
-    dZdt = torch.einsum("ij,njr->nir", derivative_matrix(201, 0.03, "central4"), Z_autograd)
+    dZdt = torch.einsum("ij,njr->nir", derivative_matrix(201, 0.03, scheme), Z_autograd)
     expected = latent_losses_through_qr(Z_autograd, dZdt)
     (0.1 * expected[0] + 1e-3 * expected[1]).backward()
     for ours, theirs in ((dynamics, expected[0]), (coefficients, expected[1])):
@@ -258,6 +261,19 @@ def test_integrate_rk4_matches_expm_and_converges_at_fourth_order():
     np.testing.assert_allclose(np.log2(ratios), 4.0, atol=0.3)  # ~16x per halving of the step
     Z = integrate(*args, method="rk4", rk4_substeps=4)
     np.testing.assert_array_equal(Z.numpy(), integrate_rk4(*args, substeps=4).numpy())
+
+
+def test_integrate_rk4_takes_one_step_per_interval_by_default():
+    # One classical RK4 step of z' = a z multiplies z by the degree-4 Taylor polynomial of
+    # exp(a h): diagonal A = diag(-1, 0.5, -3), b = 0, h = 0.25, 5 times (float64, to 1e-14).
+    a = torch.tensor([-1.0, 0.5, -3.0], dtype=torch.float64)
+    z0 = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    times = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    Z = integrate_rk4(torch.diag(a)[None], torch.zeros(1, 3, dtype=torch.float64), z0, times)
+    x = a * 0.25
+    growth = 1 + x + x**2 / 2 + x**3 / 6 + x**4 / 24
+    expected = z0[:, None, :] * growth ** torch.arange(5, dtype=torch.float64)[:, None]
+    torch.testing.assert_close(Z, expected, rtol=1e-14, atol=0)
 
 
 def test_integrate_rk4_accepts_float64_coefficients_with_float32_state():

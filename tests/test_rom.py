@@ -19,6 +19,7 @@ from mlasdi.nn import Autoencoder, ResidualDecoder
 from mlasdi.rom import MultiStageROM, evaluate, fit_rom
 from mlasdi.train import (
     TRAINER_STATE_FORMAT,
+    BestCheckpoint,
     CheckpointReport,
     DivergenceError,
     FlatAdam,
@@ -458,6 +459,30 @@ def test_stage1_resume_equals_training_straight_through(tiny_train, tmp_path):
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
     torch.testing.assert_close(resumed.history, straight.history[20:], rtol=0, atol=0)
     torch.testing.assert_close(first.history, straight.history[:20], rtol=0, atol=0)
+
+
+def test_trainer_state_dict_is_a_snapshot(tiny_train):
+    # float64, seed 3: a state taken at iteration 10 and the trainer trained on to 20; a trainer
+    # with other weights (seed 4) resumed from that state reaches the same weights at 20.
+    first = _stage1_trainer(tiny_train, seed=3)
+    first.train(10)
+    state = first.state_dict()
+    first.train(20)
+    resumed = _stage1_trainer(tiny_train, seed=4)
+    resumed.load_state_dict(state)
+    assert resumed.iteration == 10
+    resumed.train(20)
+    for a, b in zip(first.model.parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_best_checkpoint_grid_is_the_multiples_in_the_half_open_range():
+    # Multiples of every = 100 in (start, until]: the budget itself included, the start not.
+    grid = BestCheckpoint(100)
+    assert grid.checkpoints(0, 300) == [100, 200, 300]
+    assert grid.checkpoints(100, 350) == [200, 300]
+    assert grid.checkpoints(0, 99) == []
+    assert BestCheckpoint(1).checkpoints(3, 5) == [4, 5]
 
 
 def test_checkpoint_callback_at_requested_iterations(tiny_train):
