@@ -322,7 +322,12 @@ class FlatAdam:
     The same update as ``torch.optim.Adam(fused=True)``: it calls torch's functional ``adam``
     with the fused kernel on CPU and CUDA (the for-each kernel elsewhere). It skips the
     optimiser object's per-step Python work and, on first use, the 1 s import of torch's
-    compiler that the optimiser object triggers.
+    compiler that the optimiser object triggers. That is worth about 10 us per step on the CPU
+    (``benchmarks/flat_adam.py``, one thread, medians, load 5.5 on 2 CPUs): 16 against 27 us
+    at 2e4 parameters (1.6x), 118 against 129 us at 2e5 (1.1x), 222 against 240 us at 4e5
+    (1.08x); none at 4e6 (0.97x), where the kernel's arithmetic dominates. ``torch.optim.adam.
+    adam`` is not public API: if a torch release moves it, switching to the public optimiser
+    costs only that overhead.
     """
 
     betas = (0.9, 0.999)
