@@ -544,9 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--params", type=_parse_params, help='explicit list "a,w;a,w;..."')
     bg.add_argument(
         "--on-failure",
-        choices=["zero", "raise"],
-        default="zero",
-        help="Newton not converged in 10 iterations: keep GPLaSDI's zero levels (warns) or fail",
+        choices=["raise", "gplasdi_zeros"],
+        default="raise",
+        help="Newton not converged in 10 iterations: fail (default) or keep GPLaSDI's zero "
+        "levels (warns)",
     )
     bg.add_argument(
         "--overwrite", action="store_true", help="regenerate a file with other settings"

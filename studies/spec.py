@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from mlasdi.config import (
     ACTIVATIONS,
     DTYPES,
@@ -309,35 +311,8 @@ class StudySpec:
 
 
 def dump_toml(data: Mapping[str, Any]) -> str:
-    """Minimal TOML writer for the spec dict (scalars, lists, one level of nested tables)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)  # inf and nan are valid TOML floats
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        raise TypeError(f"cannot write {v!r} as TOML")
-
-    lines: list[str] = []
-    tables: list[tuple[str, Mapping[str, Any]]] = []
-    for k, v in data.items():
-        if isinstance(v, Mapping):
-            tables.append((k, v))
-        else:
-            lines.append(f"{k} = {value(v)}")
-    while tables:
-        name, table = tables.pop(0)
-        lines.append(f"\n[{name}]")
-        for k, v in table.items():
-            if isinstance(v, Mapping):
-                tables.append((f"{name}.{k}", v))
-            else:
-                lines.append(f"{k} = {value(v)}")
-    return "\n".join(lines) + "\n"
+    """The spec dict as TOML (``tomli_w``; tuples are written as arrays)."""
+    return tomli_w.dumps(data)
 
 
 def _budgets(raw: Any, where: str, one_stage: bool) -> tuple[tuple[int, ...], ...]:

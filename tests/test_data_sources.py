@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import ClassVar
 
 import h5py
@@ -74,6 +75,20 @@ def _file_spec(tmp_path, file, name="adv", **data_keys) -> str:
     path = tmp_path / f"{name}.toml"
     path.write_text(dump_toml(raw))
     return str(path)
+
+
+def test_spec_toml_round_trips_any_path_and_key():
+    # A data file path may hold any character (a newline, a tab, quotes, backslashes, non-ASCII)
+    # and a table key may need quoting; what dump_toml writes reads back the same. A
+    # hand-written writer left the newline raw inside a basic string: invalid TOML.
+    raw = {
+        "name": 'run "A"',
+        "seeds": [0, 1],
+        "data": {"file": 'C:\\data\\x y\n\t"é".h5', "grid": (3, 2)},
+        "training": {"gp": {"length scale": [0.5, math.inf]}},
+    }
+    again = tomllib.loads(dump_toml(raw))
+    assert again == {**raw, "data": {**raw["data"], "grid": [3, 2]}}
 
 
 # ----- the registry and the built-in sources ------------------------------------------------

@@ -322,7 +322,9 @@ def _rows(reports):
 def test_trial_reports_every_budget_and_resumes_exactly(tiny):
     spec, data = tiny
     for t in trials(spec):
+        start = time.perf_counter()
         reports = _run_trial(spec, data, t)
+        wall = time.perf_counter() - start
         rows = _rows(reports)
         assert sorted(rows) == t.evaluation_ids
         for p in rows.values():
@@ -330,7 +332,11 @@ def test_trial_reports_every_budget_and_resumes_exactly(tiny):
             assert row["status"] == "ok" and np.isfinite(row["err_max"])
             assert row["n_model_params"] == t.n_model_params(row["budget_index"], data.n_state)
             assert len(p["param_err"]) == data.params_test.shape[0]
-            assert row["train_time_s"] == pytest.approx(sum(row["stage_times_s"]))
+            # One training time per stage of the budget, each measured (> 0) and together
+            # within the trial's wall time.
+            stage_times = row["stage_times_s"]
+            assert len(stage_times) == len(t.budgets[row["budget_index"]])
+            assert min(stage_times) > 0 and row["train_time_s"] < wall
             assert row["err_max"] == pytest.approx(max(p["param_err"]))
         # Resume from the checkpoint taken at the first evaluation: identical later numbers.
         state = reports[0][1]
@@ -339,9 +345,7 @@ def test_trial_reports_every_budget_and_resumes_exactly(tiny):
         again = _rows(resumed)
         assert sorted(again) == t.evaluation_ids[1:]
         for eid in again:
-            np.testing.assert_allclose(
-                again[eid]["param_err"], rows[eid]["param_err"], rtol=0, atol=1e-6
-            )
+            assert again[eid]["param_err"] == rows[eid]["param_err"]
         # Finished on disk: nothing runs.
         assert _run_trial(spec, data, t, finished=frozenset(t.evaluation_ids)) == []
 

@@ -42,6 +42,7 @@ when more rows need it), on GPU densely (no data-dependent shapes, no host synch
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import os
@@ -328,7 +329,11 @@ def _field_matrix(nx: int) -> np.ndarray:
     return np.real(np.fft.ifft(np.fft.fft(np.eye(nx), axis=0) * coef[:, None], axis=0))
 
 
-_FIELD_MATRICES: dict[tuple[int, str], torch.Tensor] = {}
+@functools.lru_cache(maxsize=16)
+def _field_matrix_tensor(nx: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # One per size, dtype and device: a float64 solve must never use a float32 matrix (its
+    # fields would drift by ~1e-8), nor a float32 solve silently promote to float64.
+    return torch.as_tensor(_field_matrix(nx), dtype=dtype, device=device)
 
 
 def electric_field(u: torch.Tensor, dv: float) -> torch.Tensor:
@@ -341,12 +346,9 @@ def electric_field(u: torch.Tensor, dv: float) -> torch.Tensor:
     results equal one-by-one results bit for bit; it agrees with an FFT to round-off.
     """
     nx = u.shape[-2]
-    key = (nx, str(u.device))
-    if key not in _FIELD_MATRICES:
-        _FIELD_MATRICES[key] = torch.as_tensor(_field_matrix(nx), dtype=u.dtype, device=u.device)
     rho = (u / (1.0 / dv)).sum(dim=-1)
     rho = rho - rho.sum(dim=-1, keepdim=True) / nx
-    return (rho[:, None, :] * _FIELD_MATRICES[key]).sum(dim=-1)
+    return (rho[:, None, :] * _field_matrix_tensor(nx, u.dtype, u.device)).sum(dim=-1)
 
 
 class _RightHandSide:
