@@ -1,6 +1,6 @@
 """The GPU check: everything that needs a GPU, run in one go, every figure written to one JSON file.
 
-    python benchmarks/gpu_check.py OUT.json            # on a CUDA machine (<= 8 minutes, one H200)
+    python benchmarks/gpu_check.py OUT.json            # on a CUDA machine (<= 8 minutes)
     python benchmarks/gpu_check.py OUT.json --smoke    # the same code paths on the CPU, tiny (CI)
 
 Sections, in order, each under its own time cap; a section that fails or runs out of time records
@@ -581,7 +581,8 @@ def section_budget_worker(result: dict[str, Any], ctx: Context) -> None:
 def section_ray_study(result: dict[str, Any], ctx: Context) -> None:
     if importlib.util.find_spec("ray") is None:
         raise RuntimeError(
-            "ray is not installed in this Python (the lent H200 image has none; docs/gpu.md)"
+            "ray is not installed in this Python: install the project with `pip install -e .` "
+            "(docs/gpu.md)"
         )
     share = 0.25 if ctx.device.type == "cuda" else 0.0
     base = load_spec("smoke")

@@ -8,8 +8,10 @@ spec is an error, not a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -34,6 +36,42 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _closest(word: Any, choices: Iterable[str]) -> str | None:
+    if not isinstance(word, str):
+        return None
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def did_you_mean(word: Any, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to a misspelt ``word`` (difflib), else
+    an empty string."""
+    match = _closest(word, choices)
+    return f" (did you mean {match!r}?)" if match else ""
+
+
+def choice_error(where: str, value: Any, choices: Sequence[str]) -> str:
+    """The message for ``value`` of ``where`` that is not one of ``choices``."""
+    return f"{where} must be one of {list(choices)}, got {value!r}{did_you_mean(value, choices)}"
+
+
+def unknown_keys_error(unknown: Sequence[str], allowed: Iterable[str], where: str) -> str:
+    """One line for the ``unknown`` keys of ``where``, with the closest allowed key of each."""
+    allowed = sorted(allowed)
+    close = {k: m for k in unknown if (m := _closest(k, allowed))}
+    if len(unknown) == 1 and close:
+        hint = did_you_mean(unknown[0], allowed)
+    elif close:
+        hint = " (did you mean " + ", ".join(f"{m!r} for {k!r}" for k, m in close.items()) + "?)"
+    else:
+        hint = ""
+    return f"unknown key(s) {list(unknown)} in {where}{hint}; valid keys: {allowed}"
+
+
+def _check_choice(value: Any, choices: Sequence[str], where: str) -> None:
+    _check(value in choices, choice_error(where, value, choices))
+
+
 def _check_widths(name: str, widths: tuple[int, ...]) -> None:
     _check(
         all(isinstance(w, int) and w > 0 for w in widths),
@@ -47,14 +85,8 @@ def _check_optimiser(where: str, config: Stage1Config | ResidualStageConfig) -> 
         f"{where}.iters must be > 0, got {config.iters!r}",
     )
     _check(config.lr > 0, f"{where}.lr must be > 0, got {config.lr!r}")
-    _check(
-        config.lr_schedule in LR_SCHEDULES,
-        f"{where}.lr_schedule must be one of {LR_SCHEDULES}, got {config.lr_schedule!r}",
-    )
-    _check(
-        config.output_layer in OUTPUT_LAYERS,
-        f"{where}.output_layer must be one of {OUTPUT_LAYERS}, got {config.output_layer!r}",
-    )
+    _check_choice(config.lr_schedule, LR_SCHEDULES, f"{where}.lr_schedule")
+    _check_choice(config.output_layer, OUTPUT_LAYERS, f"{where}.output_layer")
 
 
 @dataclass(frozen=True)
@@ -71,10 +103,7 @@ class AutoencoderConfig:
             isinstance(self.latent_dim, int) and self.latent_dim > 0,
             f"autoencoder.latent_dim must be a positive integer, got {self.latent_dim!r}",
         )
-        _check(
-            self.activation in ACTIVATIONS,
-            f"autoencoder.activation must be one of {ACTIVATIONS}, got {self.activation!r}",
-        )
+        _check_choice(self.activation, ACTIVATIONS, "autoencoder.activation")
 
 
 @dataclass(frozen=True)
@@ -111,10 +140,7 @@ class Stage1Config:
             f"stage1.select_every must be an integer >= 0, got {self.select_every!r}",
         )
         _check(self.beta1 >= 0 and self.beta2 >= 0, "stage1.beta1 and stage1.beta2 must be >= 0")
-        _check(
-            self.fd_scheme in FD_SCHEMES,
-            f"stage1.fd_scheme must be one of {FD_SCHEMES}, got {self.fd_scheme!r}",
-        )
+        _check_choice(self.fd_scheme, FD_SCHEMES, "stage1.fd_scheme")
 
 
 @dataclass(frozen=True)
@@ -138,10 +164,7 @@ class ResidualStageConfig:
         _check(len(self.hidden) >= 1, "residual.hidden needs at least one layer (the sine layer)")
         _check(self.kappa > 0, f"residual.kappa must be > 0, got {self.kappa!r}")
         _check_optimiser("residual", self)
-        _check(
-            self.activation in ACTIVATIONS,
-            f"residual.activation must be one of {ACTIVATIONS}, got {self.activation!r}",
-        )
+        _check_choice(self.activation, ACTIVATIONS, "residual.activation")
 
 
 @dataclass(frozen=True)
@@ -188,10 +211,7 @@ class GPConfig:
     alpha: float = 1e-10
 
     def __post_init__(self) -> None:
-        _check(
-            self.kernel in GP_KERNELS,
-            f"gp.kernel must be one of {list(GP_KERNELS)}, got {self.kernel!r}",
-        )
+        _check_choice(self.kernel, GP_KERNELS, "gp.kernel")
         _check(
             self.nu in (0.5, 1.5, 2.5, float("inf")),
             f"gp.nu must be 0.5, 1.5, 2.5 or inf, got {self.nu!r}",
@@ -222,15 +242,12 @@ class ROMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(
-            self.integrator in INTEGRATORS,
-            f"integrator must be one of {INTEGRATORS}, got {self.integrator!r}",
-        )
+        _check_choice(self.integrator, INTEGRATORS, "integrator")
         _check(
             isinstance(self.rk4_substeps, int) and self.rk4_substeps >= 1,
             "rk4_substeps must be >= 1",
         )
-        _check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _check_choice(self.dtype, DTYPES, "dtype")
         _check(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
 
     @property
@@ -335,9 +352,7 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, *, where: str = "") -> 
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {sorted(names)}"
-        )
+        raise ConfigError(unknown_keys_error(unknown, names, where or cls.__name__))
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 

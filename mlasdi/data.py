@@ -37,16 +37,6 @@ def flatten_grid(fields: np.ndarray, n_grid_axes: int) -> np.ndarray:
     return np.ascontiguousarray(fields.transpose(order)).reshape(*lead, -1)
 
 
-def unflatten_grid(vectors: np.ndarray, grid_shape: Sequence[int]) -> np.ndarray:
-    """Inverse of :func:`flatten_grid`: [..., n_state] -> [..., *grid]."""
-    lead = vectors.shape[:-1]
-    reversed_grid = tuple(reversed(grid_shape))
-    fields = vectors.reshape(*lead, *reversed_grid)
-    n_lead = len(lead)
-    order = list(range(n_lead)) + list(range(fields.ndim - 1, n_lead - 1, -1))
-    return fields.transpose(order)
-
-
 def check_finite(snapshots: np.ndarray, first: int = 0) -> None:
     """Raise :class:`DataError` naming the parameters (row ``first`` is index ``first``) whose
     snapshots [n, n_t, *grid] hold NaN or Inf."""
@@ -372,12 +362,6 @@ def save_snapshot_set(
             writer._file.create_dataset("train", data=train)
         writer.write(np.arange(data.params.shape[0]), data.snapshots)
         return writer.finish()
-
-
-def read_settings(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The problem settings stored in a snapshot file (cheap: no snapshot data is read)."""
-    with h5py.File(path, "r") as handle:
-        return json.loads(handle.attrs["settings"])
 
 
 def cache_matches(

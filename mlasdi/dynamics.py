@@ -201,11 +201,6 @@ def split_coefficients(Xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return Xi[..., 1:, :].mT, Xi[..., 0, :]
 
 
-def join_coefficients(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`split_coefficients`."""
-    return torch.cat([b.unsqueeze(-2), A.mT], dim=-2)
-
-
 def integrate_expm(
     A: torch.Tensor, b: torch.Tensor, z0: torch.Tensor, times: torch.Tensor
 ) -> torch.Tensor:

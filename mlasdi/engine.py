@@ -427,17 +427,24 @@ class Checkpoints(Plugin):
 
 class Outcome(Plugin):
     """Keeps what a single-chain fit returns: the last stop (ROM, decisions, stage times) and
-    the loss history of every stage trained."""
+    the loss history of every stage trained. ``stage_done(outcome)``, if given, is called after
+    each stage, so that a caller keeps the finished stages when a later one diverges."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage_done: Callable[[Outcome], None] | None = None) -> None:
         self.last: Stop | None = None
         self.by_stage: dict[int, torch.Tensor] = {}
+        self.stage_done = stage_done
 
     def on_checkpoint(self, engine: StageEngine, stop: Stop) -> None:
         self.last = stop
+        if stop.budget[-1] == stop.run.stops[-1]:
+            # The stage's last stop, before any stage branched from it trains (its end event
+            # comes only after those, depth first).
+            self.by_stage[stop.run.stage] = stop.run.trainer.history
+            if self.stage_done is not None:
+                self.stage_done(self)
 
     def on_stage_end(self, engine: StageEngine, run: StageRun) -> None:
-        # A stage ends after the stages branched from it (depth first): key by stage.
         self.by_stage[run.stage] = run.trainer.history
 
     @property

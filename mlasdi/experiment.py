@@ -6,6 +6,7 @@ histories in ``OUT/loss_history.npz``; figures are drawn by the CLI from what th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -14,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from mlasdi import __version__
-from mlasdi.config import ROMConfig, to_dict
+from mlasdi.config import ConfigError, ROMConfig, to_dict
 from mlasdi.data import SnapshotSet
 from mlasdi.fit import FitResult, fit_rom
 from mlasdi.rom import evaluate, resolve_device
 from mlasdi.runtime import provenance
-from mlasdi.train import CheckpointReport
+from mlasdi.train import CheckpointReport, DivergenceError
 
 PROGRESS_EVERY = 500
 
@@ -35,6 +37,24 @@ class FitReport:
     summary: dict[str, Any]
     errors: np.ndarray
     fit: FitResult
+
+
+@dataclass
+class FitDiverged(Exception):
+    """Stage ``stage`` of ``n_stages`` diverged (:class:`~mlasdi.train.DivergenceError` with
+    ``reason``): in its training loop when ``started``, else while its training data were made
+    from the stages before it. ``report``: stages 1 .. stage - 1, evaluated and written under
+    OUT; None when none finished or their evaluation diverged too (then nothing was written)."""
+
+    stage: int
+    n_stages: int
+    reason: str
+    started: bool
+    report: FitReport | None = None
+
+    def __str__(self) -> str:
+        where = "" if self.started else " while its training data were made"
+        return f"stage {self.stage} of {self.n_stages} diverged{where}: {self.reason}"
 
 
 def _progress_checkpoints(iters: int) -> list[int]:
@@ -58,15 +78,13 @@ def run_fit(
     parameter's first snapshot).
     """
     if np.any(train_index < 0):
-        raise ValueError("a training parameter is missing from the snapshot set")
+        raise ConfigError("a training parameter is missing from the snapshot set")
     latent = config.autoencoder.latent_dim
     if latent + 1 > data.times.size:
-        raise ValueError(
+        raise ConfigError(
             f"latent size {latent} needs at least {latent + 1} snapshots per parameter to fit "
             f"its dynamics; the data give {data.times.size}"
         )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     torch_device = resolve_device(device)
     bars: dict[int, tqdm] = {}
 
@@ -83,14 +101,54 @@ def run_fit(
 
         return report
 
+    finished: list[FitResult] = []
     checkpoints = {k: _progress_checkpoints(n) for k, n in enumerate(config.stage_iters, start=1)}
-    fit = fit_rom(
-        data.subset(train_index),
-        config,
-        device=torch_device,
-        stage_callback=stage_callback,
-        checkpoints=checkpoints,
-    )
+    try:
+        fit = fit_rom(
+            data.subset(train_index),
+            config,
+            device=torch_device,
+            stage_callback=stage_callback,
+            checkpoints=checkpoints,
+            stage_done=finished.append,
+        )
+    except DivergenceError as exc:
+        for bar in bars.values():
+            bar.close()
+        stage = len(finished) + 1
+        diverged = FitDiverged(stage, config.n_stages, str(exc), started=stage in bars)
+        if finished:
+            with contextlib.suppress(DivergenceError):
+                diverged.report = _write_fit(
+                    data,
+                    train_index,
+                    config,
+                    finished[-1],
+                    out,
+                    problem,
+                    u0,
+                    torch_device,
+                    diverged=str(diverged),
+                )
+        raise diverged from None
+    return _write_fit(data, train_index, config, fit, out, problem, u0, torch_device)
+
+
+def _write_fit(
+    data: SnapshotSet,
+    train_index: np.ndarray,
+    config: ROMConfig,
+    fit: FitResult,
+    out: Path,
+    problem: str,
+    u0: np.ndarray | None,
+    device: torch.device,
+    diverged: str = "",
+) -> FitReport:
+    """Evaluate ``fit`` on every parameter of ``data``, then write it under ``out`` (nothing is
+    written when the evaluation raises :class:`~mlasdi.train.DivergenceError`). ``fit`` may
+    hold fewer stages than ``config``: those that finished before the next one ``diverged``
+    (recorded in metrics.json)."""
     start = time.perf_counter()
     errors = evaluate(fit.rom, data.params, data.flat_snapshots(), u0=u0)
     eval_time = time.perf_counter() - start
@@ -103,7 +161,7 @@ def run_fit(
         "stage_times_s": fit.stage_times_s,
         "eval_time_s": eval_time,
         "n_model_params": fit.rom.n_model_params,
-        "device": str(torch_device),
+        "device": str(device),
         **provenance(),  # torch_threads, torch_version, numpy_version, git_commit
         "host": platform.node(),
         "mlasdi_version": __version__,
@@ -116,6 +174,10 @@ def run_fit(
             for i in range(data.params.shape[0])
         ],
     }
+    if diverged:
+        summary["diverged"] = diverged
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     fit.rom.save(out / "rom")
     np.savez(

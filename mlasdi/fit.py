@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mlasdi.acceptance import StageDecision
-from mlasdi.config import ROMConfig
+from mlasdi.config import ConfigError, ROMConfig
 from mlasdi.data import SnapshotSet
 from mlasdi.engine import (
     Acceptance,
@@ -40,15 +40,19 @@ class FitResult:
 
 
 def _fit(
-    train: SnapshotSet, config: ROMConfig, setup: EngineConfig, plugins: list[Plugin]
+    train: SnapshotSet,
+    config: ROMConfig,
+    setup: EngineConfig,
+    plugins: list[Plugin],
+    outcome: Outcome | None = None,
 ) -> Outcome:
     if config.autoencoder.latent_dim >= train.n_state:
-        raise ValueError(
+        raise ConfigError(
             f"latent size {config.autoencoder.latent_dim} must be smaller than the state size "
             f"{train.n_state}"
         )
     rows = TrainingSet(setup.tensor(train.flat_snapshots()), train.params, train.times)
-    outcome = Outcome()
+    outcome = outcome or Outcome()
     StageEngine(rows, lambda budget: config, setup, [*plugins, outcome]).run(
         chain(config.stage_iters)
     )
@@ -63,18 +67,25 @@ def fit_rom(
     split: Split | None = None,
     stage_callback: Callable[[int], Callback] | None = None,
     checkpoints: dict[int, list[int]] | None = None,
+    stage_done: Callable[[FitResult], None] | None = None,
 ) -> FitResult:
     """Train every stage of ``config`` on ``train`` (its first snapshot is each u0).
 
     ``checkpoints[k]`` lists iterations of stage k (1-based) at which ``stage_callback(k)`` (made
     when stage k starts) is called with a :class:`~mlasdi.train.CheckpointReport`. ``split``: the
     held-out training parameters of stage 1's checkpoint selection (``stage1.select_every``).
+    ``stage_done`` is called with the stages finished so far after each stage, so that a caller
+    keeps them when a later stage raises :class:`~mlasdi.train.DivergenceError`.
     """
     setup = EngineConfig.create(config, device=device, split=split)
     plugins: list[Plugin] = []
     if stage_callback is not None:
         plugins.append(Checkpoints(checkpoints or {}, stage_callback))
-    outcome = _fit(train, config, setup, plugins)
+    done = None if stage_done is None else (lambda outcome: stage_done(_result(outcome)))
+    return _result(_fit(train, config, setup, plugins, Outcome(done)))
+
+
+def _result(outcome: Outcome) -> FitResult:
     last = outcome.last
     assert last is not None
     return FitResult(last.rom, last.stage_times_s, outcome.histories)

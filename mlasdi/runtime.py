@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from mlasdi.config import ConfigError
+
 THREADS_ENV = "MLASDI_THREADS"
 
 
@@ -51,7 +53,7 @@ def _positive(text: str, where: str) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise ValueError(f"{where} must be a positive number of threads, got {text!r}")
+        raise ConfigError(f"{where} must be a positive number of threads, got {text!r}")
     return n
 
 
@@ -59,7 +61,7 @@ def resolve_threads(flag: int | None, environ: Mapping[str, str], cores: int) ->
     """The torch thread count: ``flag`` (``--threads``), else ``MLASDI_THREADS``, else
     ``OMP_NUM_THREADS`` (what torch itself would use), else ``cores``.
 
-    Raises ``ValueError`` (one line) for a value that is not a positive integer.
+    Raises :class:`~mlasdi.config.ConfigError` (one line) for a value that is not a positive integer.
     """
     if flag is not None:
         return _positive(str(flag), "--threads")

@@ -99,7 +99,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         help="do not reject resources no current node has (an autoscaler will add them)",
     )
     run.add_argument(
-        "-v", "--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune verbosity"
+        "-v",
+        "--verbose",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        choices=(0, 1, 2),
+        help="0 (the default): one progress line; 1 (-v alone): Ray Tune's tables too; 2: "
+        "every result and the workers' logs too. OUT/run.log keeps them all",
     )
     run.set_defaults(handler=_run)
 
@@ -115,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except (SpecError, DataError) as exc:
-        print(f"mlasdi-study: error: {exc}", file=sys.stderr)
+        for message in getattr(exc, "messages", [str(exc)]):
+            print(f"mlasdi-study: error: {message}", file=sys.stderr)
         return 2
 
 

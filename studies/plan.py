@@ -63,10 +63,13 @@ class Trial:
     seed: int
     budgets: tuple[tuple[int, ...], ...]
     residual_hidden: tuple[int, ...] = ()
+    sampling: str = "fixed"  # where its training points come from (SamplingConfig.strategy)
 
     @property
     def trial_id(self) -> str:
-        return f"{self.method}-a{self.arch_index}-l{self.latent_dim}-s{self.seed}"
+        # Fixed trials keep the ids they had before sampling became a study dimension.
+        suffix = "" if self.sampling == "fixed" else f"-{self.sampling}"
+        return f"{self.method}-a{self.arch_index}-l{self.latent_dim}-s{self.seed}{suffix}"
 
     def evaluation_id(self, budget_index: int) -> str:
         return f"{self.trial_id}/b{budget_index}"
@@ -107,9 +110,14 @@ class Trial:
             * (stage1 * self.stage1_weights(n_state) + residual * self.residual_weights(n_state))
         )
 
-    def shared_cost(self, n_state: int, n_snapshots: int) -> tuple[int, int, int]:
-        """(stage-1 iterations, residual iterations, compute) of this trial's schedule."""
-        stage1, *residual = self.schedule()
+    def shared_cost(
+        self, n_state: int, n_snapshots: int, pending: Sequence[int] | None = None
+    ) -> tuple[int, int, int]:
+        """(stage-1 iterations, residual iterations, compute) of this trial's schedule (of the
+        budgets ``pending`` only: default all)."""
+        if pending is not None and not len(pending):
+            return 0, 0, 0
+        stage1, *residual = self.schedule(pending)
         s1, s_res = stage1.until, sum(run.until for run in residual)
         return s1, s_res, self._cost(s1, s_res, n_state, n_snapshots)
 
@@ -131,6 +139,7 @@ class Trial:
             "seed": self.seed,
             "budgets": [list(b) for b in self.budgets],
             "residual_hidden": list(self.residual_hidden),
+            "sampling": self.sampling,
         }
 
     @classmethod
@@ -144,6 +153,7 @@ class Trial:
             seed=int(c["seed"]),
             budgets=tuple(tuple(b) for b in c["budgets"]),
             residual_hidden=tuple(c["residual_hidden"]),
+            sampling=c.get("sampling", "fixed"),
         )
 
 
@@ -153,14 +163,18 @@ def n_train_points(spec: StudySpec) -> int:
 
 
 def trials(spec: StudySpec) -> list[Trial]:
-    """Every trial of the study, in spec order (method, architecture, latent size, seed)."""
+    """Every trial of the study, in spec order (method, architecture, latent size, seed,
+    sampling strategy)."""
     out = []
     for m in spec.methods:
         for a, hidden in enumerate(m.hidden):
             residual = m.residual_widths(hidden) if m.name != "gplasdi" else ()
             for r in m.latent_dims:
                 for s in spec.seeds:
-                    out.append(Trial(spec.name, m.name, a, hidden, r, s, m.budgets, residual))
+                    for how in spec.strategies:
+                        out.append(
+                            Trial(spec.name, m.name, a, hidden, r, s, m.budgets, residual, how)
+                        )
     return out
 
 

@@ -106,10 +106,9 @@ def finished_evaluations(out: Path, *, retry_failed: bool = True) -> dict[str, s
 
 
 class ResultWriter:
-    """Driver-side Tune callback: evaluation reports -> Parquet; bookkeeping -> trials.jsonl.
-
-    Built by :func:`make_result_writer` (which subclasses ``ray.tune.Callback`` lazily so that
-    this module imports without Ray).
+    """Driver-side handler of Tune results: evaluation reports -> Parquet; bookkeeping ->
+    trials.jsonl. :mod:`studies.run` forwards each trial result to :meth:`handle` from a
+    ``ray.tune.Callback`` (made there, so that this module imports without Ray).
     """
 
     def __init__(self, out: Path, params_test: np.ndarray, is_train: np.ndarray) -> None:
@@ -153,17 +152,3 @@ class ResultWriter:
         self.records.append(record)
         with self._log.open("a") as f:
             f.write(json.dumps(record) + "\n")
-
-
-def make_result_writer(out: Path, params_test: np.ndarray, is_train: np.ndarray) -> Any:
-    """A ``ray.tune.Callback`` that forwards every trial result to a :class:`ResultWriter`."""
-    from ray import tune
-
-    class _Callback(tune.Callback):
-        def __init__(self) -> None:
-            self.writer = ResultWriter(out, params_test, is_train)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
-            self.writer.handle(trial.trial_id, result)
-
-    return _Callback()

@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from mlasdi.data import SnapshotReader
 from mlasdi.metrics import METHODS
 from mlasdi.study_data import StudyData, load_study_data
 from studies.plan import Trial, trials
+from studies.progress import RunLog, StudyProgress
 from studies.results import ResultWriter, finished_evaluations
 from studies.spec import SpecError, StudySpec, check_resources, spec_from_dict, tomllib
 from studies.trial import META_FILE, TrialRunner, run_trial
@@ -140,6 +140,14 @@ def _summary(out: Path, spec: StudySpec) -> str:
     return "\n".join(lines)
 
 
+def _quiet_tune() -> None:
+    """Tune's new console output (its tables go to the run log unless --verbose), and none of
+    its automatic per-trial CSV/JSON/TensorBoard loggers: the results are in Parquet, and their
+    TensorBoard hint would point at files nothing reads. Set either variable to override."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
 def _init_ray(address: str | None, num_cpus: int | None, verbose: int) -> None:
     import ray
 
@@ -158,17 +166,25 @@ def _init_ray(address: str | None, num_cpus: int | None, verbose: int) -> None:
         ray.init(address="local", num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]), **quiet)
 
 
-def _make_callback(writer: ResultWriter, spec: StudySpec, data: Any) -> Any:
+def _make_callback(
+    writer: ResultWriter, spec: StudySpec, data: Any, progress: StudyProgress
+) -> Any:
     from ray import tune
 
     class StudyCallback(tune.Callback):
-        """Writes every evaluation report; a trial Tune gave up on gets ``failed`` rows."""
+        """Writes every evaluation report; a trial Tune gave up on gets ``failed`` rows. Each
+        is shown on the progress line."""
 
         def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
             writer.handle(trial.trial_id, result)
+            progress.evaluation(result)
+
+        def on_step_end(self, iteration, trials, **info):  # noqa: ANN001
+            progress.refresh()
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
             t = Trial.from_config(trial.config["trial"])
+            progress.trial_failed(t.trial_id)
             error = getattr(trial, "error_file", None) or "see the Tune trial logs"
             message = f"trial errored in Ray after retries ({error})"
 
@@ -198,16 +214,17 @@ def _tune_run(
     todo: list[Trial],
     finished: set[str],
     out: Path,
+    log: RunLog,
     address: str | None,
     storage: str | None,
     num_cpus: int | None,
     check: bool,
     verbose: int,
 ) -> tuple[ResultWriter, float, int, bool]:
-    """Run the ``todo`` trials on Ray Tune, writing rows as they come; returns the writer, the
-    study wall time (``ray.init`` to the last result), the trial slots of the cluster and
-    whether the user interrupted it."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    """Run the ``todo`` trials on Ray Tune, writing rows as they come and showing them on the
+    progress line; returns the writer, the study wall time (``ray.init`` to the last result),
+    the trial slots of the cluster and whether the user interrupted it."""
+    _quiet_tune()
     import ray
     from ray import tune
 
@@ -241,6 +258,7 @@ def _tune_run(
         # Longest trials first so the last slot does not idle at the end.
         n_state, n_snap = data.n_state, data.U_train.shape[0] * data.U_train.shape[1]
         todo.sort(key=lambda t: -t.shared_cost(n_state, n_snap)[2])
+        progress = StudyProgress(todo, set(finished), n_state, n_snap, log=log)
         name = "run-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
         tuner = tune.Tuner(
             trainable,
@@ -249,17 +267,19 @@ def _tune_run(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage_root,
-                callbacks=[_make_callback(writer, spec, data)],
-                verbose=verbose,
+                callbacks=[_make_callback(writer, spec, data, progress)],
+                verbose=max(1, verbose),
                 failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
         interrupted = False
         try:
-            tuner.fit()
+            with log.capture(echo=verbose >= 1):
+                tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
+        progress.close()
         wall = time.perf_counter() - t_study
         slots = _slots(spec, todo, nodes)
     finally:
@@ -276,12 +296,14 @@ def run_study(
     storage: str | None = None,
     num_cpus: int | None = None,
     check: bool = True,
-    verbose: int = 1,
+    verbose: int = 0,
 ) -> int:
     """Run (or finish) a study; returns the exit code (0 when every evaluation has a row).
 
     Nothing is written under ``out`` before the spec, the resources and the data have been
-    checked (a bad data file raises :class:`~mlasdi.data.DataError`).
+    checked (a bad data file raises :class:`~mlasdi.data.DataError`). The console shows one
+    progress line (:mod:`studies.progress`); ``verbose`` 1 adds Ray Tune's tables, 2 its
+    per-result output and the workers' logs; ``OUT/run.log`` keeps all of it.
     """
     t_command = time.perf_counter()
     out = Path(out).resolve()
@@ -292,50 +314,49 @@ def run_study(
     n_evals = sum(len(t.budgets) for t in all_trials)
     finished = finished_evaluations(out)
     todo = [t for t in all_trials if any(e not in finished for e in t.evaluation_ids)]
-    print(
+    log = RunLog(out)
+    log.say(
         f"study {spec.name}: {len(all_trials)} trials, {n_evals} evaluations; "
-        f"{len(finished)} finished on disk, {len(todo)} trials to run; output {out}",
-        flush=True,
+        f"{len(finished)} finished on disk, {len(todo)} trials to run; output {out}"
     )
     if not todo:
         print(_summary(out, spec))
         return 0
 
     t_data = time.perf_counter()
-    data = load_study_data(spec.data, progress=verbose >= 1)
+    data = load_study_data(spec.data, progress=True)
     data_s = time.perf_counter() - t_data
     _check_data(spec, out, data.fingerprint)
     _write_spec(spec, out, data.fingerprint)
-    print(
+    log.start()
+    log.say(
         f"data: {data.truth_test.shape[0]} test / {data.U_train.shape[0]} training parameters, "
         f"{data.U_train.shape[1]} snapshots of {data.n_state} values{_tested(data)} "
-        f"({data_s:.1f} s)",
-        flush=True,
+        f"({data_s:.1f} s)"
     )
 
     writer, wall, slots, interrupted = _tune_run(
-        spec, data, todo, finished, out, address, storage, num_cpus, check, verbose
+        spec, data, todo, finished, out, log, address, storage, num_cpus, check, verbose
     )
     compute = writer.compute_s
     overhead = (wall - compute / slots) / wall if wall > 0 else float("nan")
     done_now = finished_evaluations(out, retry_failed=False)
     missing = [e for t in all_trials for e in t.evaluation_ids if e not in done_now]
-    print(_summary(out, spec))
-    print(
+    log.say(_summary(out, spec))
+    log.say(
         f"timing: study wall {wall:.1f} s (ray.init to last result), trial compute "
         f"{compute:.1f} s over {slots} slot(s); data {data_s:.1f} s; command "
         f"{time.perf_counter() - t_command:.1f} s",
     )
-    print(
+    log.say(
         f"ray_overhead_fraction={overhead:.4f}  "
-        "(= (study wall - trial compute / slots) / study wall)",
-        flush=True,
+        "(= (study wall - trial compute / slots) / study wall)"
     )
     if interrupted or missing:
-        print(
+        log.say(
             f"study incomplete: {len(missing)} of {n_evals} evaluations missing"
             f"{' (interrupted)' if interrupted else ''}; rerun the same command to finish",
-            file=sys.stderr,
+            err=True,
         )
         return 130 if interrupted else 1
     return 0

@@ -18,23 +18,30 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from mlasdi.config import (
     ACTIVATIONS,
     DTYPES,
     FD_SCHEMES,
     RECIPES,
+    SAMPLING_STRATEGIES,
     AutoencoderConfig,
     ConfigError,
     GPConfig,
     ResidualStageConfig,
     ROMConfig,
+    SamplingConfig,
     Stage1Config,
+    choice_error,
+    did_you_mean,
     from_dict,
+    unknown_keys_error,
 )
 from mlasdi.data import DataError
 from mlasdi.problems import DataSource, data_source
@@ -51,19 +58,52 @@ METHOD_NAMES = ("gplasdi", "mlasdi", "mlasdi_val")
 
 
 class SpecError(ValueError):
-    """A study spec is invalid; the message names the key and what is wrong."""
+    """A study spec is invalid. ``messages``: one line per error, each naming the key and what
+    is wrong (validation reports every error of a spec at once)."""
+
+    def __init__(self, *messages: str) -> None:
+        self.messages = list(messages)
+        super().__init__("\n".join(messages))
 
 
-def _table(data: Any, where: str, allowed: Sequence[str], required: Sequence[str] = ()) -> dict:
+class _Errors:
+    """The errors found so far while validating a spec."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def attempt(self, check: Callable[..., Any], *args: Any) -> Any:
+        """``check(*args)``, or None after recording its error."""
+        try:
+            return check(*args)
+        except SpecError as exc:
+            self.messages.extend(exc.messages)
+        except (ConfigError, DataError) as exc:
+            self.messages.append(str(exc))
+        return None
+
+    def add(self, message: str) -> None:
+        self.messages.append(message)
+
+
+def _table(
+    data: Any, where: str, allowed: Sequence[str], errors: _Errors, required: Sequence[str] = ()
+) -> dict:
+    """The known keys of table ``where``; unknown (with a guess of the key meant) and missing
+    keys are recorded."""
     if not isinstance(data, Mapping):
-        raise SpecError(f"[{where}] must be a table, got {type(data).__name__}")
+        errors.add(f"[{where}] must be a table, got {type(data).__name__}")
+        return {}
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise SpecError(f"unknown key(s) {unknown} in [{where}]; valid keys: {sorted(allowed)}")
-    missing = [k for k in required if k not in data]
+        errors.add(unknown_keys_error(unknown, allowed, f"[{where}]"))
+    # A required key that a misspelt one stands for is reported once, as the misspelling.
+    missing = [
+        k for k in required if k not in data and not any(did_you_mean(u, [k]) for u in unknown)
+    ]
     if missing:
-        raise SpecError(f"missing key(s) {missing} in [{where}]")
-    return dict(data)
+        errors.add(f"missing key(s) {missing} in [{where}]")
+    return {k: v for k, v in data.items() if k in allowed}
 
 
 def _int(value: Any, where: str, minimum: int = 1) -> int:
@@ -82,7 +122,7 @@ def _num(value: Any, where: str, minimum: float = 0.0, strict: bool = False) -> 
 
 def _choice(value: Any, where: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise SpecError(f"{where} must be one of {list(choices)}, got {value!r}")
+        raise SpecError(choice_error(where, value, choices))
     return value
 
 
@@ -184,6 +224,10 @@ class StudySpec:
     training: TrainingSpec = field(default_factory=TrainingSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     run: RunSpec = field(default_factory=RunSpec)
+    # Where training points come from: each trial runs one of ``strategies`` (a study
+    # dimension), greedy ones with the settings of ``sampling``.
+    strategies: tuple[str, ...] = ("fixed",)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     source: str = ""  # the path it was read from (not part of the study's identity)
 
     def method(self, name: str) -> MethodSpec:
@@ -269,6 +313,11 @@ class StudySpec:
         res = {k: v for k, v in dataclasses.asdict(self.resources).items() if v is not None}
         out["resources"] = res
         out["run"] = dataclasses.asdict(self.run)
+        if self.strategies != ("fixed",) or self.sampling != SamplingConfig():
+            sampling = dataclasses.asdict(self.sampling)
+            sampling["strategy"] = list(self.strategies)
+            sampling["candidates"] = [list(p) for p in self.sampling.candidates]
+            out["sampling"] = sampling
         return out
 
     def to_toml(self) -> str:
@@ -276,43 +325,8 @@ class StudySpec:
 
 
 def dump_toml(data: Mapping[str, Any]) -> str:
-    """Minimal TOML writer for the spec dict (scalars, lists, one level of nested tables)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)  # inf and nan are valid TOML floats
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        raise TypeError(f"cannot write {v!r} as TOML")
-
-    lines: list[str] = []
-    tables: list[tuple[str, Mapping[str, Any]]] = []
-    for k, v in data.items():
-        if isinstance(v, Mapping):
-            tables.append((k, v))
-        else:
-            lines.append(f"{k} = {value(v)}")
-    while tables:
-        name, table = tables.pop(0)
-        lines.append(f"\n[{name}]")
-        for k, v in table.items():
-            if isinstance(v, Mapping):
-                tables.append((f"{name}.{k}", v))
-            else:
-                lines.append(f"{k} = {value(v)}")
-    return "\n".join(lines) + "\n"
-
-
-def _data_spec(raw: Any) -> DataSource:
-    """The ``[data]`` table through the data-source registry (:mod:`mlasdi.problems`)."""
-    try:
-        return data_source(raw)
-    except (ConfigError, DataError) as exc:
-        raise SpecError(str(exc)) from None
+    """The spec dict as TOML (``tomli_w``; tuples are written as arrays)."""
+    return tomli_w.dumps(data)
 
 
 def _budgets(raw: Any, where: str, one_stage: bool) -> tuple[tuple[int, ...], ...]:
@@ -347,21 +361,23 @@ def _budgets(raw: Any, where: str, one_stage: bool) -> tuple[tuple[int, ...], ..
     return tuple(budgets)
 
 
-def _method_spec(name: str, raw: Any, n_state: int, n_times: int) -> MethodSpec:
-    keys = ["hidden", "latent_dims", "budgets"]
-    if name != "gplasdi":
-        keys += ["residual_hidden", "residual_kappa", "residual_activation", "residual_lr"]
-    if name == "mlasdi_val":
-        keys += ["val_fraction", "val_every"]
-    d = _table(raw, name, keys, required=["hidden", "latent_dims", "budgets"])
-    if not isinstance(d["hidden"], (list, tuple)) or not d["hidden"]:
+def _hidden(raw: Any, name: str) -> tuple[tuple[int, ...], ...]:
+    if not isinstance(raw, (list, tuple)) or not raw:
         raise SpecError(f"{name}.hidden must be a non-empty list of lists of widths")
-    hidden = tuple(_int_list(h, f"{name}.hidden[{i}]") for i, h in enumerate(d["hidden"]))
+    hidden = tuple(_int_list(h, f"{name}.hidden[{i}]") for i, h in enumerate(raw))
     if len(set(hidden)) != len(hidden):
         raise SpecError(f"{name}.hidden lists an architecture twice: {[list(h) for h in hidden]}")
-    latents = _int_list(d["latent_dims"], f"{name}.latent_dims")
+    return hidden
+
+
+def _latent_dims(raw: Any, name: str, data: DataSource | None) -> tuple[int, ...]:
+    """Latent sizes, checked against the data's state size and snapshots (when they are valid)."""
+    latents = _int_list(raw, f"{name}.latent_dims")
     if len(set(latents)) != len(latents):
         raise SpecError(f"{name}.latent_dims has duplicates: {list(latents)}")
+    if data is None:
+        return latents
+    n_state, n_times = data.n_state, data.n_train_times
     for r in latents:
         if r >= n_state:
             raise SpecError(
@@ -372,115 +388,202 @@ def _method_spec(name: str, raw: Any, n_state: int, n_times: int) -> MethodSpec:
                 f"{name}.latent_dims: latent size {r} needs at least {r + 1} snapshots per "
                 f"training parameter to fit its dynamics; the data give {n_times}"
             )
-    budgets = _budgets(d["budgets"], f"{name}.budgets", one_stage=name == "gplasdi")
-    extra: dict[str, Any] = {}
+    return latents
+
+
+def _residual_hidden(raw: Any, name: str) -> str | tuple[int, ...]:
+    return raw if raw == "mirror" else _int_list(raw, f"{name}.residual_hidden")
+
+
+def _val_fraction(raw: Any, name: str) -> float:
+    fraction = _num(raw, f"{name}.val_fraction", 0, strict=True)
+    if fraction >= 1:
+        raise SpecError(f"{name}.val_fraction must be < 1, got {fraction!r}")
+    return fraction
+
+
+def _method_spec(
+    name: str, raw: Any, data: DataSource | None, errors: _Errors
+) -> MethodSpec | None:
+    """The ``[name]`` table; None when it has errors (recorded in ``errors``)."""
+    keys = ["hidden", "latent_dims", "budgets"]
     if name != "gplasdi":
-        rh = d.get("residual_hidden", "mirror")
-        if rh != "mirror":
-            rh = _int_list(rh, f"{name}.residual_hidden")
-        extra["residual_hidden"] = rh
-        if "residual_kappa" in d:
-            extra["residual_kappa"] = _num(d["residual_kappa"], f"{name}.residual_kappa", 0, True)
-        if "residual_lr" in d:
-            extra["residual_lr"] = _num(d["residual_lr"], f"{name}.residual_lr", 0, True)
-        if "residual_activation" in d:
-            extra["residual_activation"] = _choice(
-                d["residual_activation"], f"{name}.residual_activation", ACTIVATIONS
-            )
-    if "val_fraction" in d:
-        fraction = _num(d["val_fraction"], f"{name}.val_fraction", 0, strict=True)
-        if fraction >= 1:
-            raise SpecError(f"{name}.val_fraction must be < 1, got {fraction!r}")
-        extra["val_fraction"] = fraction
-    if "val_every" in d:
-        extra["val_every"] = _int(d["val_every"], f"{name}.val_every")
-    return MethodSpec(name, hidden, latents, budgets, **extra)
+        keys += ["residual_hidden", "residual_kappa", "residual_activation", "residual_lr"]
+    if name == "mlasdi_val":
+        keys += ["val_fraction", "val_every"]
+    n_errors = len(errors.messages)
+    d = _table(raw, name, keys, errors, required=["hidden", "latent_dims", "budgets"])
+    checks: dict[str, Callable[[Any], Any]] = {
+        "hidden": lambda v: _hidden(v, name),
+        "latent_dims": lambda v: _latent_dims(v, name, data),
+        "budgets": lambda v: _budgets(v, f"{name}.budgets", one_stage=name == "gplasdi"),
+        "residual_hidden": lambda v: _residual_hidden(v, name),
+        "residual_kappa": lambda v: _num(v, f"{name}.residual_kappa", 0, True),
+        "residual_lr": lambda v: _num(v, f"{name}.residual_lr", 0, True),
+        "residual_activation": lambda v: _choice(v, f"{name}.residual_activation", ACTIVATIONS),
+        "val_fraction": lambda v: _val_fraction(v, name),
+        "val_every": lambda v: _int(v, f"{name}.val_every"),
+    }
+    values = {k: errors.attempt(checks[k], v) for k, v in d.items()}
+    if len(errors.messages) > n_errors:
+        return None
+    return MethodSpec(
+        name,
+        values.pop("hidden"),
+        values.pop("latent_dims"),
+        values.pop("budgets"),
+        **values,
+    )
 
 
-def _training_spec(raw: Any) -> TrainingSpec:
+def _training_spec(raw: Any, errors: _Errors) -> TrainingSpec | None:
     keys = [f.name for f in dataclasses.fields(TrainingSpec)]
-    d = _table(raw, "training", keys)
-    for k in ("lr",):
-        if k in d:
-            d[k] = _num(d[k], f"training.{k}", 0, strict=True)
-    for k in ("beta1", "beta2"):
-        if k in d:
-            d[k] = _num(d[k], f"training.{k}", 0)
-    if "recipe" in d:
-        _choice(d["recipe"], "training.recipe", tuple(RECIPES))
-    if "activation" in d:
-        _choice(d["activation"], "training.activation", ACTIVATIONS)
-    if "fd_scheme" in d:
-        _choice(d["fd_scheme"], "training.fd_scheme", FD_SCHEMES)
-    if "dtype" in d:
-        _choice(d["dtype"], "training.dtype", DTYPES)
-    try:
-        d["gp"] = from_dict(GPConfig, d.get("gp"), where="training.gp")
-    except ConfigError as exc:
-        raise SpecError(str(exc)) from None
-    return TrainingSpec(**d)
+    n_errors = len(errors.messages)
+    d = _table(raw, "training", keys, errors)
+    checks: dict[str, Callable[[Any], Any]] = {
+        "lr": lambda v: _num(v, "training.lr", 0, strict=True),
+        "beta1": lambda v: _num(v, "training.beta1", 0),
+        "beta2": lambda v: _num(v, "training.beta2", 0),
+        "recipe": lambda v: _choice(v, "training.recipe", tuple(RECIPES)),
+        "activation": lambda v: _choice(v, "training.activation", ACTIVATIONS),
+        "fd_scheme": lambda v: _choice(v, "training.fd_scheme", FD_SCHEMES),
+        "dtype": lambda v: _choice(v, "training.dtype", DTYPES),
+        "gp": lambda v: from_dict(GPConfig, v, where="training.gp"),
+    }
+    values = {k: errors.attempt(checks[k], v) for k, v in d.items()}
+    if len(errors.messages) > n_errors:
+        return None
+    return TrainingSpec(**values)
 
 
-def _resource_spec(raw: Any) -> ResourceSpec:
+def _gpus(value: Any, key: str) -> float:
+    gpus = _num(value, f"resources.{key}", 0)
+    if gpus > 1 and gpus != int(gpus):
+        raise SpecError(f"resources.{key}: a fraction of a GPU must be < 1, got {gpus}")
+    return gpus
+
+
+def _resource_spec(raw: Any, errors: _Errors) -> ResourceSpec | None:
     keys = [f.name for f in dataclasses.fields(ResourceSpec)]
-    d = _table(raw, "resources", keys)
-    if "cpus" in d:
-        d["cpus"] = _num(d["cpus"], "resources.cpus", 0, strict=True)
-    for k in ("gpus", "small_gpus"):
-        if k in d:
-            d[k] = _num(d[k], f"resources.{k}", 0)
-            if d[k] > 1 and d[k] != int(d[k]):
-                raise SpecError(f"resources.{k}: a fraction of a GPU must be < 1, got {d[k]}")
-    if "small_width" in d:
-        d["small_width"] = _int(d["small_width"], "resources.small_width", 0)
-    return ResourceSpec(**d)
+    n_errors = len(errors.messages)
+    d = _table(raw, "resources", keys, errors)
+    checks: dict[str, Callable[[Any], Any]] = {
+        "cpus": lambda v: _num(v, "resources.cpus", 0, strict=True),
+        "gpus": lambda v: _gpus(v, "gpus"),
+        "small_gpus": lambda v: _gpus(v, "small_gpus"),
+        "small_width": lambda v: _int(v, "resources.small_width", 0),
+    }
+    values = {k: errors.attempt(checks[k], v) for k, v in d.items()}
+    if len(errors.messages) > n_errors:
+        return None
+    return ResourceSpec(**values)
 
 
-def _run_spec(raw: Any) -> RunSpec:
+def _uncertainty_samples(value: Any) -> int:
+    n = _int(value, "run.uncertainty_samples", 0)
+    if n == 1:
+        raise SpecError("run.uncertainty_samples must be 0 (off) or >= 2 (a spread), got 1")
+    return n
+
+
+def _strategies(value: Any) -> tuple[str, ...]:
+    """``strategy``: one of SAMPLING_STRATEGIES, or a list of them (a study dimension)."""
+    listed = value if isinstance(value, (list, tuple)) else [value]
+    if not listed:
+        raise SpecError(f"sampling.strategy must name at least one of {list(SAMPLING_STRATEGIES)}")
+    names = tuple(_choice(v, "sampling.strategy", SAMPLING_STRATEGIES) for v in listed)
+    if len(set(names)) != len(names):
+        raise SpecError(f"sampling.strategy has duplicates: {list(names)}")
+    return names
+
+
+def _sampling_spec(raw: Any, errors: _Errors) -> tuple[tuple[str, ...], SamplingConfig] | None:
+    """``[sampling]``: the strategies compared (each trial runs one) and the greedy settings
+    (:class:`~mlasdi.config.SamplingConfig`, whose own ``strategy`` is ``greedy`` when any
+    trial is greedy, so that its settings are checked)."""
+    n_errors = len(errors.messages)
+    d = _table(raw, "sampling", [f.name for f in dataclasses.fields(SamplingConfig)], errors)
+    strategies = errors.attempt(_strategies, d.pop("strategy", "fixed"))
+    if strategies is not None:
+        d["strategy"] = "greedy" if "greedy" in strategies else "fixed"
+    config = errors.attempt(lambda: from_dict(SamplingConfig, d, where="sampling"))
+    if len(errors.messages) > n_errors:
+        return None
+    return strategies, config
+
+
+def _run_spec(raw: Any, errors: _Errors) -> RunSpec | None:
     keys = [f.name for f in dataclasses.fields(RunSpec)]
-    d = _table(raw, "run", keys)
-    if "checkpoint_every" in d:
-        d["checkpoint_every"] = _int(d["checkpoint_every"], "run.checkpoint_every", 0)
-    if "max_failures" in d:
-        d["max_failures"] = _int(d["max_failures"], "run.max_failures", 0)
-    if "eval_batch_size" in d:
-        d["eval_batch_size"] = _int(d["eval_batch_size"], "run.eval_batch_size")
-    if "uncertainty_samples" in d:
-        n = _int(d["uncertainty_samples"], "run.uncertainty_samples", 0)
-        if n == 1:
-            raise SpecError("run.uncertainty_samples must be 0 (off) or >= 2 (a spread), got 1")
-        d["uncertainty_samples"] = n
-    return RunSpec(**d)
+    n_errors = len(errors.messages)
+    d = _table(raw, "run", keys, errors)
+    checks: dict[str, Callable[[Any], Any]] = {
+        "checkpoint_every": lambda v: _int(v, "run.checkpoint_every", 0),
+        "max_failures": lambda v: _int(v, "run.max_failures", 0),
+        "eval_batch_size": lambda v: _int(v, "run.eval_batch_size"),
+        "uncertainty_samples": _uncertainty_samples,
+    }
+    values = {k: errors.attempt(checks[k], v) for k, v in d.items()}
+    if len(errors.messages) > n_errors:
+        return None
+    return RunSpec(**values)
 
 
-TOP_KEYS = ("name", "seeds", "data", *METHOD_NAMES, "training", "resources", "run")
+def _name(name: Any) -> str:
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise SpecError(f"name must be a non-empty string of letters, digits, - _ ., got {name!r}")
+    return name
+
+
+def _seeds(raw: Any) -> tuple[int, ...]:
+    seeds = _int_list(raw, "seeds", 0)
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"seeds has duplicates: {list(seeds)}")
+    return seeds
+
+
+TOP_KEYS = (
+    "name",
+    "seeds",
+    "data",
+    *METHOD_NAMES,
+    "training",
+    "resources",
+    "run",
+    "sampling",
+)
 
 
 def spec_from_dict(raw: Mapping[str, Any], *, source: str = "") -> StudySpec:
-    """Validate a parsed spec (see the module docstring); raises :class:`SpecError`."""
-    d = _table(raw, "top level", TOP_KEYS, required=["name", "data"])
-    name = d["name"]
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise SpecError(f"name must be a non-empty string of letters, digits, - _ ., got {name!r}")
-    seeds = _int_list(d.get("seeds", [0]), "seeds", 0)
-    if len(set(seeds)) != len(seeds):
-        raise SpecError(f"seeds has duplicates: {list(seeds)}")
-    data = _data_spec(d["data"])
-    methods = tuple(
-        _method_spec(m, d[m], data.n_state, data.n_train_times) for m in METHOD_NAMES if m in d
-    )
+    """Validate a parsed spec (see the module docstring); raises :class:`SpecError` with every
+    error found, one message each. The method tables are checked against the data only when
+    ``[data]`` itself is valid."""
+    errors = _Errors()
+    d = _table(raw, "top level", TOP_KEYS, errors, required=["name", "data"])
+    name = errors.attempt(_name, d["name"]) if "name" in d else None
+    seeds = errors.attempt(_seeds, d.get("seeds", [0]))
+    data = errors.attempt(data_source, d["data"]) if "data" in d else None
+    methods = tuple(_method_spec(m, d[m], data, errors) for m in METHOD_NAMES if m in d)
     if not methods:
-        raise SpecError(
+        errors.add(
             "a study needs at least one of the tables " + ", ".join(f"[{m}]" for m in METHOD_NAMES)
         )
+    training = _training_spec(d.get("training", {}), errors)
+    resources = _resource_spec(d.get("resources", {}), errors)
+    run = _run_spec(d.get("run", {}), errors)
+    sampling = _sampling_spec(d.get("sampling", {}), errors)
+    if errors.messages:
+        raise SpecError(*errors.messages)
+    assert sampling is not None
     return StudySpec(
         name=name,
         seeds=seeds,
         data=data,
         methods=methods,
-        training=_training_spec(d.get("training", {})),
-        resources=_resource_spec(d.get("resources", {})),
-        run=_run_spec(d.get("run", {})),
+        training=training,
+        resources=resources,
+        run=run,
+        strategies=sampling[0],
+        sampling=sampling[1],
         source=source,
     )
 
@@ -493,7 +596,10 @@ def resolve_spec_path(path_or_name: str | Path) -> Path:
     name = str(path_or_name)
     if name.removesuffix(".toml") in PRESETS and path.parent == Path("."):
         return PRESET_DIR / f"{name.removesuffix('.toml')}.toml"
-    raise SpecError(f"no spec file {path} (and no preset of that name; presets: {list(PRESETS)})")
+    raise SpecError(
+        f"no spec file {path} (and no preset of that name; presets: {list(PRESETS)})"
+        + did_you_mean(name.removesuffix(".toml"), PRESETS)
+    )
 
 
 def load_spec(path_or_name: str | Path) -> StudySpec:
@@ -506,7 +612,7 @@ def load_spec(path_or_name: str | Path) -> StudySpec:
     try:
         return spec_from_dict(raw, source=str(path))
     except SpecError as exc:
-        raise SpecError(f"{path}: {exc}") from None
+        raise SpecError(*(f"{path}: {m}" for m in exc.messages)) from None
 
 
 def smoke_spec(spec: StudySpec) -> StudySpec:
@@ -537,6 +643,13 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
         methods=tuple(methods),
         run=dataclasses.replace(spec.run, checkpoint_every=0),
         resources=ResourceSpec(cpus=min(spec.resources.cpus, 1.0)),
+        # A greedy round every 10 iterations, with few samples, up to the smoke budgets.
+        sampling=dataclasses.replace(
+            spec.sampling,
+            every=min(spec.sampling.every, 10),
+            last_round_iter=0,
+            n_samples=min(spec.sampling.n_samples, 4),
+        ),
     )
 
 

@@ -19,6 +19,7 @@ import torch
 
 from analysis.schema import read_budget_trials
 from studies import budget as B
+from studies.budget.outputs import used_params
 from studies.cli import main as study_main
 from studies.plan import Run, trials
 from studies.spec import load_spec, spec_from_dict, tomllib
@@ -214,6 +215,69 @@ def test_outputs_of_a_three_stage_winner_include_best_spec(smoke, tmp_path):
     assert "stages [200, 100, 100], kappa 2" in B.format_summary(summary)
 
 
+def _study_of(trials: list[tuple[dict, float]]) -> optuna.Study:
+    study = optuna.create_study(direction="minimize")
+    for params, value in trials:
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=_distributions(), value=value)
+        )
+    return study
+
+
+def test_outputs_show_each_trial_with_its_own_settings_and_mark_identical_setups(smoke, tmp_path):
+    setup = B.SearchSetup("smoke", SMOKE_BUDGET, (20,), 3, 0, 0)
+    shares = {"stage1_share": 0.5, "stage2_share": 0.5, "residual_width_mult": 2.0}
+    study = _study_of(
+        [
+            ({"n_stages": 2, **shares, "kappa": 2.0}, 0.3),
+            ({"n_stages": 1, **shares, "kappa": 5.0}, 0.2),  # the best: one stage
+            ({"n_stages": 2, **shares, "kappa": 2.0}, 0.3),  # the same model as trial 0
+            ({"n_stages": 1, **shares, "kappa": 9.0}, 0.2),  # the same model as trial 1
+            ({"n_stages": 2, **shares, "stage2_share": 0.7, "kappa": 2.0}, 0.3),  # as trial 0
+            ({"n_stages": 3, **shares, "kappa": 2.0}, 0.4),
+        ]
+    )
+    summary = B.write_outputs(study, smoke, setup, tmp_path, held_out=np.array([[1.2]]))
+    t = pd.read_csv(tmp_path / "trials.csv")
+    assert t["same_as"].isna().tolist() == [True, True, False, False, False, True]
+    assert t["same_as"].dropna().astype(int).tolist() == [0, 1, 0]
+    assert t["retry_of"].isna().all()
+    one = t[t["params_n_stages"] == 1]
+    for col in ("params_kappa", "params_stage1_share", "params_stage2_share"):
+        assert one[col].isna().all(), col
+    assert one["residual_hidden"].isna().all()
+    two = t[t["params_n_stages"] == 2]
+    assert two["params_stage2_share"].isna().all() and (two["params_kappa"] == 2.0).all()
+    assert (t[t["params_n_stages"] == 3]["params_stage2_share"] == 0.5).all()
+    # The best trial has one stage: no kappa or residual widths anywhere it is shown.
+    assert summary["best"]["params"] == {"n_stages": 1}
+    assert "kappa" not in summary["best"] and "residual_hidden" not in summary["best"]
+    text = (tmp_path / "summary.txt").read_text()
+    assert "best trial 1: stages [400] (one stage: GPLaSDI), validation err_max 0.2\n" in text
+    assert "validation (held-out training parameters, 1): mu0 1.2\n" in text
+    assert summary["held_out"] == [{"mu0": 1.2}]
+    # 3 distinct models completed: importances are a sketch, and the summary says so.
+    assert summary["importance"]
+    assert summary["warnings"] == [
+        "the parameter importances rest on 3 completed distinct model(s) (fewer than 10): a "
+        "sketch, not a ranking; run more --trials"
+    ]
+    assert f"warning: {summary['warnings'][0]}" in text
+
+
+def test_a_search_whose_best_error_is_near_100_percent_says_it_learned_nothing(smoke, tmp_path):
+    setup = B.SearchSetup("smoke", SMOKE_BUDGET, (20,), 3, 0, 0)
+    shares = {"stage1_share": 0.5, "stage2_share": 0.5, "residual_width_mult": 2.0}
+    study = _study_of([({"n_stages": 2, **shares, "kappa": k}, 0.98 + k / 1000) for k in (1, 2)])
+    summary = B.write_outputs(study, smoke, setup, tmp_path)
+    assert summary["warnings"] == [
+        "the best validation err_max is 0.981 (>= 0.5): no trial fits the held-out parameters, "
+        "so the search learned nothing about how to split the budget; raise --budget (or check "
+        "the spec) before using its best setup"
+    ]
+    assert "warning: the best validation err_max is 0.981" in B.format_summary(summary)
+
+
 # --- searches ---------------------------------------------------------------------------------
 
 
@@ -334,8 +398,11 @@ def test_trial_left_running_by_a_dead_driver_is_requeued(smoke, tmp_path):
     assert trials["state"].tolist() == ["COMPLETE", "FAIL", "COMPLETE"]
     retry = trials.iloc[2]
     assert retry["retry_of"] == orphan.number
-    assert retry["params_kappa"] == pytest.approx(orphan.params["kappa"])
-    assert retry["params_n_stages"] == orphan.params["n_stages"]
+    # The retry has the orphan's parameters (those its number of stages uses; the rest empty).
+    used = used_params(orphan.params)
+    for name, value in orphan.params.items():
+        shown = retry[f"params_{name}"]
+        assert shown == pytest.approx(value) if name in used else math.isnan(shown), name
 
 
 def test_a_candidate_equal_to_a_finished_one_is_not_retrained(smoke, tmp_path):
@@ -356,7 +423,7 @@ def test_a_candidate_equal_to_a_finished_one_is_not_retrained(smoke, tmp_path):
     t = pd.read_csv(out / "trials.csv").sort_values("number").reset_index(drop=True)
     assert t["state"].tolist() == ["COMPLETE"] * 3
     assert t["stage_iters"].tolist()[1:] == ["400", "400"]
-    assert t.loc[2, "same_as"] == 1 and t.loc[1, "same_as"] == -1
+    assert t.loc[2, "same_as"] == 1 and pd.isna(t.loc[1, "same_as"])
     assert t.loc[2, "value_0"] == t.loc[1, "value_0"]
     assert any("same model as trial 1" in line for line in logs)
 

@@ -17,8 +17,9 @@ from scipy.sparse import SparseEfficiencyWarning, spdiags
 from scipy.sparse.linalg import spsolve
 
 from mlasdi import cli
+from mlasdi.config import ConfigError
 from mlasdi.data import DataError, SnapshotFileWriter, load_snapshot_set
-from mlasdi.problems import burgers1d
+from mlasdi.problems import burgers1d, data_source
 
 SMALL = dict(nx=101, nt=101)  # c = dt / dx = 1/6 as in the full example
 
@@ -301,7 +302,7 @@ def test_newton_failure_leaves_gplasdi_zeros_and_warns():
     assert zero_rows.size and zero_rows[0] > 1 and reference[0].all(axis=1).all()
     assert np.array_equal(zero_rows, np.arange(zero_rows[0], settings.nt))  # zero from then on
     with pytest.warns(burgers1d.NewtonConvergenceWarning, match=r"1 parameter\(s\): \(a=0.9"):
-        data = burgers1d.solve(params, **FAILING, progress=False)
+        data = burgers1d.solve(params, **FAILING, on_failure="gplasdi_zeros", progress=False)
     assert _relative_l2(data.snapshots[0], reference[0]).max() <= 1e-14
     assert not data.snapshots[1, zero_rows].any()
     assert np.abs(data.snapshots[1, : zero_rows[0]] - reference[1, : zero_rows[0]]).max() <= 1e-14
@@ -310,9 +311,33 @@ def test_newton_failure_leaves_gplasdi_zeros_and_warns():
     assert report.iterations[1, zero_rows[0] :].sum() == 0
 
 
-def test_newton_failure_raises_when_asked():
-    with pytest.raises(burgers1d.NewtonConvergenceError, match=r"a=0.9, w=0.9\) at t="):
-        burgers1d.solve(np.array([[0.9, 0.9]]), **FAILING, on_failure="raise", progress=False)
+def test_newton_failure_raises_by_default_naming_the_parameter_and_time_level():
+    # The failing parameter (0.9, 0.9) of the test above, by default: one line naming the
+    # parameter, the time level integrate reports as failed and the opt-in to GPLaSDI's zeros.
+    params = np.array([[0.7, 1.1], [0.9, 0.9]])
+    settings = burgers1d.BurgersSettings(**FAILING)
+    assert settings.on_failure == "raise"
+    _, report = burgers1d.integrate(burgers1d.initial_condition(params, settings.grid()), settings)
+    level = int(report.failed_step[1]) + 1
+    assert report.failed_step[0] == -1 and level > 1
+    with pytest.raises(burgers1d.NewtonConvergenceError) as caught:
+        burgers1d.solve(params, **FAILING, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"1 parameter(s): (a=0.9, w=0.9) at time level {level} (t=" in message
+    assert 'on_failure = "gplasdi_zeros"' in message
+
+
+def test_burgers_source_passes_on_failure_to_the_solver(tmp_path):
+    # The [data] key: "raise" unless a spec opts in; stored with the file's settings (the cache
+    # key); anything else is a one-line ConfigError.
+    raw = {"problem": "burgers1d", "nx": 41, "nt": 21, "grid": [2, 2]}
+    assert data_source(raw).stored_settings()["on_failure"] == "raise"
+    source = data_source({**raw, "on_failure": "gplasdi_zeros", "file": str(tmp_path / "b.h5")})
+    source.generate_file(source.path, progress=False)
+    assert load_snapshot_set(source.path).settings["on_failure"] == "gplasdi_zeros"
+    with pytest.raises(ConfigError, match=r"data: on_failure must be one of \['raise', 'gplasdi"):
+        data_source({**raw, "on_failure": "zero"})
 
 
 # --- files and CLI ----------------------------------------------------------------------------

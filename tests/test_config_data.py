@@ -20,9 +20,7 @@ from mlasdi.data import (
     SnapshotSet,
     flatten_grid,
     load_snapshot_set,
-    read_settings,
     save_snapshot_set,
-    unflatten_grid,
 )
 
 # --- config --------------------------------------------------------------------------------------
@@ -117,14 +115,12 @@ def test_flat_snapshots_first_grid_axis_fastest():
             np.testing.assert_array_equal(flat[n, t], U[n, t].T.reshape(-1))
     # element (x, v) sits at v * N_x + x
     assert flat[1, 2, 2 * 4 + 3] == U[1, 2, 3, 2]
-    np.testing.assert_array_equal(unflatten_grid(flat, data.grid_shape), U)
     np.testing.assert_array_equal(flatten_grid(U, 2), flat)
 
 
 def test_flatten_grid_one_axis_is_identity():
     U = np.arange(24.0).reshape(2, 3, 4)
     np.testing.assert_array_equal(flatten_grid(U, 1), U)
-    np.testing.assert_array_equal(unflatten_grid(U, (4,)), U)
 
 
 def test_snapshot_set_properties_subset_and_index_of():
@@ -198,7 +194,6 @@ def test_hdf5_round_trip_is_exact(tmp_path, dtype):
     assert path == tmp_path / "set.h5"
     assert not (tmp_path / "set.h5.partial").exists()
     _assert_same_set(load_snapshot_set(path), data)
-    assert read_settings(path) == dict(data.settings)
     with h5py.File(path, "r") as handle:
         assert handle["snapshots"].chunks == (1, 5, 4, 3)  # one parameter per chunk
 

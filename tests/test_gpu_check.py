@@ -1,13 +1,16 @@
 """benchmarks/gpu_check.py on the CPU: its arithmetic, and the JSON a --smoke run writes."""
 
 import importlib.util
+import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from mlasdi.nn import Autoencoder, ResidualDecoder, count_parameters
 from studies.plan import Trial
 from studies.spec import load_spec
 
@@ -28,16 +31,48 @@ def gpu_check():
         sys.path.remove(str(BENCHMARKS))
 
 
-def test_flop_floor_equals_a_hand_count(gpu_check):
-    # mLaSDI hidden 50, latent 5, 64 x 64 state, 25 x 251 snapshots. Stage 1 weights + biases:
-    # 4096*50+50 + 50*5+5 (encoder) + 5*50+50 + 50*4096+4096 (decoder) = 414301; the residual
-    # decoder 5 -> 50 -> 4096: 5*50+50 + 50*4096+4096 = 209196. Floor = 6 x 6275 x weights.
-    trial = Trial("paper", "mlasdi", 0, (50,), 5, 0, ((25000, 25000),), (50,))
-    assert gpu_check.iteration_flop_floor("stage1", trial, 4096, 6275) == 6 * 6275 * 414301
-    assert gpu_check.iteration_flop_floor("residual", trial, 4096, 6275) == 6 * 6275 * 209196
-    assert 6 * 6275 * 414301 == 15_598_432_650  # the issue's "about 15 GFLOP"
+@pytest.mark.parametrize(
+    ("hidden", "latent", "n_state", "n_snapshots"), [((50,), 5, 4096, 6275), ((12, 7), 3, 40, 9)]
+)
+def test_flop_floor_is_six_per_snapshot_and_weight_of_the_built_networks(
+    gpu_check, hidden, latent, n_state, n_snapshots
+):
+    # 6 x snapshots x trainable scalars (weights and biases), the scalars counted on the
+    # networks mlasdi builds: the autoencoder for stage 1 (vlasov_paper's mLaSDI: 414301, the
+    # issue's "about 15 GFLOP" per step on 25 x 251 snapshots), one residual decoder per
+    # residual stage.
+    trial = Trial("paper", "mlasdi", 0, hidden, latent, 0, ((25000, 25000),), (50,))
+    stage1 = count_parameters(Autoencoder(n_state, hidden, latent))
+    residual = count_parameters(ResidualDecoder(latent, (50,), n_state))
+    assert gpu_check.iteration_flop_floor("stage1", trial, n_state, n_snapshots) == (
+        6 * n_snapshots * stage1
+    )
+    assert gpu_check.iteration_flop_floor("residual", trial, n_state, n_snapshots) == (
+        6 * n_snapshots * residual
+    )
     with pytest.raises(ValueError, match="unknown step kind 'stage2'"):
-        gpu_check.iteration_flop_floor("stage2", trial, 4096, 6275)
+        gpu_check.iteration_flop_floor("stage2", trial, n_state, n_snapshots)
+
+
+def test_projection_is_within_graham_bound_of_the_best_assignment(gpu_check):
+    # Seed 8: 7 jobs of 1-20 s on 2 and 3 GPUs. The best makespan by trying every assignment;
+    # longest-first onto the least loaded GPU is at least that and at most (4/3 - 1/(3 m)) times
+    # it (Graham 1969); gpu_s is the sum; shared_s the larger of the fraction-weighted load per
+    # GPU and the longest job.
+    rng = np.random.default_rng(8)
+    seconds = rng.uniform(1.0, 20.0, 7)
+    fractions = rng.choice([0.25, 0.5, 1.0], 7)
+    jobs = list(zip(seconds.tolist(), fractions.tolist(), strict=True))
+    for n_gpus in (2, 3):
+        best = min(
+            max(seconds[np.array(gpus) == g].sum() for g in range(n_gpus))
+            for gpus in itertools.product(range(n_gpus), repeat=len(jobs))
+        )
+        result = gpu_check.project_wall_time(jobs, n_gpus)
+        assert best - 1e-9 <= result["serial_s"] <= (4 / 3 - 1 / (3 * n_gpus)) * best + 1e-9
+        assert result["gpu_s"] == pytest.approx(seconds.sum(), rel=1e-15)
+        expected_shared = max((seconds * fractions).sum() / n_gpus, seconds.max())
+        assert result["shared_s"] == pytest.approx(expected_shared, rel=1e-15)
 
 
 def test_projection_of_a_made_up_table(gpu_check):

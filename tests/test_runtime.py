@@ -144,7 +144,8 @@ def _help(argv, capsys):
 
 def test_fit_help_has_a_description_and_the_defaults(capsys):
     text = _help(["fit", "--help"], capsys)
-    assert "Train a ROM with the paper's oscillator configuration" in text
+    assert "Train a ROM (GPLaSDI with --stages 1, mLaSDI with 2 or more)" in text
+    assert "oscillator 200,20 latent 10 softplus; vlasov 50 latent 5 softplus" in text
     for default in (
         "1 = GPLaSDI, 2+ = mLaSDI (default: 2)",
         "(default: 10000 per stage)",

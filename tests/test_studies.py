@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
@@ -322,7 +323,9 @@ def _rows(reports):
 def test_trial_reports_every_budget_and_resumes_exactly(tiny):
     spec, data = tiny
     for t in trials(spec):
+        start = time.perf_counter()
         reports = _run_trial(spec, data, t)
+        wall = time.perf_counter() - start
         rows = _rows(reports)
         assert sorted(rows) == t.evaluation_ids
         for p in rows.values():
@@ -330,7 +333,11 @@ def test_trial_reports_every_budget_and_resumes_exactly(tiny):
             assert row["status"] == "ok" and np.isfinite(row["err_max"])
             assert row["n_model_params"] == t.n_model_params(row["budget_index"], data.n_state)
             assert len(p["param_err"]) == data.params_test.shape[0]
-            assert row["train_time_s"] == pytest.approx(sum(row["stage_times_s"]))
+            # One training time per stage of the budget, each measured (> 0) and together
+            # within the trial's wall time.
+            stage_times = row["stage_times_s"]
+            assert len(stage_times) == len(t.budgets[row["budget_index"]])
+            assert min(stage_times) > 0 and row["train_time_s"] < wall
             assert row["err_max"] == pytest.approx(max(p["param_err"]))
         # Resume from the checkpoint taken at the first evaluation: identical later numbers.
         state = reports[0][1]
@@ -339,9 +346,7 @@ def test_trial_reports_every_budget_and_resumes_exactly(tiny):
         again = _rows(resumed)
         assert sorted(again) == t.evaluation_ids[1:]
         for eid in again:
-            np.testing.assert_allclose(
-                again[eid]["param_err"], rows[eid]["param_err"], rtol=0, atol=1e-6
-            )
+            assert again[eid]["param_err"] == rows[eid]["param_err"]
         # Finished on disk: nothing runs.
         assert _run_trial(spec, data, t, finished=frozenset(t.evaluation_ids)) == []
 
@@ -604,9 +609,16 @@ def _result_values(out: Path) -> dict[str, list[float]]:
 
 def test_smoke_run_end_to_end_and_rerun_is_a_no_op(tmp_path, capsys):
     out = tmp_path / "smoke"
-    assert main(["run", "smoke", "--out", str(out), "-v", "0"]) == 0
+    assert main(["run", "smoke", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "ray_overhead_fraction=" in text and "best mlasdi" in text and "best gplasdi" in text
+    # The console has the progress line, not Tune's tables or a TensorBoard hint; the run log
+    # keeps both.
+    assert "trials 2/2, evaluations 4/4 (100 % of planned compute)" in text
+    assert "Trial status" not in text and "TensorBoard" not in text
+    log = (out / "run.log").read_text()
+    assert "Trial status" in log and "trials 2/2, evaluations 4/4" in log
+    assert "ray_overhead_fraction=" in log and "TensorBoard" not in log
     # The run ends with the analysis report, whose sentence is printed.
     assert (out / "report" / "report.md").is_file()
     assert "**mLaSDI vs GPLaSDI**: **too few units** (" in text
@@ -806,15 +818,19 @@ def test_smoke_flag_shrinks_any_spec():
 def test_a_trial_ray_gave_up_on_gets_failed_rows(tiny, tmp_path):
     from types import SimpleNamespace
 
+    from studies.progress import StudyProgress
     from studies.results import ResultWriter
     from studies.run import _make_callback
 
     spec, data = tiny
     t = trials(spec)[1]
     writer = ResultWriter(tmp_path, data.params_test, data.is_train)
-    callback = _make_callback(writer, spec, data)
+    progress = StudyProgress([t], set(), data.n_state, 10, stream=io.StringIO())
+    callback = _make_callback(writer, spec, data, progress)
     fake = SimpleNamespace(trial_id="abc_00001", config={"trial": t.to_config()}, error_file=None)
     callback.on_trial_error(0, [], fake)
+    assert progress.line().startswith("trials 1/1, evaluations 2/2")
+    assert progress.line().endswith("no result yet, failures 2")
     df = read_results(tmp_path)
     assert sorted(df["evaluation_id"]) == t.evaluation_ids
     assert set(df["status"]) == {"failed"}

@@ -163,6 +163,27 @@ def test_electric_field_nyquist_mode_is_zero():
     np.testing.assert_allclose(E, 0.0, atol=1e-14)
 
 
+def test_electric_field_in_each_dtype_whatever_ran_before():
+    # Seed 4: u [2, 22, 4] (N_x = 22, used by no other test, so this test sees the first call at
+    # this size). float32 first, then float64, then float32 again: each result has its input's
+    # dtype and matches an independent FFT of rho in float64 to that dtype's rounding, i.e. the
+    # float64 field is not computed with the float32 matrix (which drifts by ~1e-8).
+    nx, nv = 22, 4
+    dv = 14.0 / nv
+    u = np.random.default_rng(4).uniform(0.5, 1.5, (2, nx, nv))
+    rho = u.sum(axis=-1) * dv
+    m = np.fft.fftfreq(nx) * nx
+    coef = np.zeros(nx, dtype=np.complex128)
+    coef[1:] = -1j / m[1:]
+    expected = np.real(np.fft.ifft(np.fft.fft(rho, axis=-1) * coef, axis=-1))
+    for dtype, rtol in ((torch.float32, 2e-6), (torch.float64, 1e-13), (torch.float32, 2e-6)):
+        E = vlasov.electric_field(torch.as_tensor(u, dtype=dtype), dv)
+        assert E.dtype == dtype
+        np.testing.assert_allclose(
+            E.double().numpy(), expected, rtol=0, atol=rtol * np.abs(expected).max()
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Scheme
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mlasdi.config import ConfigError, from_dict
+from mlasdi.config import ConfigError, choice_error, from_dict, unknown_keys_error
 from mlasdi.problems.burgers1d import Burgers1DData
 from mlasdi.problems.oscillator import OscillatorData
 from mlasdi.problems.snapshot_file import FileData
@@ -41,17 +41,15 @@ def data_source(raw: Mapping[str, Any]) -> DataSource:
     d = dict(raw)
     problem = d.pop("problem", "file")
     if problem not in SOURCES:
-        raise ConfigError(f"data.problem must be one of {list(SOURCES)}, got {problem!r}")
+        raise ConfigError(choice_error("data.problem", problem, list(SOURCES)))
     cls = SOURCES[problem]
     keys = source_keys(cls)
     for key in d:
-        if key not in keys:
-            if any(key in source_keys(other) for other in SOURCES.values()):
-                raise ConfigError(f"data.{key} does not apply to problem {problem!r}")
-            raise ConfigError(
-                f"unknown key(s) [{key!r}] in [data]; valid keys for problem {problem!r}: "
-                f"{sorted(['problem', *keys])}"
-            )
+        if key not in keys and any(key in source_keys(other) for other in SOURCES.values()):
+            raise ConfigError(f"data.{key} does not apply to problem {problem!r}")
+    unknown = [key for key in d if key not in keys]
+    if unknown:
+        raise ConfigError(unknown_keys_error(unknown, ["problem", *keys], "[data]"))
     source = from_dict(cls, d, where="data")
     source.check()
     return source

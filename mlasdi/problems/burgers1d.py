@@ -22,9 +22,10 @@ Discretisation, as GPLaSDI's ``solver`` does it:
   At most ``max_newton = 10`` iterations.
 * When the test still fails after ``max_newton`` iterations, GPLaSDI stores nothing: the time level
   keeps the zeros its array was allocated with, and every later level stays zero (Newton from zero
-  tests ``0 / 0``, which is never below ``tol``). ``on_failure="zero"`` (the default) reproduces that
-  and warns (:class:`NewtonConvergenceWarning`); ``on_failure="raise"`` raises
-  :class:`NewtonConvergenceError` instead.
+  tests ``0 / 0``, which is never below ``tol``), so a study would train and test on those zeros.
+  Here ``on_failure="raise"`` (the default) raises :class:`NewtonConvergenceError` naming the
+  parameter and the time level; ``on_failure="gplasdi_zeros"`` opts in to GPLaSDI's behaviour
+  and warns (:class:`NewtonConvergenceWarning`).
 
 The linear solve of each Newton iteration is exact and O(N) per parameter: with ``d_i = p_i +
 q_i d_{N-1}``, ``p`` solves the bidiagonal system without the corner (a first-order linear
@@ -75,7 +76,7 @@ PARAM_NAMES = ("a", "w")
 A_RANGE = (0.7, 0.9)
 W_RANGE = (0.9, 1.1)
 SOLVER_VERSION = 1
-ON_FAILURE = ("zero", "raise")
+ON_FAILURE = ("raise", "gplasdi_zeros")
 
 # Parameters per batch: the dozen [N, B] working arrays of a step stay in the 1 MiB L2 cache at
 # N = 1000, B = 16 (CPU time for 441 x 1000 steps measured here: B = 8 29 s, 16 20 s, 24 20 s,
@@ -90,7 +91,7 @@ class NewtonConvergenceWarning(RuntimeWarning):
 
 
 class NewtonConvergenceError(ValueError):
-    """Newton's method did not converge (``on_failure="raise"``)."""
+    """Newton's method did not converge (``on_failure="raise"``, the default)."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,8 @@ class BurgersSettings:
     t_max : final time; ``dt = t_max / (nt - 1)``.
     max_newton : Newton iterations per step at most (GPLaSDI's ``maxk``).
     tol : Newton stops when ``||r|| / ||u^n|| < tol`` (GPLaSDI's ``convergence_threshold``).
-    on_failure : ``"zero"`` (GPLaSDI: the level and all later ones stay 0, with a warning) or
-        ``"raise"``.
+    on_failure : ``"raise"`` (a Newton failure is an error) or ``"gplasdi_zeros"`` (GPLaSDI's
+        behaviour: the level and all later ones stay 0, with a warning).
     """
 
     nx: int = 1001
@@ -116,24 +117,24 @@ class BurgersSettings:
     t_max: float = 1.0
     max_newton: int = 10
     tol: float = 1e-8
-    on_failure: str = "zero"
+    on_failure: str = "raise"
 
     def __post_init__(self) -> None:
         for name, least in (("nx", 4), ("nt", 3), ("max_newton", 1)):
             n = getattr(self, name)
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {n!r}")
+                raise ConfigError(f"{name} must be an integer, got {n!r}")
             if n < least:
-                raise ValueError(f"{name} must be >= {least}, got {n}")
+                raise ConfigError(f"{name} must be >= {least}, got {n}")
         for name in ("x_min", "x_max", "t_max", "tol"):
             if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be finite, got {getattr(self, name)}")
         if not self.x_max > self.x_min:
-            raise ValueError(f"x_max ({self.x_max}) must exceed x_min ({self.x_min})")
+            raise ConfigError(f"x_max ({self.x_max}) must exceed x_min ({self.x_min})")
         if not (self.t_max > 0 and self.tol > 0):
-            raise ValueError(f"t_max and tol must be positive, got {self.t_max} and {self.tol}")
+            raise ConfigError(f"t_max and tol must be positive, got {self.t_max} and {self.tol}")
         if self.on_failure not in ON_FAILURE:
-            raise ValueError(
+            raise ConfigError(
                 f"on_failure must be one of {list(ON_FAILURE)}, got {self.on_failure!r}"
             )
 
@@ -192,7 +193,7 @@ def parameter_grid(n_a: int = 21, n_w: int = 21) -> np.ndarray:
     one ulp away from ``linspace``) and ``linspace(0.9, 1.1, n_w)`` otherwise.
     """
     if n_a < 1 or n_w < 1:
-        raise ValueError(f"grid sizes must be positive, got {n_a} x {n_w}")
+        raise ConfigError(f"grid sizes must be positive, got {n_a} x {n_w}")
     a = np.linspace(*A_RANGE, n_a)
     if n_w == 21:
         w = np.array([round(0.9 + 0.01 * j, 2) for j in range(21)])
@@ -205,18 +206,18 @@ def parameter_grid(n_a: int = 21, n_w: int = 21) -> np.ndarray:
 def _check_params(params: np.ndarray) -> np.ndarray:
     params = np.atleast_2d(np.asarray(params, dtype=np.float64))
     if params.ndim != 2 or params.shape[1] != 2 or params.shape[0] == 0:
-        raise ValueError(f"params must have shape [n, 2] with columns (a, w), got {params.shape}")
+        raise ConfigError(f"params must have shape [n, 2] with columns (a, w), got {params.shape}")
     if not np.all(np.isfinite(params)):
-        raise ValueError("params must be finite")
+        raise ConfigError("params must be finite")
     bad = np.flatnonzero(params[:, 0] < 0)
     if bad.size:
-        raise ValueError(
+        raise ConfigError(
             f"amplitude a must be >= 0 (the upwind differences assume u >= 0); "
             f"got a = {params[bad[0], 0]} (row {bad[0]})"
         )
     bad = np.flatnonzero(params[:, 1] == 0)
     if bad.size:
-        raise ValueError(f"width w must be nonzero; got w = 0 (row {bad[0]})")
+        raise ConfigError(f"width w must be nonzero; got w = 0 (row {bad[0]})")
     return params
 
 
@@ -397,7 +398,8 @@ def integrate(
 def _failure_message(params: np.ndarray, failed_step: np.ndarray, settings: BurgersSettings) -> str:
     bad = np.flatnonzero(failed_step >= 0)
     first = ", ".join(
-        f"(a={params[i, 0]:.6g}, w={params[i, 1]:.6g}) at t={(failed_step[i] + 1) * settings.dt:.6g}"
+        f"(a={params[i, 0]:.6g}, w={params[i, 1]:.6g}) at time level {failed_step[i] + 1} "
+        f"(t={(failed_step[i] + 1) * settings.dt:.6g})"
         for i in bad[:3]
     )
     more = f" and {bad.size - 3} more" if bad.size > 3 else ""
@@ -412,11 +414,11 @@ def _solve_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(indices, snapshots [len(indices), nt, nx])`` batch by batch.
 
-    Non-convergence raises (``on_failure="raise"``) or warns once per batch (``"zero"``).
+    Non-convergence raises (``on_failure="raise"``) or warns once per batch (``"gplasdi_zeros"``).
     """
     size = _BATCH if batch_size is None else batch_size
     if size < 1:
-        raise ValueError(f"batch_size must be positive, got {size}")
+        raise ConfigError(f"batch_size must be positive, got {size}")
     n_mu = params.shape[0]
     n_batches = -(-n_mu // size)
     size = -(-n_mu // n_batches)
@@ -437,7 +439,10 @@ def _solve_batches(
             if np.any(report.failed_step >= 0):
                 message = _failure_message(params[idx], report.failed_step, settings)
                 if settings.on_failure == "raise":
-                    raise NewtonConvergenceError(message)
+                    raise NewtonConvergenceError(
+                        f'{message}; on_failure = "gplasdi_zeros" keeps GPLaSDI\'s zero levels '
+                        "instead, or raise max_newton"
+                    )
                 warnings.warn(
                     message + "; as GPLaSDI, the later levels are 0",
                     NewtonConvergenceWarning,
@@ -531,7 +536,9 @@ class Burgers1DData(GeneratedGrid):
     [n_a, n_w] grid over a in [0.7, 0.9], w in [0.9, 1.1]; trained on the four corners unless
     ``train_params`` / ``train_index`` / ``train_stride`` say otherwise
     (:class:`~mlasdi.problems.source.GeneratedGrid`). The file (``file``, default
-    ``data/burgers1d_<nx>x<nt>_<n_a>x<n_w>.h5``) is generated and cached.
+    ``data/burgers1d_<nx>x<nt>_<n_a>x<n_w>.h5``) is generated and cached. ``on_failure``: what
+    a Newton failure does (:class:`BurgersSettings`): ``"raise"`` stops the generation,
+    ``"gplasdi_zeros"`` keeps GPLaSDI's zero levels.
     """
 
     problem: ClassVar[str] = "burgers1d"
@@ -541,6 +548,7 @@ class Burgers1DData(GeneratedGrid):
     train_stride: float | tuple[float, ...] = 0.2
     nx: int = 1001
     nt: int = 1001
+    on_failure: str = "raise"
 
     @property
     def n_state(self) -> int:
@@ -555,7 +563,7 @@ class Burgers1DData(GeneratedGrid):
 
     def _settings(self) -> BurgersSettings:
         try:
-            return BurgersSettings(nx=self.nx, nt=self.nt)
+            return BurgersSettings(nx=self.nx, nt=self.nt, on_failure=self.on_failure)
         except ValueError as exc:
             raise ConfigError(f"data: {exc}") from None
 
@@ -573,7 +581,12 @@ class Burgers1DData(GeneratedGrid):
 
     def generate_file(self, path: Path, *, progress: bool) -> None:
         generate_snapshot_file(
-            path, params=self.parameters(), progress=progress, nx=self.nx, nt=self.nt
+            path,
+            params=self.parameters(),
+            progress=progress,
+            nx=self.nx,
+            nt=self.nt,
+            on_failure=self.on_failure,
         )
 
     def smoke(self) -> Burgers1DData:

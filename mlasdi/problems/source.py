@@ -210,8 +210,8 @@ def stride_rows(
         isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 for s in strides
     ):
         raise ConfigError(
-            f"data.train_stride must be one positive number or {n_p} (one per parameter "
-            f"{list(names)}), got {list(strides)}"
+            f"data.train_stride must be one positive step in parameter units or {n_p} (one per "
+            f"parameter {list(names)}), got {list(strides)}"
         )
     axes = [np.unique(params[:, j]) for j in range(n_p)]
     if int(np.prod([a.size for a in axes])) != n_mu:
@@ -227,7 +227,8 @@ def stride_rows(
         if abs(lo + n * step - hi) > 1e-6 * max(1.0, abs(hi)):
             raise ConfigError(
                 f"data.train_stride {step} does not divide the range [{lo:g}, {hi:g}] of "
-                f"parameter {name}"
+                f"parameter {name}: the stride is a step in {name}'s own units along its axis; "
+                f"{_strides_that_fit(axis)}"
             )
         points = lo + step * np.arange(n + 1)
         found = _matches(points[:, None], axis[:, None])
@@ -235,11 +236,27 @@ def stride_rows(
             bad = points[~found.any(axis=1)][0]
             raise ConfigError(
                 f"data.train_stride {step}: {name} = {bad:g} is not on the grid of {where} "
-                f"(values {axis.tolist()})"
+                f"(values {axis.tolist()}); {_strides_that_fit(axis)}"
             )
         targets.append(axis[found.argmax(axis=1)])
     grid = np.array(list(itertools.product(*targets)), dtype=np.float64)
     return _matches(grid, params).argmax(axis=1)
+
+
+def _strides_that_fit(axis: np.ndarray) -> str:
+    """The steps that select grid values of ``axis`` (sorted, regular) from end to end."""
+    if axis.size < 2:
+        return f"the axis has the one value {axis[0]:g}"
+    spacing = (axis[-1] - axis[0]) / (axis.size - 1)
+    fits = [
+        f"{k * spacing:.6g}"
+        for k in range(1, axis.size)
+        if (axis.size - 1) % k == 0
+        and np.allclose(axis[::k], axis[0] + k * spacing * np.arange(axis[::k].size))
+    ]
+    if not fits:
+        return "no stride fits its values; use data.train_index or data.train_params"
+    return f"strides that fit its values {axis.tolist()}: {', '.join(fits)}"
 
 
 def training_rows(

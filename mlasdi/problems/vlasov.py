@@ -42,6 +42,7 @@ when more rows need it), on GPU densely (no data-dependent shapes, no host synch
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import os
@@ -121,22 +122,22 @@ class VlasovSettings:
         for name in ("nx", "nv"):
             n = getattr(self, name)
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer, got {n!r}")
+                raise ConfigError(f"{name} must be an integer, got {n!r}")
             if n < 8 or n % 2:
-                raise ValueError(
+                raise ConfigError(
                     f"{name} must be even and >= 8 (WENO5 needs a 5-point stencil), got {n}"
                 )
         if not (math.isfinite(self.dt) and self.dt > 0):
-            raise ValueError(f"dt must be positive, got {self.dt}")
+            raise ConfigError(f"dt must be positive, got {self.dt}")
         if self.n_steps < 2 or self.save_every < 1 or self.n_steps % self.save_every:
-            raise ValueError(
+            raise ConfigError(
                 f"n_steps ({self.n_steps}) must be a multiple of save_every ({self.save_every}) "
                 "with at least 2 snapshots after t = 0"
             )
         if self.n_steps // self.save_every < 2:
-            raise ValueError("at least 3 snapshots (including t = 0) are needed")
+            raise ConfigError("at least 3 snapshots (including t = 0) are needed")
         if not math.isfinite(self.perturbation):
-            raise ValueError(f"perturbation must be finite, got {self.perturbation}")
+            raise ConfigError(f"perturbation must be finite, got {self.perturbation}")
 
     @property
     def n_times(self) -> int:
@@ -182,7 +183,7 @@ def parameter_grid(
     The default is the paper's 21 x 21 grid with step 0.01.
     """
     if n_T < 1 or n_k < 1:
-        raise ValueError(f"grid sizes must be positive, got {n_T} x {n_k}")
+        raise ConfigError(f"grid sizes must be positive, got {n_T} x {n_k}")
     T = np.linspace(T_range[0], T_range[1], n_T)
     k = np.linspace(k_range[0], k_range[1], n_k)
     TT, KK = np.meshgrid(T, k, indexing="ij")
@@ -230,12 +231,12 @@ def phase_space_grid(nx: int = 64, nv: int = 64) -> tuple[np.ndarray, np.ndarray
 def _check_params(params: np.ndarray) -> np.ndarray:
     params = np.atleast_2d(np.asarray(params, dtype=np.float64))
     if params.ndim != 2 or params.shape[1] != 2 or params.shape[0] == 0:
-        raise ValueError(f"params must have shape [n, 2] with columns (T, k), got {params.shape}")
+        raise ConfigError(f"params must have shape [n, 2] with columns (T, k), got {params.shape}")
     if not np.all(np.isfinite(params)):
-        raise ValueError("params must be finite")
+        raise ConfigError("params must be finite")
     bad = np.flatnonzero(params[:, 0] <= 0)
     if bad.size:
-        raise ValueError(
+        raise ConfigError(
             f"temperature T must be positive; got T = {params[bad[0], 0]} (row {bad[0]})"
         )
     return params
@@ -328,7 +329,11 @@ def _field_matrix(nx: int) -> np.ndarray:
     return np.real(np.fft.ifft(np.fft.fft(np.eye(nx), axis=0) * coef[:, None], axis=0))
 
 
-_FIELD_MATRICES: dict[tuple[int, str], torch.Tensor] = {}
+@functools.lru_cache(maxsize=16)
+def _field_matrix_tensor(nx: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # One per size, dtype and device: a float64 solve must never use a float32 matrix (its
+    # fields would drift by ~1e-8), nor a float32 solve silently promote to float64.
+    return torch.as_tensor(_field_matrix(nx), dtype=dtype, device=device)
 
 
 def electric_field(u: torch.Tensor, dv: float) -> torch.Tensor:
@@ -341,12 +346,9 @@ def electric_field(u: torch.Tensor, dv: float) -> torch.Tensor:
     results equal one-by-one results bit for bit; it agrees with an FFT to round-off.
     """
     nx = u.shape[-2]
-    key = (nx, str(u.device))
-    if key not in _FIELD_MATRICES:
-        _FIELD_MATRICES[key] = torch.as_tensor(_field_matrix(nx), dtype=u.dtype, device=u.device)
     rho = (u / (1.0 / dv)).sum(dim=-1)
     rho = rho - rho.sum(dim=-1, keepdim=True) / nx
-    return (rho[:, None, :] * _FIELD_MATRICES[key]).sum(dim=-1)
+    return (rho[:, None, :] * _field_matrix_tensor(nx, u.dtype, u.device)).sum(dim=-1)
 
 
 class _RightHandSide:
@@ -549,7 +551,7 @@ def _resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
     return dev
 
 
@@ -646,7 +648,7 @@ def _solve_batches(
         raise ValueError("worker processes are for CPU runs only")
     size = batch_size if batch_size is not None else _auto_batch_size(n_mu, settings, device)
     if size < 1:
-        raise ValueError(f"batch_size must be positive, got {size}")
+        raise ConfigError(f"batch_size must be positive, got {size}")
     if workers > 1 and batch_size is None:
         # keep the batches in flight (each worker's buffer, its pickled copy, the parent's copy)
         # within the memory budget: several batches per worker
@@ -658,18 +660,20 @@ def _solve_batches(
     for b in range(n_batches):
         idx = np.arange(b * size, min((b + 1) * size, n_mu))
         batches.append((idx, np.concatenate([idx, np.full(size - idx.size, idx[-1])])))
+    desc = f"vlasov {settings.nx}x{settings.nv}"
     bar = tqdm(
         total=n_batches * settings.n_steps,
-        desc=f"vlasov {settings.nx}x{settings.nv}",
+        desc=f"{desc} compiling (one-time)" if compile else desc,
         unit="step",
         disable=not progress,
         leave=False,
     )
+    update = CompiledFirstUpdate(bar, desc) if compile else bar.update
     with bar:
         if workers <= 1:
             stepper = _Stepper(settings, device, compile)
             for idx, padded in batches:
-                snaps = _run_batch(stepper, params[padded], settings, device, bar.update)
+                snaps = _run_batch(stepper, params[padded], settings, device, update)
                 yield idx, _checked(snaps[: idx.size], idx)
             return
         context = multiprocessing.get_context("spawn")
@@ -682,11 +686,29 @@ def _solve_batches(
                 for future in as_completed(pending):
                     idx = pending.pop(future)
                     snaps = future.result()
-                    bar.update(settings.n_steps)
+                    update(settings.n_steps)
                     yield idx, _checked(snaps[: idx.size], idx)
             finally:
                 for future in pending:
                     future.cancel()
+
+
+class CompiledFirstUpdate:
+    """``bar.update`` for a compiled solver: its first update includes the one-time compilation
+    (30 s on a CPU), so the bar restarts its clock after it and the ETA counts from the second
+    step on."""
+
+    def __init__(self, bar: tqdm, desc: str) -> None:
+        self.bar, self.desc, self.first = bar, desc, True
+
+    def __call__(self, n: int) -> None:
+        self.bar.update(n)
+        if self.first:
+            self.first = False
+            done = self.bar.n
+            self.bar.reset(total=self.bar.total)
+            self.bar.initial = self.bar.n = self.bar.last_print_n = done
+            self.bar.set_description(self.desc)
 
 
 def _checked(snaps: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -133,7 +133,7 @@ def run_search(
             log=log,
         )
     wall = time.perf_counter() - start
-    summary = write_outputs(study, spec, setup, out)
+    summary = write_outputs(study, spec, setup, out, held_out=data.params_val)
     summary.update(
         {"study_name": name, "storage": _safe_url(storage), "wall_s": wall, "recovered": recovered}
     )
