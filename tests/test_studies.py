@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -919,3 +920,52 @@ def test_uncertainty_off_leaves_every_other_number_unchanged(tiny):
         assert np.isnan(p["row"]["coverage_90"]) and p["row"]["coverage_curve"] == []
         assert p["param_err"] == on_rows[eid]["param_err"]
         assert p["row"]["err_max"] == on_rows[eid]["row"]["err_max"]
+
+
+def test_sampling_strategy_is_a_study_dimension():
+    raw = _base()
+    raw["sampling"] = {"strategy": ["fixed", "greedy"], "every": 10, "max_points": 5}
+    spec = spec_from_dict(raw)
+    assert spec.strategies == ("fixed", "greedy") and spec.sampling.strategy == "greedy"
+    assert spec.sampling.every == 10 and spec.sampling.max_points == 5
+    assert spec_from_dict(spec.to_dict()) == spec
+    ts = trials(spec)
+    # 2 methods x 1 architecture x 1 latent x 1 seed x 2 strategies, every id distinct; fixed
+    # trials keep their ids from before the dimension existed.
+    assert len(ts) == 4 and len({t.trial_id for t in ts}) == 4
+    assert [t.trial_id for t in ts if t.sampling == "fixed"] == [
+        "gplasdi-a0-l2-s0",
+        "mlasdi-a0-l2-s0",
+    ]
+    assert {t.trial_id for t in ts if t.sampling == "greedy"} == {
+        "gplasdi-a0-l2-s0-greedy",
+        "mlasdi-a0-l2-s0-greedy",
+    }
+    assert all(type(t).from_config(t.to_config()) == t for t in ts)
+    # Without [sampling]: fixed, as before, and nothing new in the written spec.
+    plain = spec_from_dict(_base())
+    assert plain.strategies == ("fixed",) and "sampling" not in plain.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("sampling", "needle"),
+    [
+        ({"strategy": "random"}, "sampling.strategy"),
+        ({"strategy": ["greedy", "greedy"]}, "duplicates"),
+        ({"every": 0}, "sampling.every"),
+        ({"criterion": "max"}, "sampling.criterion"),
+        ({"evry": 10}, "[sampling]"),
+    ],
+)
+def test_bad_sampling_tables_are_rejected(sampling, needle):
+    raw = _base()
+    raw["sampling"] = sampling
+    with pytest.raises(SpecError, match=re.escape(needle)):
+        spec_from_dict(raw)
+
+
+def test_uncertainty_samples_of_one_are_rejected():
+    raw = _base()
+    raw["run"] = {"uncertainty_samples": 1}
+    with pytest.raises(SpecError, match="uncertainty_samples"):
+        spec_from_dict(raw)
