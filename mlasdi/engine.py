@@ -368,8 +368,18 @@ class StageEngine:
 
     def grow(self, U: torch.Tensor, params: np.ndarray) -> None:
         """Append training rows (``U`` [m, n_t, n_state], ``params`` [m, n_p]): the "sampling
-        round due" event's answer. Not written yet: see the module docstring."""
-        raise NotImplementedError("greedy sampling is not implemented yet")
+        round due" event's answer. Every later event reads the larger set; the live stage-1
+        trainer goes on training on it (``trainer.grow``) with its weights and optimiser
+        state."""
+        d = self.data
+        self.data = TrainingSet(
+            torch.cat([d.U, U.to(device=d.U.device, dtype=d.U.dtype)]),
+            np.concatenate([d.params, np.atleast_2d(params)]),
+            d.times,
+        )
+        for run in self.live:
+            if run.stage == 1:
+                run.trainer.grow(self.data.U)  # type: ignore[attr-defined]
 
 
 # ----- plug-ins --------------------------------------------------------------------------------

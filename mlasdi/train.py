@@ -604,6 +604,19 @@ class Stage1Trainer(FullBatchTrainer):
             for beta in (config.beta1, config.beta2)
         ]
 
+    def grow(self, U: torch.Tensor) -> None:
+        """Train on ``U`` [n_train, n_t, n_state] from now on: the training rows so far with new
+        ones appended. The weights, the optimiser state and the standardisation (fixed when
+        training started: the weights were learnt in its units) carry over; the full-batch
+        tensors of the step are rebuilt for the larger set."""
+        model: Autoencoder = self.model  # type: ignore[assignment]
+        self.n_train = U.shape[0]
+        self.U_flat = ((U - model.shift) / model.scale).reshape(-1, self.n_state)
+        self.output = OutputLayerMSE(
+            model.decoder[-1], self.U_flat, solve=self.config.output_layer == "lstsq"
+        )
+        self.captured = None  # a captured step holds the old tensors
+
     def selected(self) -> tuple[int, Autoencoder]:
         """(iteration, autoencoder) that stage 1 keeps at the current iteration: the live model,
         or with ``select_every`` its best checkpoint so far (a copy, unless it is the live one).

@@ -243,7 +243,12 @@ def _tune_run(
             previous = {}
         writer = ResultWriter(out, data.params_test, data.is_train)
         trainable = tune.with_parameters(
-            run_trial, spec=spec, data=data, finished=frozenset(finished), previous=previous
+            run_trial,
+            spec=spec,
+            data=data,
+            finished=frozenset(finished),
+            previous=previous,
+            fom_cache=str(out / "fom_cache"),
         )
 
         def resources(config: dict[str, Any]) -> Any:

@@ -27,6 +27,7 @@ study goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -57,9 +58,11 @@ from mlasdi.engine import (
     Stop,
     TrainingSet,
 )
+from mlasdi.greedy import GreedySampler, rows_at, training_snapshots
 from mlasdi.metrics import summarize_errors
 from mlasdi.rom import MultiStageROM, held_out_rom, resolve_device, torch_dtype
 from mlasdi.runtime import provenance
+from mlasdi.sampling import CachedFOM, initial_points, parameter_key, problem_fom
 from mlasdi.study_data import StudyData
 from mlasdi.train import TRAINER_STATE_FORMAT, CheckpointReport, DivergenceError
 from mlasdi.uncertainty import assess, calibration_scale
@@ -101,8 +104,13 @@ class TrialRunner(Plugin):
         finished: frozenset[str] | set[str],
         report: Callable[[dict[str, Any], dict[str, Any] | None], None],
         state: dict[str, Any] | None = None,
+        *,
+        fom_cache: str | Path | None = None,
     ) -> None:
         self.trial = trial
+        self.fom_cache = fom_cache
+        self.sampler: GreedySampler | None = None
+        self.initial: np.ndarray = data.params_train
         self.spec = spec
         self.data = data
         self.report_fn = report
@@ -136,6 +144,7 @@ class TrialRunner(Plugin):
     def _state(self) -> dict[str, Any]:
         return {
             "done": sorted(self.done),
+            "picks": self.sampler.state() if self.sampler is not None else [],
             "stages": [
                 {"prefix": list(run.prefix), "trainer": run.trainer.state_dict()}
                 for run in (self.engine.live if self.engine is not None else [])
@@ -205,15 +214,32 @@ class TrialRunner(Plugin):
             "calibration_scale": nan,
             "calibrated_coverage_90": nan,
             "uq_time_s": nan,
-            "sampling": "fixed",
-            "n_fom_solves": int(self.data.params_train.shape[0]),
-            "picked_params": [],
-            "picked_iters": [],
-            "round_time_s": 0.0,
-            "fom_time_s": 0.0,
+            **self._sampling_values(budget[0]),
         }
         row.update(values)
         return row
+
+    def _sampling_values(self, iteration: int) -> dict[str, Any]:
+        """The sampling columns of a model whose stage 1 trained ``iteration`` iterations."""
+        picks = [] if self.sampler is None else self.sampler.picks_until(iteration)
+        round_s, fom_s = (0.0, 0.0) if self.sampler is None else self.sampler.times_until(iteration)
+        return {
+            "sampling": self.trial.sampling,
+            "n_fom_solves": int(self.initial.shape[0]) + len(picks),
+            "picked_params": [float(x) for p in picks for x in p.params],
+            "picked_iters": [p.iteration for p in picks],
+            "round_time_s": round_s,
+            "fom_time_s": fom_s,
+        }
+
+    def _is_train(self, iteration: int) -> np.ndarray:
+        """[n_test]: the test points a model trained on, its stage 1 at ``iteration``."""
+        if self.sampler is None:
+            return self.data.is_train
+        picks = self.sampler.picks_until(iteration)
+        points = np.array([*self.initial, *(p.params for p in picks)])
+        keys = {parameter_key(p) for p in points}
+        return np.array([parameter_key(p) in keys for p in self.data.params_test])
 
     def _report_row(
         self,
@@ -223,7 +249,10 @@ class TrialRunner(Plugin):
         param_std: list[float] | None = None,
     ) -> None:
         self.done.add(i)
-        payload = json.dumps({"row": row, "param_err": param_err, "param_std": param_std})
+        content: dict[str, Any] = {"row": row, "param_err": param_err, "param_std": param_std}
+        if self.sampler is not None:
+            content["is_train"] = self._is_train(self.trial.budgets[i][0]).tolist()
+        payload = json.dumps(content)
         self._emit(
             {
                 "kind": "eval",
@@ -259,7 +288,7 @@ class TrialRunner(Plugin):
             return
         eval_time = time.perf_counter() - start
         r = errors[-1].max(-1)
-        is_train = self.data.is_train
+        is_train = self._is_train(self.trial.budgets[i][0])
         values = {
             **summarize_errors(r),
             **summarize_errors(r[~is_train], prefix="unseen_err"),
@@ -368,14 +397,41 @@ class TrialRunner(Plugin):
         # One split for every trial of the study (seed 0), like the training points: stage-1
         # selection and mlasdi_val's acceptance hold out the same parameters.
         setup = EngineConfig(self.device, self.dtype, Split(method.val_fraction, 0))
-        rows = TrainingSet(setup.tensor(data.U_train), data.params_train, data.times)
         self.pending = set(pending)
         self.saved = self._usable_state(pending)
-        plugins = [Acceptance(method.val_every)] if t.method == "mlasdi_val" else []
+        plugins: list[Plugin] = [Acceptance(method.val_every)] if t.method == "mlasdi_val" else []
+        if t.sampling == "greedy":
+            rows = self._greedy_start(setup)
+            plugins.append(self.sampler)  # type: ignore[arg-type]
+        else:
+            rows = TrainingSet(setup.tensor(data.U_train), data.params_train, data.times)
         self.engine = StageEngine(
             rows, self.rom_config, setup, [*plugins, self], isolate_divergence=True
         )
         self.engine.run(t.schedule(pending))
+
+    def _greedy_start(self, setup: EngineConfig) -> TrainingSet:
+        """The greedy sampler (:mod:`mlasdi.greedy`; with the picks of the saved state when it
+        is used) and the training set it starts from: the full-order model at its initial
+        points. Candidates are the test grid, or the spec's points of it."""
+        data, spec = self.data, self.spec
+        config = dataclasses.replace(spec.sampling, strategy="greedy")
+        rows = np.arange(data.params_test.shape[0])
+        if config.candidates:
+            rows = rows_at(data.params_test, np.array(config.candidates))
+        candidates = data.params_test[rows]
+        stride = spec.data.time_stride * spec.data.train_time_stride
+        cached = CachedFOM(problem_fom(spec.data), self.fom_cache)
+
+        def fom(params: np.ndarray) -> np.ndarray:
+            return training_snapshots(cached(params), stride)
+
+        picks = GreedySampler.picks_of(self.state.get("picks", [])) if self.saved else []
+        self.sampler = GreedySampler(
+            config, candidates, data.u0_test[rows], fom, seed=self.trial.seed, picks=picks
+        )
+        self.initial = initial_points(config, candidates, data.params_train)
+        return TrainingSet(setup.tensor(fom(self.initial)), self.initial, data.times)
 
     def on_stage_start(self, engine: StageEngine, run: StageRun) -> None:
         saved = self.saved.get(run.prefix)
@@ -468,15 +524,18 @@ def run_trial(
     data: StudyData,
     finished: frozenset[str],
     previous: dict[str, str] | None = None,
+    fom_cache: str | None = None,
 ) -> None:
     """The Tune function trainable (wrap with ``tune.with_parameters``).
 
     ``previous`` maps trial ids to the latest checkpoint directory of an earlier, interrupted run
     of the same study (used when Tune has no checkpoint of its own for this trial).
+    ``fom_cache``: the directory where greedy trials share their full-order solves.
     """
     trial = Trial.from_config(config["trial"])
     cpus = spec.resources.for_hidden(trial.hidden)["cpu"]
     # Fixed thread count: CPU results are reproducible run to run (and across a resume).
     torch.set_num_threads(max(1, int(cpus)))
     state = _initial_state((previous or {}).get(trial.trial_id))
-    TrialRunner(trial, spec, data, finished, _tune_reporter(trial.trial_id), state).run()
+    report = _tune_reporter(trial.trial_id)
+    TrialRunner(trial, spec, data, finished, report, state, fom_cache=fom_cache).run()

@@ -1,0 +1,155 @@
+"""Greedy sampling as a stage-engine plug-in: stage 1 grows its training set while it trains.
+
+:class:`GreedySampler` asks the engine for the iterations of its rounds (every
+``SamplingConfig.every`` of stage 1). At one that is due (:func:`~mlasdi.sampling.round_due`) it
+builds the one-stage ROM of the current weights, scores the candidates
+(:func:`~mlasdi.sampling.next_points`), asks the full-order model for the picks and calls
+:meth:`~mlasdi.engine.StageEngine.grow`: training goes on with the same weights and optimiser
+state on the larger set. Residual stages (mLaSDI) train on the set stage 1 ended with.
+
+Resuming: :attr:`GreedySampler.picks` (point and iteration of each) travel with a saved state; a
+sampler made with them grows the engine by all of them when stage 1 starts, before the saved
+trainer state is loaded, so that the trainer finds the set it was saved with. The full-order
+model is read again for them (from its cache: :class:`~mlasdi.sampling.CachedFOM`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlasdi.config import SamplingConfig
+from mlasdi.data import flatten_grid
+from mlasdi.engine import Plugin, StageEngine, StageRun
+from mlasdi.rom import stage1_rom
+from mlasdi.sampling import next_points, parameter_key, round_due
+from mlasdi.train import CheckpointReport
+
+
+def training_snapshots(snapshots: np.ndarray, stride: int) -> np.ndarray:
+    """Full-order snapshots [n, n_t, *grid] as training rows [n, n_t / stride, n_state] (float32,
+    every ``stride``-th time, the grid flattened as the data's)."""
+    snapshots = np.asarray(snapshots)[:, ::stride]
+    return flatten_grid(snapshots, snapshots.ndim - 2).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A point the sampler added after stage-1 ``iteration``."""
+
+    iteration: int
+    params: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Round:
+    """A round's ``iteration``, its seconds in all (``round_s``) and in the full-order model
+    (``fom_s``)."""
+
+    iteration: int
+    round_s: float
+    fom_s: float
+
+
+class GreedySampler(Plugin):
+    """Grows the engine's training set during stage 1 (module docstring).
+
+    ``candidates`` [n, n_p] with initial states ``u0`` [n, n_state]; ``fom(params)`` returns
+    training rows [m, n_t, n_state] (the engine's times) at params [m, n_p]. ``seed`` draws the
+    GP samples (round at iteration i: ``seed + i``). ``picks``: those of a saved state, replayed
+    when stage 1 starts.
+    """
+
+    def __init__(
+        self,
+        config: SamplingConfig,
+        candidates: np.ndarray,
+        u0: np.ndarray,
+        fom: Callable[[np.ndarray], np.ndarray],
+        *,
+        seed: int,
+        picks: Sequence[Pick] = (),
+    ) -> None:
+        self.config, self.fom, self.seed = config, fom, seed
+        self.candidates = np.atleast_2d(np.asarray(candidates, dtype=np.float64))
+        self.u0 = u0
+        self.picks: list[Pick] = list(picks)
+        self.rounds: list[Round] = []
+
+    # ----- what a row records ---------------------------------------------------------------
+    def picks_until(self, iteration: int) -> list[Pick]:
+        return [p for p in self.picks if p.iteration <= iteration]
+
+    def times_until(self, iteration: int) -> tuple[float, float]:
+        """(round seconds, full-order seconds) of the rounds up to stage-1 ``iteration`` run
+        here (a resumed trial does not count the rounds before its state)."""
+        done = [r for r in self.rounds if r.iteration <= iteration]
+        return sum(r.round_s for r in done), sum(r.fom_s for r in done)
+
+    def state(self) -> list[dict[str, object]]:
+        return [{"iteration": p.iteration, "params": list(p.params)} for p in self.picks]
+
+    @staticmethod
+    def picks_of(state: Sequence[dict[str, object]]) -> list[Pick]:
+        return [
+            Pick(int(s["iteration"]), tuple(float(x) for x in s["params"]))  # type: ignore[arg-type, union-attr]
+            for s in state
+        ]
+
+    # ----- the plug-in ------------------------------------------------------------------------
+    def _grow(self, engine: StageEngine, points: np.ndarray) -> float:
+        """Add the full-order rows at ``points`` to the engine; returns the seconds of the FOM."""
+        start = time.perf_counter()
+        U = self.fom(points)
+        fom_s = time.perf_counter() - start
+        engine.grow(engine.setup.tensor(U), points)
+        return fom_s
+
+    def on_stage_start(self, engine: StageEngine, run: StageRun) -> None:
+        if run.stage == 1 and self.picks:
+            self._grow(engine, np.array([p.params for p in self.picks]))
+
+    def iterations(self, engine: StageEngine, run: StageRun, start: int, until: int) -> list[int]:
+        if run.stage != 1:
+            return []
+        every = self.config.every
+        return list(range((start // every + 1) * every, until + 1, every))
+
+    def on_iteration(self, engine: StageEngine, run: StageRun, report: CheckpointReport) -> None:
+        iteration = report.iteration
+        if run.stage != 1 or not round_due(self.config, iteration, len(engine.data.params)):
+            return
+        start = time.perf_counter()
+        rows = engine.data
+        config = engine.config_of((run.stops[-1],))
+        rom = stage1_rom(run.trainer.model, rows.U, rows.params, rows.times, config)
+        chosen = next_points(
+            self.config,
+            rom,
+            self.candidates,
+            self.u0,
+            rows.params,
+            seed=self.seed + iteration,
+        )
+        fom_s = 0.0
+        if chosen.size:
+            points = self.candidates[chosen]
+            fom_s = self._grow(engine, points)
+            self.picks += [Pick(iteration, parameter_key(p)) for p in points]
+        self.rounds.append(Round(iteration, time.perf_counter() - start, fom_s))
+
+
+def rows_at(candidates: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Indices into ``candidates`` [n, n_p] of ``points`` [m, n_p] (by
+    :func:`~mlasdi.sampling.parameter_key`); raises ValueError naming a point not among them."""
+    index = {parameter_key(c): i for i, c in enumerate(np.atleast_2d(candidates))}
+    out = []
+    for p in np.atleast_2d(points):
+        key = parameter_key(p)
+        if key not in index:
+            raise ValueError(f"parameter {list(key)} is not a point of the test grid")
+        out.append(index[key])
+    return np.array(out, dtype=np.int64)
