@@ -740,10 +740,15 @@ def plot_error_and_spread(
     fig = Figure(figsize=(PAPER_WIDTH_IN, 2.6 * len(panels)), layout="constrained")
     axes = fig.subplots(len(panels), 2, squeeze=False)
     for (title, rows, err, std, picked), pair in zip(panels, axes, strict=True):
-        picked_at = {(round(a, 9), round(b, 9)) for a, b in zip(picked["mu_0"], picked["mu_1"])}
+        picked_at = {
+            (round(a, 9), round(b, 9)) for a, b in zip(picked["mu_0"], picked["mu_1"], strict=True)
+        }
         train = rows[rows["is_train"].astype(bool)]
         initial = train[
-            [(round(a, 9), round(b, 9)) not in picked_at for a, b in zip(train.mu_0, train.mu_1)]
+            [
+                (round(a, 9), round(b, 9)) not in picked_at
+                for a, b in zip(train.mu_0, train.mu_1, strict=True)
+            ]
         ]
         for ax, grid, what in ((pair[0], err, "r(mu)"), (pair[1], std, "max std")):
             values = grid.to_numpy(float)

@@ -111,6 +111,9 @@ class GreedySampler(Plugin):
     def on_stage_start(self, engine: StageEngine, run: StageRun) -> None:
         if run.stage == 1 and self.picks:
             self._grow(engine, np.array([p.params for p in self.picks]))
+            if all(live is not run for live in engine.live):
+                # The engine grows its live trainers; this one starts live after this event.
+                run.trainer.grow(engine.data.U)  # type: ignore[attr-defined]
 
     def iterations(self, engine: StageEngine, run: StageRun, start: int, until: int) -> list[int]:
         if run.stage != 1:
