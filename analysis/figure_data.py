@@ -21,6 +21,7 @@ __all__ = [
     "search_history",
     "search_params",
     "uncertainty_summary",
+    "with_sampling",
     "calibration_curves",
     "picks",
     "value_grid",
@@ -189,7 +190,7 @@ def search_params(trials: pd.DataFrame) -> pd.DataFrame:
 COVERAGE_TOLERANCE = 0.1
 
 
-def _with_sampling(rows: pd.DataFrame) -> pd.DataFrame:
+def with_sampling(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` with ``sampling`` filled (``fixed`` for rows written before the column)."""
     sampling = rows["sampling"] if "sampling" in rows else pd.Series("fixed", index=rows.index)
     return rows.assign(sampling=sampling.fillna("fixed"))
@@ -200,7 +201,7 @@ def uncertainty_summary(usable: pd.DataFrame) -> pd.DataFrame:
     median coverage of the 90 % interval, Spearman of max std vs max error, calibration scale
     and calibrated coverage."""
     cols = ["coverage_90", "spread_spearman", "calibration_scale", "calibrated_coverage_90"]
-    rows = _with_sampling(usable)
+    rows = with_sampling(usable)
     if "coverage_90" not in rows:
         return pd.DataFrame(columns=["method", "sampling", "n_models", *cols])
     rows = rows[np.isfinite(rows["coverage_90"].to_numpy(np.float64, na_value=np.nan))]
@@ -212,7 +213,7 @@ def uncertainty_summary(usable: pd.DataFrame) -> pd.DataFrame:
 def calibration_curves(usable: pd.DataFrame) -> pd.DataFrame:
     """Long table ``method, sampling, nominal, empirical, low, high``: the median (and the
     min and max) over models of the empirical coverage at each nominal level."""
-    rows = _with_sampling(usable)
+    rows = with_sampling(usable)
     if "coverage_curve" not in rows:
         return pd.DataFrame(columns=["method", "sampling", "nominal", "empirical", "low", "high"])
     rows = rows[rows["coverage_curve"].map(lambda c: c is not None and len(c) > 0)]

@@ -587,6 +587,15 @@ def _write_figures(a: Analysis, fig_dir: Path) -> tuple[dict[str, list[Path]], l
             fig = P.plot_heatmaps(panels, param_names=a.param_names)
             figs["heatmap_best"] = P.save_figure(fig, fig_dir, "heatmap_best")
 
+    curves = D.calibration_curves(a.usable)
+    if len(curves):
+        fig = P.plot_calibration_curves(curves)
+        figs["calibration"] = P.save_figure(fig, fig_dir, "calibration")
+    spread = _spread_panels(a)
+    if spread:
+        fig = P.plot_error_and_spread(spread, param_names=a.param_names)
+        figs["error_and_spread"] = P.save_figure(fig, fig_dir, "error_and_spread")
+
     compared = {m: c for m, c in a.comparisons.items() if c.by_arch_latent["n_pairs"].sum() > 0}
     if compared:
         bars = {
@@ -625,6 +634,30 @@ def _write_figures(a: Analysis, fig_dir: Path) -> tuple[dict[str, list[Path]], l
         if not len(history):
             notes.append("Budget search has no completed trials: search plots skipped.")
     return figs, notes
+
+
+def _spread_panels(a: Analysis) -> list[tuple[str, pd.DataFrame, Any, Any, pd.DataFrame]]:
+    """The best model of each (method, sampling) with a max std per test point, on a full
+    two-parameter grid: (title, rows, error grid, std grid, picks)."""
+    if a.param_errors is None or "max_std" not in a.param_errors or not len(a.usable):
+        return []
+    have_std = set(a.param_errors.loc[a.param_errors["max_std"].notna(), "evaluation_id"])
+    usable = D.with_sampling(a.usable)
+    usable = usable[usable["evaluation_id"].isin(have_std)]
+    panels = []
+    n_p = len(a.param_names)
+    for (method, sampling), group in usable.groupby(["method", "sampling"], sort=True):
+        best = D.best_models(group)
+        if not len(best):
+            continue
+        row = best.iloc[0]
+        rows = D.heatmap_table(a.param_errors, [row["evaluation_id"]])
+        err, std = D.value_grid(rows, "err"), D.value_grid(rows, "max_std")
+        if err is None or std is None:
+            continue
+        title = f"{METHOD_LABELS[method]} ({sampling}), {row['n_fom_solves']} FOM solves"
+        panels.append((title, rows, err, std, D.picks(row.to_dict(), n_p)))
+    return panels
 
 
 def _comparison_section(a: Analysis, c: Comparison, pct: str) -> list[str]:
@@ -695,6 +728,48 @@ def _comparison_section(a: Analysis, c: Comparison, pct: str) -> list[str]:
         "",
     ]
     return L
+
+
+def uncertainty_sentences(summary: pd.DataFrame) -> list[str]:
+    """A plain sentence for each (method, sampling) whose median coverage of the 90 % interval
+    is more than :data:`~analysis.figure_data.COVERAGE_TOLERANCE` from 90 %."""
+    out = []
+    for r in summary.itertuples(index=False):
+        gap = r.coverage_90 - 0.9
+        if abs(gap) <= D.COVERAGE_TOLERANCE:
+            continue
+        which = "too narrow" if gap < 0 else "too wide"
+        calibrated = (
+            f"; scaled by {r.calibration_scale:.3g} on held-out training parameters they cover "
+            f"{r.calibrated_coverage_90:.0%}"
+            if math.isfinite(r.calibrated_coverage_90)
+            else ""
+        )
+        out.append(
+            f"**{METHOD_LABELS[r.method]} ({r.sampling})**: its 90 % error bars cover "
+            f"{r.coverage_90:.0%} of the true values, so they are {which} to be read as 90 % "
+            f"intervals{calibrated}."
+        )
+    return out
+
+
+def _uncertainty_section(a: Analysis) -> list[str]:
+    summary = D.uncertainty_summary(a.usable)
+    if not len(summary):
+        return []
+    return [
+        "## Uncertainty",
+        "",
+        "Medians over models: `coverage_90`, the fraction of true values (every test point, "
+        "time and state entry) inside the GP-sample interval prediction +- 1.645 std; "
+        "`spread_spearman`, the rank correlation of each test point's largest std with its "
+        "max error; `calibrated_coverage_90`, the coverage of that interval with the spread "
+        "scaled by `calibration_scale`, chosen on held-out training parameters.",
+        "",
+        _md_table(summary.assign(method=summary["method"].map(METHOD_LABELS))),
+        "",
+        *(line for sentence in uncertainty_sentences(summary) for line in (sentence, "")),
+    ]
 
 
 def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> Path:
@@ -785,6 +860,7 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
         "",
     ]
     L += ["## Per method", "", _md_table(a.summary), ""]
+    L += _uncertainty_section(a)
     L += ["### Status counts", "", _md_table(status_counts.reset_index()), ""]
     diverged = a.usable[a.usable["diverged"]]
     L += [
@@ -828,6 +904,12 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
         "factors_by_dimension": "Median improvement factor in each group of each study "
         f"dimension (architecture, latent size, budget), with its {pct} unit-bootstrap interval "
         f"(none below {F.MIN_UNITS} units) and verdict; dashed line: no change.",
+        "calibration": "Calibration of the GP-sample intervals: empirical coverage on the test "
+        "set against the nominal level (median over models, band from min to max; dashed: "
+        "calibrated).",
+        "error_and_spread": "r(mu) and the largest predicted std over the parameter grid, "
+        "best model of each method and sampling; squares: initial training points, circles: "
+        "greedy picks with their order.",
         "search_history": "Budget search history (validation err_max, running best).",
         "search_params": "Budget search: validation err_max against each parameter.",
     }

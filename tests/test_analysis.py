@@ -1251,3 +1251,89 @@ def test_error_vs_time_moves_only_hidden_markers_and_labels_ticks_below_one_perc
     lo, hi = ax.get_ylim()
     assert ticks.min() / lo <= 2 and hi / ticks.max() <= 2
     assert log_ticks(0.4, 4.1).tolist() == pytest.approx([0.5, 0.7, 1, 2, 3])
+
+
+# ----- uncertainty and greedy picks ------------------------------------------------------------
+
+
+def _uq_rows():
+    base = {"status": "ok", "err_max": 0.1, "train_time_s": 1.0, "n_fom_solves": 6}
+    rows = []
+    for k, (method, sampling, cov) in enumerate(
+        [("gplasdi", "fixed", 0.5), ("gplasdi", "fixed", 0.7), ("mlasdi", "greedy", 0.88)]
+    ):
+        rows.append(
+            {
+                **base,
+                "evaluation_id": f"e{k}",
+                "method": method,
+                "sampling": sampling,
+                "coverage_90": cov,
+                "spread_spearman": 0.1 * k,
+                "calibration_scale": 2.0 + k,
+                "calibrated_coverage_90": 0.9,
+                "coverage_levels": [0.5, 0.9],
+                "coverage_curve": [cov / 2, cov],
+                "picked_params": [1.0, 2.0, 3.0, 4.0] if sampling == "greedy" else [],
+                "picked_iters": [10, 20] if sampling == "greedy" else [],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_uncertainty_summary_curves_and_plain_sentences():
+    from analysis.figure_data import calibration_curves, uncertainty_summary
+    from analysis.report import uncertainty_sentences
+
+    summary = uncertainty_summary(_uq_rows()).set_index(["method", "sampling"])
+    assert summary.loc[("gplasdi", "fixed"), "n_models"] == 2
+    assert summary.loc[("gplasdi", "fixed"), "coverage_90"] == pytest.approx(0.6)
+    assert summary.loc[("gplasdi", "fixed"), "calibration_scale"] == pytest.approx(2.5)
+    assert summary.loc[("mlasdi", "greedy"), "spread_spearman"] == pytest.approx(0.2)
+    curves = calibration_curves(_uq_rows()).set_index(["method", "sampling", "nominal"])
+    assert curves.loc[("gplasdi", "fixed", 0.9)].tolist() == pytest.approx([0.6, 0.5, 0.7])
+    # 60 % is 30 points off 90 %: said plainly; 88 % is within 10 points: nothing said.
+    sentences = uncertainty_sentences(summary.reset_index())
+    assert len(sentences) == 1 and "GPLaSDI (fixed)" in sentences[0]
+    assert "cover 60% of the true values" in sentences[0] and "too narrow" in sentences[0]
+    assert "scaled by 2.5" in sentences[0] and "they cover 90%" in sentences[0]
+
+
+def test_picks_in_order_and_value_grids():
+    from analysis.figure_data import picks, value_grid
+
+    row = _uq_rows().iloc[2].to_dict()
+    p = picks(row, 2)
+    assert p["order"].tolist() == [1, 2] and p["iteration"].tolist() == [10, 20]
+    assert p[["mu_0", "mu_1"]].to_numpy().tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert len(picks(_uq_rows().iloc[0].to_dict(), 2)) == 0
+    rows = pd.DataFrame(
+        {"mu_0": [0, 1, 0, 1], "mu_1": [0, 0, 1, 1], "err": [1, 2, 3, 4], "max_std": [5, 6, 7, 8]}
+    )
+    grid = value_grid(rows, "max_std")
+    assert grid.to_numpy().tolist() == [[5, 6], [7, 8]]
+    assert value_grid(rows.iloc[:3], "err") is None
+
+
+def test_error_and_spread_figure_draws(tmp_path):
+    from analysis.figure_data import calibration_curves, picks, value_grid
+    from analysis.plots import plot_calibration_curves, plot_error_and_spread, save_figure
+
+    mu0, mu1 = np.meshgrid([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    rows = pd.DataFrame(
+        {
+            "mu_0": mu0.ravel(),
+            "mu_1": mu1.ravel(),
+            "err": np.linspace(0.01, 0.1, 9),
+            "max_std": np.linspace(0.001, 0.01, 9),
+            "is_train": [True, False, True, False, True, False, True, False, True],
+        }
+    )
+    picked = picks({"picked_params": [2.0, 4.0], "picked_iters": [10]}, 2)
+    fig = plot_error_and_spread(
+        [("m", rows, value_grid(rows, "err"), value_grid(rows, "max_std"), picked)]
+    )
+    assert len(fig.axes) == 4  # two panels and their colour bars
+    assert [t.get_text() for t in fig.axes[0].texts] == ["1"]
+    assert all(p.is_file() for p in save_figure(fig, tmp_path, "spread"))
+    plot_calibration_curves(calibration_curves(_uq_rows()))
