@@ -36,7 +36,6 @@ residual stage of a fit, and :func:`mlasdi.fit.fit_accepted_rom` the whole proce
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,26 +51,6 @@ from mlasdi.rom import (
     residual_stage_data,
 )
 from mlasdi.train import BestCheckpoint, ResidualTrainer
-
-
-def choose_stop(
-    iterations: Sequence[int], errors: Sequence[float], budget: int, every: int
-) -> tuple[int, float]:
-    """(iteration, error) of the stopping checkpoint for ``budget``.
-
-    The candidates are the ``iterations`` that are multiples of ``every`` and <= ``budget``, and
-    ``budget`` itself (which must be among ``iterations``); the earliest of the lowest ``errors``
-    wins.
-    """
-    if budget not in iterations:
-        raise ValueError(f"the budget {budget} is not among the checkpoints {list(iterations)}")
-    candidates = [
-        (err, it)
-        for it, err in zip(iterations, errors, strict=True)
-        if it == budget or (it <= budget and it % every == 0)
-    ]
-    err, it = min(candidates)
-    return it, err
 
 
 @dataclass(frozen=True)

