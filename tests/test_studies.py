@@ -358,7 +358,7 @@ THREE_STAGE = [[30, 20, 10], [30, 20, 20], [30, 30, 10], [40, 20, 10]]
 def _same_rows(got: dict, want: dict) -> None:
     """Rows equal except wall times and creation stamps; r(mu) bit for bit."""
     assert sorted(got) == sorted(want)
-    volatile = {"train_time_s", "stage_times_s", "eval_time_s", "created_at"}
+    volatile = {"train_time_s", "stage_times_s", "eval_time_s", "uq_time_s", "created_at"}
     for eid in want:
         a, b = got[eid]["row"], want[eid]["row"]
         assert {k: v for k, v in a.items() if k not in volatile} == {

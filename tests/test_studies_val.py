@@ -112,7 +112,7 @@ def _val_trial(budgets, run=None, **val):
     return spec, t
 
 
-VOLATILE = {"train_time_s", "stage_times_s", "eval_time_s", "created_at"}
+VOLATILE = {"train_time_s", "stage_times_s", "eval_time_s", "uq_time_s", "created_at"}
 
 
 def _same(a: dict, b: dict, ignore=()) -> None:
