@@ -204,7 +204,16 @@ def test_full_smoke_run(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
-    _check_report(report, ["gpu_tests", "rates", "steps", "vlasov", "ray_study", "projection"])
+    _check_report(
+        report,
+        ["gpu_tests", "rates", "steps", "vlasov", "budget_worker", "ray_study", "projection"],
+    )
+    worker = report["sections"]["budget_worker"]["result"]
+    for dtype in ("float32", "float64"):
+        runs = worker[dtype]
+        assert runs["device"]["worker_device"] == runs["cpu"]["worker_device"] == "cpu"
+        assert runs["device"]["steps"] == [100, 200, 300, 400]
+        assert runs["max_rel_diff_to_cpu"] == 0.0  # the same device: the same numbers
     tests = report["sections"]["gpu_tests"]["result"]
     assert tests["counts"]["skipped"] == len(tests["tests"]) > 0
     study = report["sections"]["ray_study"]["result"]
