@@ -1,10 +1,10 @@
 """One study trial: train the prefix tree of its budgets once, evaluating at every budget.
 
-:func:`run_trial` is the Ray Tune function trainable. It receives its :class:`~studies.plan.Trial`
+:func:`run_trial` is the Ray Tune function trainable. It receives its trial's (or trial group's)
 description in ``config["trial"]`` and, through ``tune.with_parameters``, the spec, the shared
 :class:`StudyData` (put in the object store once by the driver, read zero-copy by every trial on a
 node) and the evaluation ids already finished on disk. It trains the runs of
-:meth:`~studies.plan.Trial.schedule` depth first: a run stops at each count a budget needs, and at
+:meth:`~studies.plan.TrialGroup.schedule` depth first: a run stops at each count a budget needs, and at
 each stop the branches that start there are trained to their ends before the run goes on, so the
 budgets are evaluated in their (lexicographic) order. Each evaluation is one ``tune.report`` with
 the result row (JSON) and r(mu) for every test parameter; the driver-side
@@ -12,6 +12,11 @@ the result row (JSON) and r(mu) for every test parameter; the driver-side
 ``run.checkpoint_every`` iterations, carries a Tune checkpoint (the state dicts of the live
 trainers, one per stage of the branch being trained, and the evaluations done) so that a trial
 restarted after a lost node resumes where it was.
+
+Trials that share stage 1 (:class:`~studies.plan.TrialGroup`: ``mlasdi`` and ``mlasdi_val`` of one
+architecture, latent size and seed) run as one Tune trial: stage 1 is trained once and each
+trial's residual runs branch from its models, as engine branches labelled with the trial's
+method; every row is its own trial's, and the state saves each live stage with its branch.
 
 ``mlasdi_val`` trials grow the same tree; their residual stages train on the fit split of the
 training parameters, score the held-out split every ``val_every`` iterations and, at each stop,
@@ -35,7 +40,7 @@ import socket
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +68,7 @@ from mlasdi.runtime import provenance
 from mlasdi.study_data import StudyData
 from mlasdi.train import TRAINER_STATE_FORMAT, CheckpointReport, DivergenceError
 from mlasdi.validation import Split
-from studies.plan import Trial
+from studies.plan import Trial, TrialGroup
 from studies.spec import StudySpec, hidden_label
 
 log = logging.getLogger(__name__)
@@ -88,40 +93,40 @@ def last_line(exc: BaseException) -> str:
 
 
 class TrialRunner(Plugin):
-    """The stage-engine plug-in behind :func:`run_trial`: resumes from a saved trial state,
-    saves one every ``run.checkpoint_every`` iterations, evaluates each budget at its stop and
-    reports rows (``report`` injected: testable without Ray)."""
+    """The stage-engine plug-in behind :func:`run_trial`: trains a :class:`~studies.plan.TrialGroup`
+    (or one trial) on one engine, stage 1 once for all its trials and their residual runs as
+    branches labelled with their methods; resumes from a saved state, saves one every
+    ``run.checkpoint_every`` iterations, evaluates each budget at its stop and reports its row
+    (``report`` injected: testable without Ray)."""
 
     def __init__(
         self,
-        trial: Trial,
+        group: TrialGroup | Trial,
         spec: StudySpec,
         data: StudyData,
         finished: frozenset[str] | set[str],
         report: Callable[[dict[str, Any], dict[str, Any] | None], None],
         state: dict[str, Any] | None = None,
     ) -> None:
-        self.trial = trial
+        self.group = group if isinstance(group, TrialGroup) else TrialGroup((group,))
         self.spec = spec
         self.data = data
         self.report_fn = report
         self.state = state or {}
-        self.done: set[int] = set(self.state.get("done", []))
-        self.done |= {i for i, e in enumerate(trial.evaluation_ids) if e in finished}
+        ids = {e for t in self.group.trials for e in t.evaluation_ids}
+        self.done: set[str] = (set(self.state.get("done", [])) | set(finished)) & ids
         self.device = resolve_device("auto")
         self.dtype = torch_dtype(spec.training.dtype)
         self.node_id = _node_id()
         self.host = socket.gethostname()
         self.last_report = time.perf_counter()
         self.engine: StageEngine | None = None
-        self.pending: set[int] = set()
-        self.saved: dict[tuple[int, ...], dict[str, Any]] = {}
+        self.saved: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
         self.every = spec.run.checkpoint_every
         self.resumed_at = 0  # stage-1 iteration restored from a checkpoint (0: from scratch)
 
     # ----- configuration of one evaluated model ------------------------------------------------
-    def rom_config(self, budget: tuple[int, ...]) -> ROMConfig:
-        t = self.trial
+    def rom_config(self, t: Trial, budget: tuple[int, ...]) -> ROMConfig:
         return self.spec.rom_config(
             hidden=t.hidden,
             latent_dim=t.latent_dim,
@@ -131,12 +136,31 @@ class TrialRunner(Plugin):
             method=t.method,
         )
 
+    def config_of(self, budget: tuple[int, ...], branch: str) -> ROMConfig:
+        """The engine's ``config_of``: stage 1's models are every trial's (branch ``""``)."""
+        return self.rom_config(self.group.trial(branch) if branch else self.group.trials[0], budget)
+
+    def budgets(self, branch: str = "", prefix: tuple[int, ...] = ()) -> list[tuple[Trial, int]]:
+        """(trial, budget index) of the budgets not reported yet of the trials of ``branch``
+        (``""``: all) that continue ``prefix``."""
+        return [
+            (t, i)
+            for t in self.group.trials
+            if branch in ("", t.method)
+            for i, b in enumerate(t.budgets)
+            if b[: len(prefix)] == prefix and t.evaluation_id(i) not in self.done
+        ]
+
     # ----- reporting ---------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
             "done": sorted(self.done),
             "stages": [
-                {"prefix": list(run.prefix), "trainer": run.trainer.state_dict()}
+                {
+                    "branch": run.branch,
+                    "prefix": list(run.prefix),
+                    "trainer": run.trainer.state_dict(),
+                }
                 for run in (self.engine.live if self.engine is not None else [])
             ],
         }
@@ -159,8 +183,7 @@ class TrialRunner(Plugin):
         self.report_fn(base, self._state() if checkpoint else None)
         self.last_report = time.perf_counter()
 
-    def _row(self, i: int, status: str, message: str, **values: Any) -> dict[str, Any]:
-        t = self.trial
+    def _row(self, t: Trial, i: int, status: str, message: str, **values: Any) -> dict[str, Any]:
         budget = t.budgets[i]
         nan = math.nan
         row: dict[str, Any] = {
@@ -186,7 +209,7 @@ class TrialRunner(Plugin):
             "device": str(self.device),
             "status": status,
             "message": message,
-            "config_json": json.dumps(to_dict(self.rom_config(budget)), sort_keys=True),
+            "config_json": json.dumps(to_dict(self.rom_config(t, budget)), sort_keys=True),
             "mlasdi_version": mlasdi.__version__,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             **provenance(),
@@ -199,7 +222,7 @@ class TrialRunner(Plugin):
         return row
 
     def _report_row(self, i: int, row: dict[str, Any], param_err: list[float]) -> None:
-        self.done.add(i)
+        self.done.add(row["evaluation_id"])
         payload = json.dumps({"row": row, "param_err": param_err})
         self._emit(
             {
@@ -213,16 +236,18 @@ class TrialRunner(Plugin):
             checkpoint=True,
         )
 
-    def report_bad(self, indices: list[int], status: str, message: str) -> None:
+    def report_bad(
+        self, status: str, message: str, branch: str = "", prefix: tuple[int, ...] = ()
+    ) -> None:
         """Report ``status`` (``diverged`` or ``failed``) rows with ``message`` for the budgets
-        ``indices`` not reported yet."""
+        not reported yet of the trials of ``branch`` (``""``: all) that continue ``prefix``."""
         n = self.data.params_test.shape[0]
-        for i in indices:
-            if i not in self.done:
-                self._report_row(i, self._row(i, status, message), [math.nan] * n)
+        for t, i in self.budgets(branch, prefix):
+            self._report_row(i, self._row(t, i, status, message), [math.nan] * n)
 
     def _evaluate(
         self,
+        t: Trial,
         i: int,
         rom: MultiStageROM,
         stage_times: list[float],
@@ -232,7 +257,7 @@ class TrialRunner(Plugin):
         try:
             errors = self.data.test_errors(rom, self.spec.run.eval_batch_size)
         except DivergenceError as exc:
-            self.report_bad([i], "diverged", str(exc))
+            self.report_bad("diverged", str(exc), t.method, t.budgets[i])
             return
         eval_time = time.perf_counter() - start
         r = errors[-1].max(-1)
@@ -256,61 +281,81 @@ class TrialRunner(Plugin):
         status, message = "ok", ""
         if not np.all(np.isfinite(r)):
             status, message = "diverged", "prediction error is not finite"
-        self._report_row(i, self._row(i, status, message, **values), [float(x) for x in r])
+        self._report_row(i, self._row(t, i, status, message, **values), [float(x) for x in r])
 
     # ----- training: the engine's plug-in ------------------------------------------------------
     def run(self) -> None:
-        pending = [i for i in range(len(self.trial.budgets)) if i not in self.done]
-        if not pending:
+        if not self.budgets():
             return
         try:
-            self._run(pending)
+            self._run()
         except Exception as exc:
             if type(exc).__module__.startswith("ray"):
                 raise  # Ray's own (session ended, actor killed): let Tune handle it
             status = "diverged" if isinstance(exc, DivergenceError) else "failed"
             message = str(exc) if status == "diverged" else last_line(exc)
-            self.report_bad(pending, status, message)
+            self.report_bad(status, message)
 
-    def _usable_state(self, pending: list[int]) -> dict[tuple[int, ...], dict[str, Any]]:
-        """The saved stages (trainer states) by prefix, if they can continue the ``pending``
-        budgets.
+    def _order(self, branch: str, iterations: Sequence[int]) -> tuple[int, ...]:
+        """Where the engine trains the model of ``branch`` at ``iterations`` (stage 1 first):
+        stage 1's models at a stop come before the branches started there, which come in the
+        order of the group's trials, each depth first."""
+        if len(iterations) == 1:
+            return tuple(iterations)
+        k = [t.method for t in self.group.trials].index(branch)
+        return (iterations[0], k, *iterations[1:])
+
+    def _usable_state(self) -> dict[tuple[str, tuple[int, ...]], dict[str, Any]]:
+        """The saved stages (trainer states) by (branch, prefix), if they can continue the
+        budgets not reported yet.
 
         A saved branch stands at the iteration counts of its trainers, stage 1 first, and can go
-        on to exactly the budgets not lexicographically before those counts. A state past a
-        pending budget (a checkpoint newer than the rows on disk) is not used: training restarts
-        from scratch, which is deterministic, rather than skipping an evaluation or training
-        backwards. Nor is a state saved by an earlier mlasdi in another trainer-state format.
+        on to exactly the budgets the engine trains after that point (:meth:`_order`). A state
+        past a pending budget (a checkpoint newer than the rows on disk) is not used: training
+        restarts from scratch, which is deterministic, rather than skipping an evaluation or
+        training backwards. Nor is a state saved by an earlier mlasdi (another trainer-state
+        format, or stages saved without their branch).
         """
         stages = self.state.get("stages", [])
-        if any(s["trainer"].get("format") != TRAINER_STATE_FORMAT for s in stages):
+        if not stages or any(
+            s["trainer"].get("format") != TRAINER_STATE_FORMAT or "branch" not in s for s in stages
+        ):
             return {}  # saved by an earlier mlasdi: retrain (deterministic) rather than fail
-        position = tuple(int(s["trainer"]["iteration"]) for s in stages)
-        if not stages or position > min(self.trial.budgets[i] for i in pending):
-            return {}
-        return {tuple(int(x) for x in s["prefix"]): s for s in stages}
-
-    def _run(self, pending: list[int]) -> None:
-        """Train the schedule of the ``pending`` budgets on the stage engine, this runner being
-        the plug-in that resumes, saves, evaluates and reports (mlasdi_val: with
-        :class:`~mlasdi.engine.Acceptance` before it)."""
-        t, data = self.trial, self.data
-        data.check_truth()  # before hours of training that could not be evaluated
-        method = self.spec.method(t.method)
-        # One split for every trial of the study (seed 0), like the training points: stage-1
-        # selection and mlasdi_val's acceptance hold out the same parameters.
-        setup = EngineConfig(self.device, self.dtype, Split(method.val_fraction, 0))
-        rows = TrainingSet(setup.tensor(data.U_train), data.params_train, data.times)
-        self.pending = set(pending)
-        self.saved = self._usable_state(pending)
-        plugins = [Acceptance(method.val_every)] if t.method == "mlasdi_val" else []
-        self.engine = StageEngine(
-            rows, self.rom_config, setup, [*plugins, self], isolate_divergence=True
+        position = self._order(
+            stages[-1]["branch"], [int(s["trainer"]["iteration"]) for s in stages]
         )
-        self.engine.run(t.schedule(pending))
+        if any(position > self._order(t.method, t.budgets[i]) for t, i in self.budgets()):
+            return {}
+        return {(s["branch"], tuple(int(x) for x in s["prefix"])): s for s in stages}
+
+    def _run(self) -> None:
+        """Train the schedule of the budgets not reported yet on the stage engine, this runner
+        being the plug-in that resumes, saves, evaluates and reports (with
+        :class:`~mlasdi.engine.Acceptance` on the ``mlasdi_val`` branch before it)."""
+        data = self.data
+        data.check_truth()  # before hours of training that could not be evaluated
+        first = self.spec.method(self.group.trials[0].method)
+        # One split for every trial of the study (seed 0), like the training points: stage-1
+        # selection and mlasdi_val's acceptance hold out the same parameters (the trials of a
+        # group have the same held-out fraction).
+        setup = EngineConfig(self.device, self.dtype, Split(first.val_fraction, 0))
+        rows = TrainingSet(setup.tensor(data.U_train), data.params_train, data.times)
+        self.saved = self._usable_state()
+        plugins = [
+            Acceptance(self.spec.method(t.method).val_every, branch=t.method)
+            for t in self.group.trials
+            if t.method == "mlasdi_val"
+        ]
+        self.engine = StageEngine(
+            rows, self.config_of, setup, [*plugins, self], isolate_divergence=True
+        )
+        pending: dict[str, list[int]] = {}
+        for t, i in self.budgets():
+            pending.setdefault(t.method, []).append(i)
+        self.engine.run(self.group.schedule(pending))
 
     def on_stage_start(self, engine: StageEngine, run: StageRun) -> None:
-        saved = self.saved.get(run.prefix)
+        saved = self.saved.get((run.branch, run.prefix))
         if saved is not None:
             run.trainer.load_state_dict(saved["trainer"])
             if run.stage == 1:
@@ -326,15 +371,14 @@ class TrialRunner(Plugin):
         self._emit({}, checkpoint=True)
 
     def on_checkpoint(self, engine: StageEngine, stop: Stop) -> None:
-        for i in sorted(self.pending - self.done):
-            if self.trial.budgets[i] == stop.budget:
-                self._evaluate(i, stop.rom, stop.stage_times_s, stop.decisions)
+        for t, i in self.budgets(stop.run.branch, stop.budget):
+            if t.budgets[i] == stop.budget:
+                self._evaluate(t, i, stop.rom, stop.stage_times_s, stop.decisions)
 
     def on_diverged(
-        self, engine: StageEngine, prefix: tuple[int, ...], exc: DivergenceError
+        self, engine: StageEngine, branch: str, prefix: tuple[int, ...], exc: DivergenceError
     ) -> None:
-        below = [i for i in self.pending if self.trial.budgets[i][: len(prefix)] == prefix]
-        self.report_bad(sorted(below), "diverged", str(exc))
+        self.report_bad("diverged", str(exc), branch, prefix)
 
 
 def _tune_reporter(trial_id: str) -> Callable[[dict[str, Any], dict[str, Any] | None], None]:
@@ -403,12 +447,13 @@ def run_trial(
 ) -> None:
     """The Tune function trainable (wrap with ``tune.with_parameters``).
 
-    ``previous`` maps trial ids to the latest checkpoint directory of an earlier, interrupted run
+    ``config["trial"]`` is a :class:`~studies.plan.TrialGroup`'s config; ``previous`` maps
+    group ids to the latest checkpoint directory of an earlier, interrupted run
     of the same study (used when Tune has no checkpoint of its own for this trial).
     """
-    trial = Trial.from_config(config["trial"])
-    cpus = spec.resources.for_hidden(trial.hidden)["cpu"]
+    group = TrialGroup.from_config(config["trial"])
+    cpus = spec.resources.for_hidden(group.trials[0].hidden)["cpu"]
     # Fixed thread count: CPU results are reproducible run to run (and across a resume).
     torch.set_num_threads(max(1, int(cpus)))
-    state = _initial_state((previous or {}).get(trial.trial_id))
-    TrialRunner(trial, spec, data, finished, _tune_reporter(trial.trial_id), state).run()
+    state = _initial_state((previous or {}).get(group.group_id))
+    TrialRunner(group, spec, data, finished, _tune_reporter(group.group_id), state).run()

@@ -55,7 +55,7 @@ def test_stage1_selection_and_acceptance_hold_out_the_same_parameters():
                 held["stage 1"] = run.trainer.selector.held_out.params_val
 
     acceptance = Acceptance(every=5)
-    StageEngine(rows, lambda b: config, setup, [acceptance, Spy()]).run(chain((10, 10)))
+    StageEngine(rows, lambda b, branch: config, setup, [acceptance, Spy()]).run(chain((10, 10)))
     held["acceptance"] = acceptance.held_out.params_val
     _, val = validation_split(train.params, fraction=0.6, seed=1)
     assert val.size == 3 and validation_split(train.params)[1].size == 2
