@@ -58,9 +58,9 @@ Greedy sampling (a "sampling round due" event)
     At one it scores candidates with the ROM it builds from ``run.trainer`` (as :meth:`model_at`
     does), solves the full-order model at the winner and calls :meth:`StageEngine.grow` with the
     new rows: the engine appends them to its training set and hands them to the live trainer
-    (``trainer.grow``, to be written: it rebuilds the data tensors of the step and keeps the
-    weights and the optimiser state), so training goes on with the larger set. Every later
-    event (stops, residual data, held-out splits) reads the engine's current training set.
+    (``trainer.grow``: it rebuilds the data tensors of the step and keeps the weights and the
+    optimiser state), so training goes on with the larger set. Every later event (stops,
+    residual data, held-out splits) reads the engine's current training set.
 """
 
 from __future__ import annotations
@@ -394,9 +394,25 @@ class StageEngine:
         return Stop(node, budget, rom, decisions, [*node.earlier_times, stage_time])
 
     def grow(self, U: torch.Tensor, params: np.ndarray) -> None:
-        """Append training rows (``U`` [m, n_t, n_state], ``params`` [m, n_p]): the "sampling
-        round due" event's answer. Not written yet: see the module docstring."""
-        raise NotImplementedError("greedy sampling is not implemented yet")
+        """Append training rows (``U`` [m, n_t, n_state], ``params`` [m, n_p]) while stage 1
+        trains: the "sampling round due" event's answer. The live stage-1 trainer takes them
+        (``trainer.grow``: same weights and optimiser state), and every later event reads the
+        grown training set. A stage-1 checkpoint selector holds out its split of the grown set
+        from now on and forgets its best checkpoint: scores on another split do not compare."""
+        if len(self.live) != 1:
+            raise ValueError("training rows can only be added while stage 1 trains")
+        U = U.to(device=self.setup.device, dtype=self.setup.dtype)
+        params = np.atleast_2d(np.asarray(params, dtype=self.data.params.dtype))
+        self.data = TrainingSet(
+            torch.cat([self.data.U, U]),
+            np.concatenate([self.data.params, params]),
+            self.data.times,
+        )
+        trainer = self.live[0].trainer
+        trainer.grow(U)  # type: ignore[attr-defined]
+        if isinstance(trainer.selector, Stage1Selector):
+            trainer.selector.held_out = self.setup.held_out(self.data)
+            trainer.selector.best = None
 
 
 # ----- plug-ins --------------------------------------------------------------------------------
@@ -412,10 +428,12 @@ class Acceptance(Plugin):
         self.every = every
         self.branch = branch
         self.held_out: HeldOut | None = None
+        self.held_out_of: TrainingSet | None = None  # the training set it splits
 
     def _held_out(self, engine: StageEngine) -> HeldOut:
-        if self.held_out is None:
-            self.held_out = engine.setup.held_out(engine.data)
+        if self.held_out is None or self.held_out_of is not engine.data:
+            # (again after the training set grew)
+            self.held_out, self.held_out_of = engine.setup.held_out(engine.data), engine.data
         return self.held_out
 
     def _applies(self, stage: int, branch: str) -> bool:

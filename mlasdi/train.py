@@ -611,6 +611,24 @@ class Stage1Trainer(FullBatchTrainer):
             model.load_state_dict(state)
         return stop, model
 
+    def grow(self, U: torch.Tensor) -> None:
+        """Append training rows ``U`` [m, n_t, n_state] (snapshots at new parameters, on the
+        trainer's device and dtype): the next step trains on the old rows and these, from the
+        same weights and optimiser state (greedy sampling). The step's data tensors are rebuilt;
+        the latent least squares and the time derivative work per row, so they take the new
+        rows as they are. The model's standardisation stays the one of the first rows: the
+        weights were trained on it, so the new rows are seen through it too."""
+        if U.ndim != 3 or U.shape[1:] != (self.n_t, self.n_state):
+            raise ValueError(
+                f"new rows must have shape [m, {self.n_t}, {self.n_state}], got {list(U.shape)}"
+            )
+        model: Autoencoder = self.model  # type: ignore[assignment]
+        new = ((U - model.shift) / model.scale).reshape(-1, self.n_state)
+        self.U_flat = torch.cat([self.U_flat, new])
+        self.n_train += U.shape[0]
+        self.output = OutputLayerMSE(model.decoder[-1], self.U_flat, solve=self.output.solve)
+        self.captured = None  # a captured step reads the old tensors: capture it again
+
     @classmethod
     def create(
         cls,
