@@ -20,8 +20,9 @@ from mlasdi import __version__
 from mlasdi.config import ROMConfig, to_dict
 from mlasdi.data import SnapshotSet
 from mlasdi.fit import FitResult, fit_rom
-from mlasdi.rom import evaluate, resolve_device
+from mlasdi.rom import resolve_device
 from mlasdi.runtime import provenance
+from mlasdi.study_data import StudyData
 from mlasdi.train import CheckpointReport
 
 PROGRESS_EVERY = 500
@@ -42,23 +43,18 @@ def _progress_checkpoints(iters: int) -> list[int]:
 
 
 def run_fit(
-    data: SnapshotSet,
-    train_index: np.ndarray,
+    data: StudyData,
     config: ROMConfig,
     *,
     out: Path,
     problem: str,
-    u0: np.ndarray | None = None,
     device: str = "auto",
     progress: bool = True,
+    batch_size: int = 32,
 ) -> FitReport:
-    """Fit ``config`` on ``data[train_index]``, evaluate every parameter of ``data``, write results.
-
-    ``u0`` [n_mu, n_state]: the initial conditions the predictions start from (default: each
-    parameter's first snapshot).
-    """
-    if np.any(train_index < 0):
-        raise ValueError("a training parameter is missing from the snapshot set")
+    """Fit ``config`` on ``data``'s training snapshots, evaluate every test parameter (from the
+    data's initial conditions, the truth read ``batch_size`` parameters at a time: a file's test
+    truth is never loaded whole), write results."""
     latent = config.autoencoder.latent_dim
     if latent + 1 > data.times.size:
         raise ValueError(
@@ -84,18 +80,22 @@ def run_fit(
         return report
 
     checkpoints = {k: _progress_checkpoints(n) for k, n in enumerate(config.stage_iters, start=1)}
+    train = SnapshotSet(
+        params=data.params_train,
+        times=data.times,
+        snapshots=data.U_train,
+        param_names=data.param_names or tuple(f"p{i}" for i in range(data.params_train.shape[1])),
+    )
     fit = fit_rom(
-        data.subset(train_index),
+        train,
         config,
         device=torch_device,
         stage_callback=stage_callback,
         checkpoints=checkpoints,
     )
     start = time.perf_counter()
-    errors = evaluate(fit.rom, data.params, data.flat_snapshots(), u0=u0)
+    errors = data.test_errors(fit.rom, batch_size)
     eval_time = time.perf_counter() - start
-    is_train = np.zeros(data.params.shape[0], dtype=bool)
-    is_train[train_index] = True
     summary = {
         "problem": problem,
         "seed": config.seed,
@@ -109,11 +109,11 @@ def run_fit(
         "mlasdi_version": __version__,
         "parameters": [
             {
-                "params": data.params[i].tolist(),
-                "split": "train" if is_train[i] else "test",
+                "params": data.params_test[i].tolist(),
+                "split": "train" if data.is_train[i] else "test",
                 "err_by_stage": errors[:, i].max(-1).tolist(),
             }
-            for i in range(data.params.shape[0])
+            for i in range(data.params_test.shape[0])
         ],
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
