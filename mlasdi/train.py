@@ -34,8 +34,9 @@ COSINE_FLOOR = 1e-2  # a cosine schedule ends at this fraction of the initial le
 # as a [W, b] block; 3: the autoencoder's standardisation buffers in the model state; 4: the
 # best checkpoint of a stage 1 that selects one (``selector``); 5: stage 1's latent fit in
 # float64 (a state saved before would continue with other numbers than it was trained with);
-# 6: a residual stage's held-out selector (mlasdi_val) in its trainer's state, not beside it.
-TRAINER_STATE_FORMAT = 6
+# 6: a residual stage's held-out selector (mlasdi_val) in its trainer's state, not beside it;
+# 7: stage 1's selector with the GP hyperparameters its next checkpoint's fit starts from.
+TRAINER_STATE_FORMAT = 7
 # Ridge of the exact output-layer solve, relative to the mean diagonal of the features' Gram
 # matrix: far below float32 resolution, it only keeps the solve defined for collinear features.
 LSTSQ_RIDGE = 1e-10

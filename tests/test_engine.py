@@ -20,8 +20,9 @@ from mlasdi.engine import (
     TrainingSet,
     chain,
 )
+from mlasdi.interpolation import CoefficientGP
 from mlasdi.problems import oscillator
-from mlasdi.rom import Stage1Selector
+from mlasdi.rom import Stage1Selector, stage1_trainer
 from mlasdi.train import BestCheckpoint, CheckpointReport, Stage1Trainer
 from mlasdi.validation import Split, validation_split
 from studies.trial import STATE_FILE, load_state
@@ -166,3 +167,66 @@ def test_engine_grow_hands_the_rows_to_stage1_and_every_later_event():
     by_hand.train(20)
     for a, b in zip(by_hand.model.parameters(), stop.run.trainer.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _selecting_trainer(train, n_restarts=2):
+    config = ROMConfig(
+        autoencoder=AutoencoderConfig(hidden=(16,), latent_dim=2),
+        stage1=Stage1Config(iters=40, select_every=10),
+        gp=GPConfig(n_restarts=n_restarts),
+        dtype="float64",
+    )
+    U = torch.as_tensor(train.flat_snapshots(), dtype=torch.float64)
+    return stage1_trainer(U, train.params, train.times, config)
+
+
+def test_stage1_selection_searches_gp_hyperparameters_once_then_warm_starts(monkeypatch):
+    # 6 coefficients (latent 2), 2 restarts: the first grid checkpoint runs 6 x 3 optimisations,
+    # each later one 6, each from the hyperparameters the checkpoint before ended with.
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
+    train = oscillator.snapshot_set(FIVE, n_x=64, n_t=33)
+    trainer = _selecting_trainer(train)
+    runs, starts = [], []
+    optimise = GaussianProcessRegressor._constrained_optimization
+    fit = CoefficientGP.fit
+
+    def counting(self, *args):
+        runs[-1] += 1
+        return optimise(self, *args)
+
+    def spying(self, *args, start=None, **kwargs):
+        runs.append(0)
+        starts.append(start)
+        return fit(self, *args, start=start, **kwargs)
+
+    monkeypatch.setattr(GaussianProcessRegressor, "_constrained_optimization", counting)
+    monkeypatch.setattr(CoefficientGP, "fit", spying)
+    thetas = []
+    observe = trainer.selector.observe
+
+    def keeping(report):
+        observe(report)
+        thetas.append(trainer.selector.gp_theta.copy())
+
+    trainer.selector.observe = keeping
+    trainer.train(40)
+    assert runs == [18, 6, 6, 6]
+    assert starts[0] is None
+    for start, theta in zip(starts[1:], thetas[:-1], strict=True):
+        np.testing.assert_array_equal(start, theta)
+
+
+def test_stage1_selection_resumes_with_its_warm_start():
+    # Saved at 20 and resumed: the checkpoints at 30 and 40 start from the same hyperparameters,
+    # so the selector ends exactly as without the interruption.
+    train = oscillator.snapshot_set(FIVE, n_x=64, n_t=33)
+    whole = _selecting_trainer(train)
+    whole.train(40)
+    first = _selecting_trainer(train)
+    first.train(20)
+    resumed = _selecting_trainer(train)
+    resumed.load_state_dict(first.state_dict())
+    resumed.train(40)
+    np.testing.assert_array_equal(resumed.selector.gp_theta, whole.selector.gp_theta)
+    assert resumed.selector.best[:2] == whole.selector.best[:2]
