@@ -33,9 +33,10 @@ from analysis.labels import budget_label
 ROW_TABLE_MAX = 12  # print every row of a study this small
 
 
-def _tree_pss_bytes(root: int) -> int:
-    """PSS summed over ``root`` and its descendants, and every process of its session (Ray's
-    daemons among them), from /proc (0 where /proc has no smaps_rollup)."""
+def tree_pss(root: int) -> dict[int, tuple[int, str]]:
+    """``{pid: (PSS bytes, command line)}`` of ``root``, its descendants and every process of
+    its session (Ray's daemons among them), from /proc (processes without smaps_rollup left
+    out)."""
     parents, sessions = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -51,21 +52,36 @@ def _tree_pss_bytes(root: int) -> int:
         children = {pid for pid, ppid in parents.items() if ppid in members} - members
         members |= children
         grew = bool(children)
-    total = 0
+    out = {}
     for pid in members:
         try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
+                    out[pid] = (int(line.split()[1]) * 1024, command.strip())
                     break
         except OSError:
             continue
-    return total
+    return out
 
 
-def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> tuple[float, float]:
-    """(wall seconds, peak PSS in MiB) of ``mlasdi-study run PRESET --out OUT`` started in
-    ``workdir``."""
+def process_kind(command: str) -> str:
+    """A short name for a process of a study run: ``driver`` (the command), ``ray::<name>`` (a
+    Ray worker: a trial's is ``ray::ImplicitFunc``), or the executable's name (Ray's daemons)."""
+    if "studies.cli" in command:
+        return "driver"
+    if command.startswith("ray::"):
+        return command.split()[0]
+    words = command.split()
+    named = [w for w in words if "raylet" in w or "gcs_server" in w or w.endswith(".py")]
+    return Path((named or words or ["?"])[0]).name
+
+
+def run_preset(
+    preset: str, out: Path, workdir: Path, smoke: bool
+) -> tuple[float, float, dict[str, float]]:
+    """(wall seconds, peak PSS in MiB, the PSS in MiB of each kind of process at the peak:
+    :func:`process_kind`) of ``mlasdi-study run PRESET --out OUT`` started in ``workdir``."""
     command = [sys.executable, "-m", "studies.cli", "run", preset, "--out", str(out), "-v", "0"]
     if smoke:
         command.append("--smoke")
@@ -82,12 +98,19 @@ def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> tuple[floa
         text=True,
         start_new_session=True,  # its own session: the processes it starts are found by sid
     )
-    peak = [0]
+    peak: list = [0, {}]
     finished = threading.Event()
 
     def sample() -> None:
         while not finished.wait(0.5):
-            peak[0] = max(peak[0], _tree_pss_bytes(child.pid))
+            processes = tree_pss(child.pid).values()
+            total = sum(p for p, _ in processes)
+            if total > peak[0]:
+                kinds: dict[str, float] = {}
+                for pss, command in processes:
+                    kind = process_kind(command)
+                    kinds[kind] = kinds.get(kind, 0.0) + pss / 2**20
+                peak[:] = [total, kinds]
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -101,7 +124,7 @@ def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> tuple[floa
     for line in stdout.splitlines():
         if line.startswith(("timing:", "data:", "status:")):
             print(line)
-    return wall, peak[0] / 2**20
+    return wall, peak[0] / 2**20, peak[1]
 
 
 def _pct(x: float) -> str:
@@ -172,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             f"preset {args.preset}{' (--smoke)' if args.smoke else ''}: load average "
             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} before the run"
         )
-        wall, peak_mb = run_preset(args.preset, out, workdir, args.smoke)
+        wall, peak_mb, _ = run_preset(args.preset, out, workdir, args.smoke)
         lines = summarise(out)
     print(f"end to end (data, study, report): {wall:.0f} s, peak memory {peak_mb:.0f} MiB (PSS)")
     print(*lines, f"preset_wall_s={wall:.1f}", f"preset_peak_pss_mb={peak_mb:.0f}", sep="\n")

@@ -21,7 +21,7 @@ from mlasdi.config import (
     ROMConfig,
     Stage1Config,
 )
-from mlasdi.data import DataError, flatten_grid
+from mlasdi.data import DataError
 from mlasdi.problems import SOURCES, data_source
 from mlasdi.problems.burgers1d import NewtonConvergenceError
 from mlasdi.runtime import THREADS_ENV, set_threads
@@ -237,6 +237,7 @@ def fit_data_table(args: argparse.Namespace) -> dict[str, Any]:
 
 def _fit(args: argparse.Namespace) -> int:
     from mlasdi.experiment import FitDiverged, run_fit
+    from mlasdi.study_data import load_study_data
 
     set_threads(args.threads)
     device = usable_device(args.device)
@@ -253,18 +254,14 @@ def _fit(args: argparse.Namespace) -> int:
             "data.time_stride-th snapshot"
         )
     config = fit_config(args.stages, args.iters, args.seed, _architecture(args, source.problem))
-    full = source.load(progress=not args.quiet)
-    train_index = source.training_indices(full)
-    u0 = flatten_grid(source.initial_conditions(full), len(full.grid_shape))
-    data = full.every(source.time_stride)
+    # The study's loader: a snapshot file's test truth is read in batches, never loaded whole.
+    data = load_study_data(source, progress=not args.quiet)
     try:
         report = run_fit(
             data,
-            train_index,
             config,
             out=args.out,
             problem=source.problem,
-            u0=u0,
             device=device,
             progress=not args.quiet,
         )
@@ -295,7 +292,8 @@ def divergence_advice(exc: FitDiverged, out: Path) -> str:
 
 
 def draw_fit_figures(report, data, out: Path) -> None:
-    """Per-time error of each stage count, snapshots of data vs stages, and loss histories."""
+    """Per-time error of each stage count, snapshots of data (a StudyData) vs stages, and loss
+    histories."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -308,10 +306,10 @@ def draw_fit_figures(report, data, out: Path) -> None:
     fig, axes = plt.subplots(1, n_mu, figsize=(4.2 * n_mu, 3.4), sharey=True, squeeze=False)
     for i, ax in enumerate(axes[0]):
         for k in range(n_stages):
-            ax.semilogy(data.times, errors[k, i], label=labels[k])
+            ax.semilogy(data.times_test, errors[k, i], label=labels[k])
         split = report.summary["parameters"][i]["split"]
         ax.set_title(
-            ", ".join(f"{n}={v:.3g}" for n, v in zip(names, data.params[i], strict=True))
+            ", ".join(f"{n}={v:.3g}" for n, v in zip(names, data.params_test[i], strict=True))
             + f" ({split})"
         )
         ax.set_xlabel("t")
@@ -328,20 +326,24 @@ def draw_fit_figures(report, data, out: Path) -> None:
             0
         ]
         i = test[0]
-        truth = data.flat_snapshots()[i]
-        Z = report.fit.rom.latent_trajectories(data.params[i : i + 1], truth[None, 0])
+        truth = np.asarray(data.truth_test[i : i + 1])[0]
+        Z = report.fit.rom.latent_trajectories(
+            data.params_test[i : i + 1], truth[None, 0], times=data.times_test
+        )
         stages = [p[0].cpu().numpy() for p in report.fit.rom.decode_by_stage(Z)]
-        picks = np.linspace(0, len(data.times) - 1, 4).astype(int)
+        picks = np.linspace(0, len(data.times_test) - 1, 4).astype(int)
         fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 3.2), sharey=True)
         for ax, t in zip(axes, picks, strict=True):
             ax.plot(coords, truth[t], "k-", lw=2, label="data")
             for k, prediction in enumerate(stages):
                 ax.plot(coords, prediction[t], "--", lw=1.2, label=labels[k])
-            ax.set_title(f"t = {data.times[t]:.2f}")
+            ax.set_title(f"t = {data.times_test[t]:.2f}")
             ax.set_xlabel(list(data.coords)[0] if data.coords else "x")
         axes[0].set_ylabel("u")
         axes[-1].legend(loc="best", fontsize=8)
-        fig.suptitle(", ".join(f"{n}={v:.3g}" for n, v in zip(names, data.params[i], strict=True)))
+        fig.suptitle(
+            ", ".join(f"{n}={v:.3g}" for n, v in zip(names, data.params_test[i], strict=True))
+        )
         fig.tight_layout()
         fig.savefig(out / "snapshots.png", dpi=120)
         plt.close(fig)

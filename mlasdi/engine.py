@@ -11,11 +11,21 @@ The schedule
     (ascending). At a stop the engine builds the model trained so far; a run whose prefix is
     ``(*prefix, stop)`` branches from that model, and is trained to its end before the parent
     goes on (depth first, so budgets finish in lexicographic order). :func:`chain` is the
-    schedule of one budget. ``studies.plan.Trial.schedule`` builds the tree of a study trial.
+    schedule of one budget. ``studies.plan.TrialGroup.schedule`` builds the tree of a study
+    trial.
+
+    Branches: every residual run names a ``branch`` (a label, ``""`` by default). Stage 1 is
+    shared by all branches: at its stop ``(s,)`` every run with prefix ``(s,)`` starts, whatever
+    its branch; a deeper run continues only the run of its own branch. So methods whose stage 1
+    is the same (``mlasdi`` and ``mlasdi_val`` of one architecture, latent size and seed) train
+    it once and branch their residual stages from the same stage-1 models. The configuration of
+    a model is ``config_of(budget, branch)`` (branch ``""`` for stage 1's models), and every
+    :class:`StageRun` and :class:`Stop` carries its branch, so that a plug-in can act on its own.
 
 Events, in the order a plug-in sees them (:class:`Plugin`: override what you need)
-    * ``training_rows(engine, stage)``: the rows (snapshots, parameters) a stage trains on
-      (default: all; :class:`Acceptance` trains residual stages on the fit split);
+    * ``training_rows(engine, stage, branch)``: the rows (snapshots, parameters) a stage of a
+      branch trains on (default: all; :class:`Acceptance` trains residual stages on the fit
+      split);
     * ``on_stage_start(engine, run)``: the stage's trainer is built (:attr:`StageRun.trainer`),
       not yet trained; attach a checkpoint selector, or load a saved state;
     * ``iterations(engine, run, start, until)`` and ``on_iteration(engine, run, report)``:
@@ -23,10 +33,11 @@ Events, in the order a plug-in sees them (:class:`Plugin`: override what you nee
     * ``on_checkpoint(engine, stop)``: checkpoint due: the run is at one of its stops and
       :class:`Stop` holds the model trained so far (its ROM, acceptance decisions, stage times);
     * ``on_stage_end(engine, run)``: stage finished (trained to its last stop);
-    * ``on_diverged(engine, prefix, exc)``: with ``isolate_divergence``, a
-      :class:`~mlasdi.train.DivergenceError` ended the budgets below ``prefix`` (while training a
-      run: its prefix; while building a model at a stop or starting a branch there: the prefix
-      with that stop), and the engine goes on with the others; without it the error propagates.
+    * ``on_diverged(engine, branch, prefix, exc)``: with ``isolate_divergence``, a
+      :class:`~mlasdi.train.DivergenceError` ended the budgets of ``branch`` (``""``: of every
+      branch) below ``prefix`` (while training a run: its prefix; while building a model at a
+      stop: the prefix with that stop; while starting a run there: that run's branch and
+      prefix), and the engine goes on with the others; without it the error propagates.
 
     :meth:`StageEngine.events` is a generator that yields every :class:`Stop` after the plug-ins
     have seen it, so that a consumer can pause between stops and drop the rest (a pruned
@@ -47,9 +58,9 @@ Greedy sampling (a "sampling round due" event)
     At one it scores candidates with the ROM it builds from ``run.trainer`` (as :meth:`model_at`
     does), solves the full-order model at the winner and calls :meth:`StageEngine.grow` with the
     new rows: the engine appends them to its training set and hands them to the live trainer
-    (``trainer.grow``, to be written: it rebuilds the data tensors of the step and keeps the
-    weights and the optimiser state), so training goes on with the larger set. Every later
-    event (stops, residual data, held-out splits) reads the engine's current training set.
+    (``trainer.grow``: it rebuilds the data tensors of the step and keeps the weights and the
+    optimiser state), so training goes on with the larger set. Every later event (stops,
+    residual data, held-out splits) reads the engine's current training set.
 """
 
 from __future__ import annotations
@@ -138,14 +149,18 @@ class ScheduledRun(Protocol):
     @property
     def stops(self) -> tuple[int, ...]: ...
 
+    @property
+    def branch(self) -> str: ...
+
 
 @dataclass(frozen=True)
 class Run:
-    """A run of stage ``len(prefix) + 1`` from the model trained to ``prefix``, stopping at
-    ``stops`` (ascending iterations of this stage)."""
+    """A run of stage ``len(prefix) + 1`` from the model trained to ``prefix`` (of its
+    ``branch``), stopping at ``stops`` (ascending iterations of this stage)."""
 
     prefix: tuple[int, ...]
     stops: tuple[int, ...]
+    branch: str = ""
 
 
 def chain(stage_iters: Sequence[int], stops: Sequence[Sequence[int]] = ()) -> list[Run]:
@@ -169,6 +184,7 @@ class StageRun:
     prefix: tuple[int, ...]
     stops: tuple[int, ...]
     trainer: FullBatchTrainer
+    branch: str = ""
     base: MultiStageROM | None = None
     scale: float = 1.0
     decisions: list[StageDecision] = field(default_factory=list)
@@ -192,7 +208,7 @@ class Stop:
 class Plugin:
     """A plug-in of :class:`StageEngine`: override the events it handles (module docstring)."""
 
-    def training_rows(self, engine: StageEngine, stage: int) -> TrainingSet | None:
+    def training_rows(self, engine: StageEngine, stage: int, branch: str) -> TrainingSet | None:
         return None
 
     def on_stage_start(self, engine: StageEngine, run: StageRun) -> None:
@@ -211,19 +227,19 @@ class Plugin:
         pass
 
     def on_diverged(
-        self, engine: StageEngine, prefix: tuple[int, ...], exc: DivergenceError
+        self, engine: StageEngine, branch: str, prefix: tuple[int, ...], exc: DivergenceError
     ) -> None:
         pass
 
 
 class StageEngine:
     """Trains a schedule of runs (module docstring) on ``data`` with the configuration
-    ``config_of(budget)`` of each model, handing events to ``plugins`` (in order)."""
+    ``config_of(budget, branch)`` of each model, handing events to ``plugins`` (in order)."""
 
     def __init__(
         self,
         data: TrainingSet,
-        config_of: Callable[[tuple[int, ...]], ROMConfig],
+        config_of: Callable[[tuple[int, ...], str], ROMConfig],
         setup: EngineConfig,
         plugins: Sequence[Plugin] = (),
         *,
@@ -243,63 +259,73 @@ class StageEngine:
     def events(self, schedule: Sequence[ScheduledRun]) -> Iterator[Stop]:
         """Train ``schedule`` (stage 1 first), yielding each :class:`Stop` after the plug-ins'
         ``on_checkpoint``."""
-        first, *branches = schedule
-        children = {tuple(r.prefix): r for r in branches}
-        yield from self._guarded(tuple(first.prefix), lambda: self._stage1(first), children)
+        first, *later = schedule
+        children: dict[tuple[int, ...], list[ScheduledRun]] = {}
+        for run in later:
+            children.setdefault(tuple(run.prefix), []).append(run)
+        yield from self._guarded("", tuple(first.prefix), lambda: self._stage1(first), children)
 
     def _guarded(
         self,
+        branch: str,
         prefix: tuple[int, ...],
         start: Callable[[], StageRun],
-        children: dict[tuple[int, ...], ScheduledRun],
+        children: dict[tuple[int, ...], list[ScheduledRun]],
     ) -> Iterator[Stop]:
-        """Start a run and train it through its stops. A divergence while training it ends its
-        budgets; one while building a model at a stop (or starting a branch there), the budgets
-        below that stop."""
-        node = start()
+        """Start a run and train it through its stops. A divergence while starting or training
+        it ends its budgets; one while building a model at a stop, the budgets below that stop."""
+        try:
+            node = start()
+        except DivergenceError as exc:
+            self._diverged(branch, prefix, exc)
+            return
         self.live.append(node)
         try:
             for count in node.stops:
                 try:
                     self._train_to(node, count)
                 except DivergenceError as exc:
-                    self._diverged(node.prefix, exc)
+                    self._diverged(node.branch, node.prefix, exc)
                     return
                 here = (*node.prefix, count)
                 try:
                     stop = self.model_at(node, count)
-                    self._dispatch("on_checkpoint", stop)
-                    yield stop
-                    if here in children:
-                        run = children[here]
-                        yield from self._guarded(
-                            here, lambda run=run, stop=stop: self._residual(run, stop), children
-                        )
                 except DivergenceError as exc:
-                    self._diverged(here, exc)
+                    self._diverged(node.branch, here, exc)
+                    continue
+                self._dispatch("on_checkpoint", stop)
+                yield stop
+                for run in children.get(here, []):
+                    if node.stage == 1 or run.branch == node.branch:
+                        yield from self._guarded(
+                            run.branch,
+                            here,
+                            lambda run=run, stop=stop: self._residual(run, stop),
+                            children,
+                        )
             self._dispatch("on_stage_end", node)
         finally:
             self.live.pop()
 
-    def _diverged(self, prefix: tuple[int, ...], exc: DivergenceError) -> None:
+    def _diverged(self, branch: str, prefix: tuple[int, ...], exc: DivergenceError) -> None:
         if not self.isolate_divergence:
             raise exc
-        self._dispatch("on_diverged", prefix, exc)
+        self._dispatch("on_diverged", branch, prefix, exc)
 
     def _dispatch(self, event: str, *args: object) -> None:
         for plugin in self.plugins:
             getattr(plugin, event)(self, *args)
 
-    def _rows(self, stage: int) -> TrainingSet:
+    def _rows(self, stage: int, branch: str) -> TrainingSet:
         for plugin in self.plugins:
-            rows = plugin.training_rows(self, stage)
+            rows = plugin.training_rows(self, stage, branch)
             if rows is not None:
                 return rows
         return self.data
 
     def _stage1(self, run: ScheduledRun) -> StageRun:
-        config = self.config_of((run.stops[-1],))
-        rows = self._rows(1)
+        config = self.config_of((run.stops[-1],), "")
+        rows = self._rows(1, "")
         trainer = stage1_trainer(rows.U, rows.params, rows.times, config, self.setup.split)
         node = StageRun(1, (), tuple(run.stops), trainer)
         self._dispatch("on_stage_start", node)
@@ -307,19 +333,20 @@ class StageEngine:
 
     def _residual(self, run: ScheduledRun, parent: Stop) -> StageRun:
         """The run of the residual stage after ``parent``'s model, on its training rows."""
-        prefix = tuple(run.prefix)
+        prefix, branch = tuple(run.prefix), run.branch
         stage = len(prefix) + 1
         start = time.perf_counter()
-        rows = self._rows(stage)
+        rows = self._rows(stage, branch)
         Z, target, scale = residual_stage_data(parent.rom, rows.U, rows.params)
-        config = self.config_of((*prefix, run.stops[-1])).residual_stages[stage - 2]
-        seed = residual_stage_seed(self.config_of(prefix).seed, stage)
+        config = self.config_of((*prefix, run.stops[-1]), branch).residual_stages[stage - 2]
+        seed = residual_stage_seed(self.config_of(prefix, branch).seed, stage)
         trainer = ResidualTrainer.create(Z, target, config, seed=seed)
         node = StageRun(
             stage,
             prefix,
             tuple(run.stops),
             trainer,
+            branch=branch,
             base=parent.rom,
             scale=scale,
             decisions=parent.decisions,
@@ -353,8 +380,8 @@ class StageEngine:
         decisions = node.decisions
         if node.base is None:
             model = trainer.selected()[1]  # type: ignore[attr-defined]
-            rows = self._rows(1)
-            config = self.config_of(budget)
+            rows = self._rows(1, "")
+            config = self.config_of(budget, "")
             rom = stage1_rom(model, rows.U, rows.params, rows.times, config)
         elif isinstance(trainer.selector, StageSelector):
             decision = trainer.selector.decide(iteration, trainer.model)
@@ -366,20 +393,32 @@ class StageEngine:
         stage_time = node.setup_s + trainer.elapsed_s + time.perf_counter() - start
         return Stop(node, budget, rom, decisions, [*node.earlier_times, stage_time])
 
-    def grow(self, U: torch.Tensor, params: np.ndarray) -> None:
-        """Append training rows (``U`` [m, n_t, n_state], ``params`` [m, n_p]): the "sampling
-        round due" event's answer. Every later event reads the larger set; the live stage-1
-        trainer goes on training on it (``trainer.grow``) with its weights and optimiser
-        state."""
-        d = self.data
+    def grow(self, U: torch.Tensor, params: np.ndarray, run: StageRun | None = None) -> None:
+        """Append training rows (``U`` [m, n_t, n_state], ``params`` [m, n_p]) while stage 1
+        trains: the "sampling round due" event's answer. The stage-1 trainer takes them
+        (``trainer.grow``: same weights and optimiser state), and every later event reads the
+        grown training set. ``run``: the stage-1 run to grow when it is not live yet (at its
+        start event, as a resumed greedy trial replays its picks); by default the live one. A
+        stage-1 checkpoint selector holds out its split of the grown set from now on and forgets
+        its best checkpoint: scores on another split do not compare."""
+        if run is None:
+            if len(self.live) != 1:
+                raise ValueError("training rows can only be added while stage 1 trains")
+            run = self.live[0]
+        if run.stage != 1:
+            raise ValueError("training rows can only be added to stage 1")
+        U = U.to(device=self.setup.device, dtype=self.setup.dtype)
+        params = np.atleast_2d(np.asarray(params, dtype=self.data.params.dtype))
         self.data = TrainingSet(
-            torch.cat([d.U, U.to(device=d.U.device, dtype=d.U.dtype)]),
-            np.concatenate([d.params, np.atleast_2d(params)]),
-            d.times,
+            torch.cat([self.data.U, U]),
+            np.concatenate([self.data.params, params]),
+            self.data.times,
         )
-        for run in self.live:
-            if run.stage == 1:
-                run.trainer.grow(self.data.U)  # type: ignore[attr-defined]
+        trainer = run.trainer
+        trainer.grow(U)  # type: ignore[attr-defined]
+        if isinstance(trainer.selector, Stage1Selector):
+            trainer.selector.held_out = self.setup.held_out(self.data)
+            trainer.selector.best = None
 
 
 # ----- plug-ins --------------------------------------------------------------------------------
@@ -388,25 +427,32 @@ class StageEngine:
 class Acceptance(Plugin):
     """Validation-accepted residual stages (:mod:`mlasdi.acceptance`): each residual stage trains
     on the fit split of the engine's split, is scored on the held-out split every ``every``
-    iterations, and each stop keeps it at its best held-out checkpoint, or rejects it."""
+    iterations, and each stop keeps it at its best held-out checkpoint, or rejects it. With
+    ``branch``, only the residual stages of that branch (the others keep every stage)."""
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, branch: str | None = None) -> None:
         self.every = every
+        self.branch = branch
         self.held_out: HeldOut | None = None
+        self.held_out_of: TrainingSet | None = None  # the training set it splits
 
     def _held_out(self, engine: StageEngine) -> HeldOut:
-        if self.held_out is None:
-            self.held_out = engine.setup.held_out(engine.data)
+        if self.held_out is None or self.held_out_of is not engine.data:
+            # (again after the training set grew)
+            self.held_out, self.held_out_of = engine.setup.held_out(engine.data), engine.data
         return self.held_out
 
-    def training_rows(self, engine: StageEngine, stage: int) -> TrainingSet | None:
-        if stage == 1:
+    def _applies(self, stage: int, branch: str) -> bool:
+        return stage > 1 and self.branch in (None, branch)
+
+    def training_rows(self, engine: StageEngine, stage: int, branch: str) -> TrainingSet | None:
+        if not self._applies(stage, branch):
             return None
         h = self._held_out(engine)
         return TrainingSet(h.U_fit, h.params_fit, engine.data.times)
 
     def on_stage_start(self, engine: StageEngine, run: StageRun) -> None:
-        if run.base is not None:
+        if run.base is not None and self._applies(run.stage, run.branch):
             run.trainer.selector = StageSelector.for_rom(
                 run.base, self._held_out(engine), run.scale, self.every
             )

@@ -15,15 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from mlasdi import __version__
 from mlasdi.config import ConfigError, ROMConfig, to_dict
 from mlasdi.data import SnapshotSet
 from mlasdi.fit import FitResult, fit_rom
-from mlasdi.rom import evaluate, resolve_device
+from mlasdi.rom import resolve_device
 from mlasdi.runtime import provenance
+from mlasdi.study_data import StudyData
 from mlasdi.train import CheckpointReport, DivergenceError
 
 PROGRESS_EVERY = 500
@@ -62,23 +62,21 @@ def _progress_checkpoints(iters: int) -> list[int]:
 
 
 def run_fit(
-    data: SnapshotSet,
-    train_index: np.ndarray,
+    data: StudyData,
     config: ROMConfig,
     *,
     out: Path,
     problem: str,
-    u0: np.ndarray | None = None,
     device: str = "auto",
     progress: bool = True,
+    batch_size: int = 32,
 ) -> FitReport:
-    """Fit ``config`` on ``data[train_index]``, evaluate every parameter of ``data``, write results.
+    """Fit ``config`` on ``data``'s training snapshots, evaluate every test parameter (from the
+    data's initial conditions, the truth read ``batch_size`` parameters at a time: a file's test
+    truth is never loaded whole), write results.
 
-    ``u0`` [n_mu, n_state]: the initial conditions the predictions start from (default: each
-    parameter's first snapshot).
-    """
-    if np.any(train_index < 0):
-        raise ConfigError("a training parameter is missing from the snapshot set")
+    Raises :class:`FitDiverged` when a stage diverges, after writing the stages that finished
+    before it (nothing is written when stage 1 diverges)."""
     latent = config.autoencoder.latent_dim
     if latent + 1 > data.times.size:
         raise ConfigError(
@@ -103,9 +101,15 @@ def run_fit(
 
     finished: list[FitResult] = []
     checkpoints = {k: _progress_checkpoints(n) for k, n in enumerate(config.stage_iters, start=1)}
+    train = SnapshotSet(
+        params=data.params_train,
+        times=data.times,
+        snapshots=data.U_train,
+        param_names=data.param_names or tuple(f"p{i}" for i in range(data.params_train.shape[1])),
+    )
     try:
         fit = fit_rom(
-            data.subset(train_index),
+            train,
             config,
             device=torch_device,
             stage_callback=stage_callback,
@@ -120,40 +124,28 @@ def run_fit(
         if finished:
             with contextlib.suppress(DivergenceError):
                 diverged.report = _write_fit(
-                    data,
-                    train_index,
-                    config,
-                    finished[-1],
-                    out,
-                    problem,
-                    u0,
-                    torch_device,
-                    diverged=str(diverged),
+                    data, config, finished[-1], out, problem, batch_size, diverged=str(diverged)
                 )
         raise diverged from None
-    return _write_fit(data, train_index, config, fit, out, problem, u0, torch_device)
+    return _write_fit(data, config, fit, out, problem, batch_size)
 
 
 def _write_fit(
-    data: SnapshotSet,
-    train_index: np.ndarray,
+    data: StudyData,
     config: ROMConfig,
     fit: FitResult,
     out: Path,
     problem: str,
-    u0: np.ndarray | None,
-    device: torch.device,
+    batch_size: int,
     diverged: str = "",
 ) -> FitReport:
-    """Evaluate ``fit`` on every parameter of ``data``, then write it under ``out`` (nothing is
-    written when the evaluation raises :class:`~mlasdi.train.DivergenceError`). ``fit`` may
-    hold fewer stages than ``config``: those that finished before the next one ``diverged``
-    (recorded in metrics.json)."""
+    """Evaluate ``fit`` on every test parameter of ``data``, then write it under ``out``
+    (nothing is written when the evaluation raises :class:`~mlasdi.train.DivergenceError`).
+    ``fit`` may hold fewer stages than ``config``: those that finished before the next one
+    ``diverged`` (recorded in metrics.json)."""
     start = time.perf_counter()
-    errors = evaluate(fit.rom, data.params, data.flat_snapshots(), u0=u0)
+    errors = data.test_errors(fit.rom, batch_size)
     eval_time = time.perf_counter() - start
-    is_train = np.zeros(data.params.shape[0], dtype=bool)
-    is_train[train_index] = True
     summary = {
         "problem": problem,
         "seed": config.seed,
@@ -161,17 +153,17 @@ def _write_fit(
         "stage_times_s": fit.stage_times_s,
         "eval_time_s": eval_time,
         "n_model_params": fit.rom.n_model_params,
-        "device": str(device),
+        "device": str(fit.rom.device),
         **provenance(),  # torch_threads, torch_version, numpy_version, git_commit
         "host": platform.node(),
         "mlasdi_version": __version__,
         "parameters": [
             {
-                "params": data.params[i].tolist(),
-                "split": "train" if is_train[i] else "test",
+                "params": data.params_test[i].tolist(),
+                "split": "train" if data.is_train[i] else "test",
                 "err_by_stage": errors[:, i].max(-1).tolist(),
             }
-            for i in range(data.params.shape[0])
+            for i in range(data.params_test.shape[0])
         ],
     }
     if diverged:

@@ -53,7 +53,7 @@ def _fit(
         )
     rows = TrainingSet(setup.tensor(train.flat_snapshots()), train.params, train.times)
     outcome = outcome or Outcome()
-    StageEngine(rows, lambda budget: config, setup, [*plugins, outcome]).run(
+    StageEngine(rows, lambda budget, branch: config, setup, [*plugins, outcome]).run(
         chain(config.stage_iters)
     )
     return outcome

@@ -100,20 +100,19 @@ class GreedySampler(Plugin):
         ]
 
     # ----- the plug-in ------------------------------------------------------------------------
-    def _grow(self, engine: StageEngine, points: np.ndarray) -> float:
-        """Add the full-order rows at ``points`` to the engine; returns the seconds of the FOM."""
+    def _grow(self, engine: StageEngine, points: np.ndarray, run: StageRun | None = None) -> float:
+        """Add the full-order rows at ``points`` to the engine (to stage 1's ``run`` when it is
+        not live yet); returns the seconds of the FOM."""
         start = time.perf_counter()
         U = self.fom(points)
         fom_s = time.perf_counter() - start
-        engine.grow(engine.setup.tensor(U), points)
+        engine.grow(engine.setup.tensor(U), points, run)
         return fom_s
 
     def on_stage_start(self, engine: StageEngine, run: StageRun) -> None:
         if run.stage == 1 and self.picks:
-            self._grow(engine, np.array([p.params for p in self.picks]))
-            if all(live is not run for live in engine.live):
-                # The engine grows its live trainers; this one starts live after this event.
-                run.trainer.grow(engine.data.U)  # type: ignore[attr-defined]
+            # A resumed trial: its picks so far, before its saved trainer state is loaded.
+            self._grow(engine, np.array([p.params for p in self.picks]), run)
 
     def iterations(self, engine: StageEngine, run: StageRun, start: int, until: int) -> list[int]:
         if run.stage != 1:
@@ -127,7 +126,7 @@ class GreedySampler(Plugin):
             return
         start = time.perf_counter()
         rows = engine.data
-        config = engine.config_of((run.stops[-1],))
+        config = engine.config_of((run.stops[-1],), run.branch)
         rom = stage1_rom(run.trainer.model, rows.U, rows.params, rows.times, config)
         chosen = next_points(
             self.config,

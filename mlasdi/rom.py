@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from mlasdi.dynamics import fit_affine, integrate, split_coefficients, time_deri
 from mlasdi.interpolation import CoefficientGP
 from mlasdi.metrics import max_relative_error, relative_error_over_time
 from mlasdi.nn import Autoencoder, ResidualDecoder, count_parameters
-from mlasdi.train import BestCheckpoint, DivergenceError, Stage1Trainer
+from mlasdi.train import BestCheckpoint, CheckpointReport, DivergenceError, Stage1Trainer
 from mlasdi.validation import DEFAULT_SPLIT, Split
 
 SAVE_FORMAT_VERSION = 2  # 2: the autoencoder state holds its standardisation
@@ -258,11 +259,14 @@ def stage1_rom(
     params_train: np.ndarray,
     times: np.ndarray,
     config: ROMConfig,
+    *,
+    gp_start: np.ndarray | None = None,
 ) -> MultiStageROM:
     """Freeze a (copy of a) trained autoencoder into a one-stage ROM (GPLaSDI).
 
     The coefficients at the training parameters are refitted in float64 from the encoded training
-    trajectories (the same least squares as in training), then interpolated by the GP.
+    trajectories (the same least squares as in training), then interpolated by the GP (its
+    hyperparameters warm-started from ``gp_start``: :meth:`CoefficientGP.fit`'s ``start``).
     """
     model = freeze(copy.deepcopy(autoencoder))
     Z = model.encode(U_train).to(torch.float64)
@@ -271,7 +275,12 @@ def stage1_rom(
     if not bool(torch.isfinite(Xi).all()):
         raise DivergenceError("latent dynamics coefficients are not finite")
     gp = CoefficientGP(config.gp, config.seed).fit(
-        params_train, Xi.reshape(Xi.shape[0], -1).cpu().numpy(), workers=torch.get_num_threads()
+        params_train,
+        Xi.reshape(Xi.shape[0], -1).cpu().numpy(),
+        # A warm start is one short optimisation per coefficient: forking workers for it costs
+        # more than it saves (measured on burgers1d_gplasdi's selection, 0.2 s against 0.15 s).
+        workers=torch.get_num_threads() if gp_start is None else 1,
+        start=gp_start,
     )
     return MultiStageROM(
         autoencoder=model,
@@ -300,11 +309,21 @@ class HeldOut:
         return cls(U[fit], params[fit], U[val], params[val])
 
 
-def held_out_rom(rom: MultiStageROM, held_out: HeldOut) -> MultiStageROM:
+def held_out_rom(
+    rom: MultiStageROM, held_out: HeldOut, *, gp_start: np.ndarray | None = None
+) -> MultiStageROM:
     """``rom`` (sharing its networks) with the GP of its dynamics coefficients refitted on the
-    fit split only, the coefficients fitted as in :func:`stage1_rom`: its latent trajectories at
-    the held-out parameters are interpolated, as at unseen parameters."""
-    refit = stage1_rom(rom.autoencoder, held_out.U_fit, held_out.params_fit, rom.times, rom.config)
+    fit split only, the coefficients fitted as in :func:`stage1_rom` (``gp_start``: its warm
+    start): its latent trajectories at the held-out parameters are interpolated, as at unseen
+    parameters."""
+    refit = stage1_rom(
+        rom.autoencoder,
+        held_out.U_fit,
+        held_out.params_fit,
+        rom.times,
+        rom.config,
+        gp_start=gp_start,
+    )
     return dataclasses.replace(rom, gp=refit.gp)
 
 
@@ -319,22 +338,58 @@ class Stage1Selector(BestCheckpoint):
     vlasov_quick data (docs/studies.md) the in-sample ROM error chose a checkpoint of
     mLaSDI [50] latent 4 seed 2 whose 2-stage model had 1.66 % test err_mean, this score one
     with 1.11 %; on the other five models both chose the same checkpoint.
+
+    Cost: the GP fit dominates a score, and its hyperparameter search (``gp.n_restarts``
+    random starts) dominates the fit. Only the first grid checkpoint searches; each later one
+    starts the search once from the hyperparameters of the grid checkpoint before it
+    (:attr:`gp_theta`, saved with the selector's state), which the coefficients of 100
+    iterations later are close to. On a reduced burgers1d_gplasdi (benchmarks/selection_cost.py)
+    that took selection from more than training itself to a small share of it.
     """
 
     def __init__(self, held_out: HeldOut, times: np.ndarray, config: ROMConfig, every: int) -> None:
         super().__init__(every)
         self.held_out, self.times, self.config = held_out, times, config
+        # GP hyperparameters [n_coef, n_theta] of the last grid checkpoint's fit (None before
+        # the first), and of the last fit of any model (committed by observe: a score of the
+        # live model at a stop off the grid must not change later grid scores).
+        self.gp_theta: np.ndarray | None = None
+        self.last_theta: np.ndarray | None = None
 
     @torch.no_grad()
     def error(self, model: torch.nn.Module) -> float:
         h = self.held_out
         try:
-            rom = stage1_rom(model, h.U_fit, h.params_fit, self.times, self.config)  # type: ignore[arg-type]
+            rom = stage1_rom(
+                model,  # type: ignore[arg-type]
+                h.U_fit,
+                h.params_fit,
+                self.times,
+                self.config,
+                gp_start=self.gp_theta,
+            )
+            self.last_theta = rom.gp.state()["kernel_theta"]
             prediction = rom.predict(h.params_val, h.U_val[:, 0])
         except DivergenceError:
             return float("inf")
         err = float(max_relative_error(h.U_val, prediction).max())
         return err if np.isfinite(err) else float("inf")
+
+    def observe(self, report: CheckpointReport) -> None:
+        super().observe(report)
+        self.gp_theta = self.last_theta
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.gp_theta is not None:
+            state["gp_theta"] = torch.from_numpy(self.gp_theta.copy())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        theta = state.get("gp_theta")
+        self.gp_theta = None if theta is None else theta.numpy().copy()
+        self.last_theta = self.gp_theta
 
 
 def stage1_trainer(

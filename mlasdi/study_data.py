@@ -8,7 +8,7 @@ are larger than :data:`LAZY_TRUTH_BYTES`): a large file is never loaded whole.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,8 @@ class StudyData:
     :class:`~mlasdi.data.SnapshotReader` of the source's file when larger than
     :data:`LAZY_TRUTH_BYTES`; is_train : bool [n_test]; u0_test : float32 [n_test, n_state] the
     initial conditions the predictions start from (the data source's); fingerprint : the
-    source's digest of the data (empty where the spec's keys determine them).
+    source's digest of the data (empty where the spec's keys determine them); param_names,
+    coords and grid_shape : the labels of the parameters and the state's grid (for figures).
     """
 
     U_train: np.ndarray
@@ -53,6 +54,8 @@ class StudyData:
     times_test: np.ndarray
     fingerprint: str = ""
     param_names: tuple[str, ...] = ()  # the source's names of the n_p parameters
+    coords: dict[str, np.ndarray] = field(default_factory=dict)
+    grid_shape: tuple[int, ...] = ()
 
     @property
     def n_state(self) -> int:
@@ -104,6 +107,8 @@ def _study_data(
         u0_test=flatten_grid(u0, len(data.grid_shape)).astype(np.float32),
         times_test=subset.times,
         param_names=data.param_names,
+        coords=dict(data.coords),
+        grid_shape=data.grid_shape,
     )
 
 
@@ -139,8 +144,10 @@ def _lazy_study_data(source: DataSource, path: Path, rows: np.ndarray) -> StudyD
             np.float32
         ),
         times_test=times_test,
-        param_names=head.param_names,
         fingerprint=fingerprint,
+        param_names=head.param_names,
+        coords=dict(head.coords),
+        grid_shape=head.grid_shape,
     )
 
 

@@ -34,8 +34,9 @@ COSINE_FLOOR = 1e-2  # a cosine schedule ends at this fraction of the initial le
 # as a [W, b] block; 3: the autoencoder's standardisation buffers in the model state; 4: the
 # best checkpoint of a stage 1 that selects one (``selector``); 5: stage 1's latent fit in
 # float64 (a state saved before would continue with other numbers than it was trained with);
-# 6: a residual stage's held-out selector (mlasdi_val) in its trainer's state, not beside it.
-TRAINER_STATE_FORMAT = 6
+# 6: a residual stage's held-out selector (mlasdi_val) in its trainer's state, not beside it;
+# 7: stage 1's selector with the GP hyperparameters its next checkpoint's fit starts from.
+TRAINER_STATE_FORMAT = 7
 # Ridge of the exact output-layer solve, relative to the mean diagonal of the features' Gram
 # matrix: far below float32 resolution, it only keeps the solve defined for collinear features.
 LSTSQ_RIDGE = 1e-10
@@ -604,19 +605,6 @@ class Stage1Trainer(FullBatchTrainer):
             for beta in (config.beta1, config.beta2)
         ]
 
-    def grow(self, U: torch.Tensor) -> None:
-        """Train on ``U`` [n_train, n_t, n_state] from now on: the training rows so far with new
-        ones appended. The weights, the optimiser state and the standardisation (fixed when
-        training started: the weights were learnt in its units) carry over; the full-batch
-        tensors of the step are rebuilt for the larger set."""
-        model: Autoencoder = self.model  # type: ignore[assignment]
-        self.n_train = U.shape[0]
-        self.U_flat = ((U - model.shift) / model.scale).reshape(-1, self.n_state)
-        self.output = OutputLayerMSE(
-            model.decoder[-1], self.U_flat, solve=self.config.output_layer == "lstsq"
-        )
-        self.captured = None  # a captured step holds the old tensors
-
     def selected(self) -> tuple[int, Autoencoder]:
         """(iteration, autoencoder) that stage 1 keeps at the current iteration: the live model,
         or with ``select_every`` its best checkpoint so far (a copy, unless it is the live one).
@@ -635,6 +623,24 @@ class Stage1Trainer(FullBatchTrainer):
             model = copy.deepcopy(model)
             model.load_state_dict(state)
         return stop, model
+
+    def grow(self, U: torch.Tensor) -> None:
+        """Append training rows ``U`` [m, n_t, n_state] (snapshots at new parameters, on the
+        trainer's device and dtype): the next step trains on the old rows and these, from the
+        same weights and optimiser state (greedy sampling). The step's data tensors are rebuilt;
+        the latent least squares and the time derivative work per row, so they take the new
+        rows as they are. The model's standardisation stays the one of the first rows: the
+        weights were trained on it, so the new rows are seen through it too."""
+        if U.ndim != 3 or U.shape[1:] != (self.n_t, self.n_state):
+            raise ValueError(
+                f"new rows must have shape [m, {self.n_t}, {self.n_state}], got {list(U.shape)}"
+            )
+        model: Autoencoder = self.model  # type: ignore[assignment]
+        new = ((U - model.shift) / model.scale).reshape(-1, self.n_state)
+        self.U_flat = torch.cat([self.U_flat, new])
+        self.n_train += U.shape[0]
+        self.output = OutputLayerMSE(model.decoder[-1], self.U_flat, solve=self.output.solve)
+        self.captured = None  # a captured step reads the old tensors: capture it again
 
     @classmethod
     def create(

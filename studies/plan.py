@@ -16,12 +16,19 @@ forward and backward pass over every training snapshot): stage 1 trains encoder 
 residual stage only its decoder (every residual stage has the same widths). The naive count
 trains every budget's stages from scratch. ``mlasdi_val`` runs the same tree (its residual stages
 train on the fit split, a subset of the training snapshots, so its count is an upper bound).
+
+Trials whose stage 1 is the same model (the same stage-1 configuration: architecture, latent size,
+seed and training settings, and the same held-out split) form one :class:`TrialGroup`: ``mlasdi``
+and ``mlasdi_val`` of one architecture, latent size and seed (and ``gplasdi`` too where it has the
+same architecture). A group is what Ray Tune runs: stage 1 is trained once, to the largest stage-1
+budget of its trials, and each trial's residual runs branch from the same stage-1 models. Its
+compute is counted once, with the group's first trial; the others list 0 stage-1 iterations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from studies.spec import StudySpec, hidden_label
@@ -36,11 +43,14 @@ def mlp_weights(widths: Sequence[int]) -> int:
 class Run:
     """One training run of stage ``len(prefix) + 1``, branched from the model trained to
     ``prefix`` (``()``: stage 1, from scratch); it stops at ``stops`` (iterations of this stage,
-    ascending) on the way to the budgets ``indices``."""
+    ascending) on the way to the budgets ``indices`` of the trial of method ``branch`` (in a
+    group's schedule; the budgets of all its trials for a stage-1 run, listed as ``()`` there:
+    see :meth:`TrialGroup.schedule`)."""
 
     prefix: tuple[int, ...]
     stops: tuple[int, ...]
     indices: tuple[int, ...]
+    branch: str = ""
 
     @property
     def stage(self) -> int:
@@ -103,7 +113,8 @@ class Trial:
             runs.append(Run(prefix, stops, indices))
         return runs
 
-    def _cost(self, stage1: int, residual: int, n_state: int, n_snapshots: int) -> int:
+    def cost(self, stage1: int, residual: int, n_state: int, n_snapshots: int) -> int:
+        """The compute of ``stage1`` and ``residual`` iterations of this trial's networks."""
         return (
             6
             * n_snapshots
@@ -119,13 +130,13 @@ class Trial:
             return 0, 0, 0
         stage1, *residual = self.schedule(pending)
         s1, s_res = stage1.until, sum(run.until for run in residual)
-        return s1, s_res, self._cost(s1, s_res, n_state, n_snapshots)
+        return s1, s_res, self.cost(s1, s_res, n_state, n_snapshots)
 
     def naive_cost(self, n_state: int, n_snapshots: int) -> tuple[int, int, int]:
         """The same for training every budget's stages from scratch."""
         s1 = sum(b[0] for b in self.budgets)
         s_res = sum(sum(b[1:]) for b in self.budgets)
-        return s1, s_res, self._cost(s1, s_res, n_state, n_snapshots)
+        return s1, s_res, self.cost(s1, s_res, n_state, n_snapshots)
 
     def to_config(self) -> dict[str, Any]:
         """The JSON-ready description a Tune trial receives."""
@@ -155,6 +166,77 @@ class Trial:
             residual_hidden=tuple(c["residual_hidden"]),
             sampling=c.get("sampling", "fixed"),
         )
+
+
+@dataclass(frozen=True)
+class TrialGroup:
+    """Trials (one per method, in spec order) that train one stage 1 between them: what one Ray
+    Tune trial runs. Each trial keeps its id, evaluation ids and rows."""
+
+    trials: tuple[Trial, ...]
+
+    @property
+    def group_id(self) -> str:
+        """The trial ids joined by ``+`` (a lone trial's own id)."""
+        return "+".join(t.trial_id for t in self.trials)
+
+    def trial(self, method: str) -> Trial:
+        return next(t for t in self.trials if t.method == method)
+
+    def schedule(self, pending: dict[str, Sequence[int]] | None = None) -> list[Run]:
+        """The runs that train the budgets ``pending[method]`` of each trial (default all): one
+        stage-1 run to every stage-1 stop any of them needs, then each trial's residual runs
+        (:meth:`Trial.schedule`), labelled with its method as their ``branch``."""
+        todo = {
+            t.method: t.schedule(None if pending is None else pending.get(t.method, ()))
+            for t in self.trials
+        }
+        firsts = [runs[0] for runs in todo.values() if runs]
+        if not firsts:
+            return []
+        stops = tuple(sorted({s for run in firsts for s in run.stops}))
+        stage1 = Run((), stops, firsts[0].indices if len(firsts) == 1 else ())
+        return [stage1, *(replace(r, branch=m) for m, runs in todo.items() for r in runs[1:])]
+
+    def costs(self, n_state: int, n_snapshots: int) -> list[tuple[int, int, int]]:
+        """(stage-1 iterations, residual iterations, compute) of each trial in the group's
+        schedule: the shared stage 1 (to the largest stage-1 budget) counted with the first."""
+        until = max(t.schedule()[0].until for t in self.trials)
+        out = []
+        for k, t in enumerate(self.trials):
+            _, s_res, _ = t.shared_cost(n_state, n_snapshots)
+            s1 = until if k == 0 else 0
+            out.append((s1, s_res, t.cost(s1, s_res, n_state, n_snapshots)))
+        return out
+
+    def to_config(self) -> dict[str, Any]:
+        """The JSON-ready description a Tune trial receives."""
+        return {"group_id": self.group_id, "trials": [t.to_config() for t in self.trials]}
+
+    @classmethod
+    def from_config(cls, c: dict[str, Any]) -> TrialGroup:
+        return cls(tuple(Trial.from_config(t) for t in c["trials"]))
+
+
+def stage1_key(spec: StudySpec, t: Trial) -> tuple[Any, ...]:
+    """What makes a trial's stage 1 the model it is: its stage-1 configuration (iterations
+    aside, unless the learning rate follows a schedule over them) and the held-out split that
+    its checkpoint selection and ``mlasdi_val``'s acceptance use, and where its training points
+    come from (a greedy stage 1 grows its own set)."""
+    config = spec.rom_config(
+        hidden=t.hidden, latent_dim=t.latent_dim, seed=t.seed, stage_iters=(1,), method=t.method
+    )
+    iters = t.schedule()[0].until if config.stage1.lr_schedule != "constant" else None
+    return (config, iters, spec.method(t.method).val_fraction, t.sampling)
+
+
+def groups(spec: StudySpec) -> list[TrialGroup]:
+    """The trials of the study (:func:`trials`) in groups that share stage 1 (spec order of
+    their first trials)."""
+    by_key: dict[tuple[Any, ...], list[Trial]] = {}
+    for t in trials(spec):
+        by_key.setdefault(stage1_key(spec, t), []).append(t)
+    return [TrialGroup(tuple(members)) for members in by_key.values()]
 
 
 def n_train_points(spec: StudySpec) -> int:
@@ -189,8 +271,9 @@ def plan(spec: StudySpec) -> list[PlanLine]:
     n_state = spec.data.n_state
     n_snap = n_train_points(spec) * spec.data.n_train_times
     return [
-        PlanLine(t, t.shared_cost(n_state, n_snap), t.naive_cost(n_state, n_snap))
-        for t in trials(spec)
+        PlanLine(t, shared, t.naive_cost(n_state, n_snap))
+        for g in groups(spec)
+        for t, shared in zip(g.trials, g.costs(n_state, n_snap), strict=True)
     ]
 
 
@@ -214,6 +297,12 @@ def format_plan(spec: StudySpec) -> str:
         out.append(
             f"{t.trial_id:<22} {hidden_label(t.hidden):<14} {p.shared[0]:>10} {p.shared[1]:>11} "
             f"{p.naive[0] + p.naive[1]:>10} {p.shared[2]:>10.3g} {p.naive[2]:>10.3g}"
+        )
+    shared = [g for g in groups(spec) if len(g.trials) > 1]
+    if shared:
+        out.append(
+            f"{len(shared)} groups of trials train one stage 1 between them, counted with the "
+            f"first trial of each (e.g. {shared[0].group_id})"
         )
     it_shared = sum(p.shared[0] + p.shared[1] for p in lines)
     it_naive = sum(p.naive[0] + p.naive[1] for p in lines)

@@ -27,7 +27,7 @@ from typing import Any
 from mlasdi.data import SnapshotReader
 from mlasdi.metrics import METHODS
 from mlasdi.study_data import StudyData, load_study_data
-from studies.plan import Trial, trials
+from studies.plan import TrialGroup, groups, trials
 from studies.progress import RunLog, StudyProgress
 from studies.results import ResultWriter, finished_evaluations
 from studies.spec import SpecError, StudySpec, check_resources, spec_from_dict, tomllib
@@ -100,11 +100,13 @@ def _local_resources(num_cpus: int | None) -> dict[str, float]:
     return {"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
-def _slots(spec: StudySpec, todo: list[Trial], nodes: list[dict[str, float]]) -> int:
-    """How many of these trials fit on the cluster at once (for the overhead figure)."""
+def _slots(spec: StudySpec, todo: list[TrialGroup], nodes: list[dict[str, float]]) -> int:
+    """How many of these trial groups fit on the cluster at once (for the overhead figure)."""
     if not todo:
         return 1
-    need = max((spec.resources.for_hidden(t.hidden) for t in todo), key=lambda r: r["cpu"])
+    need = max(
+        (spec.resources.for_hidden(g.trials[0].hidden) for g in todo), key=lambda r: r["cpu"]
+    )
     fit = 0
     for node in nodes:
         per = math.floor(node.get("CPU", 0) / need["cpu"] + 1e-9)
@@ -183,8 +185,9 @@ def _make_callback(
             progress.refresh()
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-            t = Trial.from_config(trial.config["trial"])
-            progress.trial_failed(t.trial_id)
+            group = TrialGroup.from_config(trial.config["trial"])
+            for t in group.trials:
+                progress.trial_failed(t.trial_id)
             error = getattr(trial, "error_file", None) or "see the Tune trial logs"
             message = f"trial errored in Ray after retries ({error})"
 
@@ -192,8 +195,7 @@ def _make_callback(
                 writer.handle(trial.trial_id, {**metrics, "compute_s": 0.0})
 
             done = set(writer.written) | set(finished_evaluations(writer.out))
-            runner = TrialRunner(t, spec, data, frozenset(done), report)
-            runner.report_bad(list(range(len(t.budgets))), "failed", message)
+            TrialRunner(group, spec, data, frozenset(done), report).report_bad("failed", message)
 
     return StudyCallback()
 
@@ -211,7 +213,7 @@ def _tested(data: StudyData) -> str:
 def _tune_run(
     spec: StudySpec,
     data: StudyData,
-    todo: list[Trial],
+    todo: list[TrialGroup],
     finished: set[str],
     out: Path,
     log: RunLog,
@@ -252,7 +254,7 @@ def _tune_run(
         )
 
         def resources(config: dict[str, Any]) -> Any:
-            need = spec.resources.for_hidden(config["trial"]["hidden"])
+            need = spec.resources.for_hidden(config["trial"]["trials"][0]["hidden"])
             bundle = {"CPU": need["cpu"]}
             if need["gpu"]:
                 bundle["GPU"] = need["gpu"]
@@ -262,8 +264,10 @@ def _tune_run(
         trainable = tune.with_resources(trainable, resources)
         # Longest trials first so the last slot does not idle at the end.
         n_state, n_snap = data.n_state, data.U_train.shape[0] * data.U_train.shape[1]
-        todo.sort(key=lambda t: -t.shared_cost(n_state, n_snap)[2])
-        progress = StudyProgress(todo, set(finished), n_state, n_snap, log=log)
+        todo.sort(key=lambda g: -sum(c[2] for c in g.costs(n_state, n_snap)))
+        progress = StudyProgress(
+            [t for g in todo for t in g.trials], set(finished), n_state, n_snap, log=log
+        )
         name = "run-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
         tuner = tune.Tuner(
             trainable,
@@ -318,11 +322,16 @@ def run_study(
     all_trials = trials(spec)
     n_evals = sum(len(t.budgets) for t in all_trials)
     finished = finished_evaluations(out)
-    todo = [t for t in all_trials if any(e not in finished for e in t.evaluation_ids)]
+    todo = [
+        g
+        for g in groups(spec)
+        if any(e not in finished for t in g.trials for e in t.evaluation_ids)
+    ]
     log = RunLog(out)
     log.say(
         f"study {spec.name}: {len(all_trials)} trials, {n_evals} evaluations; "
-        f"{len(finished)} finished on disk, {len(todo)} trials to run; output {out}"
+        f"{len(finished)} finished on disk, {sum(len(g.trials) for g in todo)} trials to run; "
+        f"output {out}"
     )
     if not todo:
         print(_summary(out, spec))

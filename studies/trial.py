@@ -1,10 +1,10 @@
 """One study trial: train the prefix tree of its budgets once, evaluating at every budget.
 
-:func:`run_trial` is the Ray Tune function trainable. It receives its :class:`~studies.plan.Trial`
+:func:`run_trial` is the Ray Tune function trainable. It receives its trial's (or trial group's)
 description in ``config["trial"]`` and, through ``tune.with_parameters``, the spec, the shared
 :class:`StudyData` (put in the object store once by the driver, read zero-copy by every trial on a
 node) and the evaluation ids already finished on disk. It trains the runs of
-:meth:`~studies.plan.Trial.schedule` depth first: a run stops at each count a budget needs, and at
+:meth:`~studies.plan.TrialGroup.schedule` depth first: a run stops at each count a budget needs, and at
 each stop the branches that start there are trained to their ends before the run goes on, so the
 budgets are evaluated in their (lexicographic) order. Each evaluation is one ``tune.report`` with
 the result row (JSON) and r(mu) for every test parameter; the driver-side
@@ -12,6 +12,11 @@ the result row (JSON) and r(mu) for every test parameter; the driver-side
 ``run.checkpoint_every`` iterations, carries a Tune checkpoint (the state dicts of the live
 trainers, one per stage of the branch being trained, and the evaluations done) so that a trial
 restarted after a lost node resumes where it was.
+
+Trials that share stage 1 (:class:`~studies.plan.TrialGroup`: ``mlasdi`` and ``mlasdi_val`` of one
+architecture, latent size and seed) run as one Tune trial: stage 1 is trained once and each
+trial's residual runs branch from its models, as engine branches labelled with the trial's
+method; every row is its own trial's, and the state saves each live stage with its branch.
 
 ``mlasdi_val`` trials grow the same tree; their residual stages train on the fit split of the
 training parameters, score the held-out split every ``val_every`` iterations and, at each stop,
@@ -36,7 +41,7 @@ import socket
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +72,7 @@ from mlasdi.study_data import StudyData
 from mlasdi.train import TRAINER_STATE_FORMAT, CheckpointReport, DivergenceError
 from mlasdi.uncertainty import assess, calibration_scale
 from mlasdi.validation import Split
-from studies.plan import Trial
+from studies.plan import Trial, TrialGroup
 from studies.spec import StudySpec, hidden_label
 
 log = logging.getLogger(__name__)
@@ -92,13 +97,15 @@ def last_line(exc: BaseException) -> str:
 
 
 class TrialRunner(Plugin):
-    """The stage-engine plug-in behind :func:`run_trial`: resumes from a saved trial state,
-    saves one every ``run.checkpoint_every`` iterations, evaluates each budget at its stop and
-    reports rows (``report`` injected: testable without Ray)."""
+    """The stage-engine plug-in behind :func:`run_trial`: trains a :class:`~studies.plan.TrialGroup`
+    (or one trial) on one engine, stage 1 once for all its trials and their residual runs as
+    branches labelled with their methods; resumes from a saved state, saves one every
+    ``run.checkpoint_every`` iterations, evaluates each budget at its stop and reports its row
+    (``report`` injected: testable without Ray)."""
 
     def __init__(
         self,
-        trial: Trial,
+        group: TrialGroup | Trial,
         spec: StudySpec,
         data: StudyData,
         finished: frozenset[str] | set[str],
@@ -107,7 +114,7 @@ class TrialRunner(Plugin):
         *,
         fom_cache: str | Path | None = None,
     ) -> None:
-        self.trial = trial
+        self.group = group if isinstance(group, TrialGroup) else TrialGroup((group,))
         self.fom_cache = fom_cache
         self.sampler: GreedySampler | None = None
         self.initial: np.ndarray = data.params_train
@@ -115,22 +122,20 @@ class TrialRunner(Plugin):
         self.data = data
         self.report_fn = report
         self.state = state or {}
-        self.done: set[int] = set(self.state.get("done", []))
-        self.done |= {i for i, e in enumerate(trial.evaluation_ids) if e in finished}
+        ids = {e for t in self.group.trials for e in t.evaluation_ids}
+        self.done: set[str] = (set(self.state.get("done", [])) | set(finished)) & ids
         self.device = resolve_device("auto")
         self.dtype = torch_dtype(spec.training.dtype)
         self.node_id = _node_id()
         self.host = socket.gethostname()
         self.last_report = time.perf_counter()
         self.engine: StageEngine | None = None
-        self.pending: set[int] = set()
-        self.saved: dict[tuple[int, ...], dict[str, Any]] = {}
+        self.saved: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
         self.every = spec.run.checkpoint_every
         self.resumed_at = 0  # stage-1 iteration restored from a checkpoint (0: from scratch)
 
     # ----- configuration of one evaluated model ------------------------------------------------
-    def rom_config(self, budget: tuple[int, ...]) -> ROMConfig:
-        t = self.trial
+    def rom_config(self, t: Trial, budget: tuple[int, ...]) -> ROMConfig:
         return self.spec.rom_config(
             hidden=t.hidden,
             latent_dim=t.latent_dim,
@@ -140,13 +145,32 @@ class TrialRunner(Plugin):
             method=t.method,
         )
 
+    def config_of(self, budget: tuple[int, ...], branch: str) -> ROMConfig:
+        """The engine's ``config_of``: stage 1's models are every trial's (branch ``""``)."""
+        return self.rom_config(self.group.trial(branch) if branch else self.group.trials[0], budget)
+
+    def budgets(self, branch: str = "", prefix: tuple[int, ...] = ()) -> list[tuple[Trial, int]]:
+        """(trial, budget index) of the budgets not reported yet of the trials of ``branch``
+        (``""``: all) that continue ``prefix``."""
+        return [
+            (t, i)
+            for t in self.group.trials
+            if branch in ("", t.method)
+            for i, b in enumerate(t.budgets)
+            if b[: len(prefix)] == prefix and t.evaluation_id(i) not in self.done
+        ]
+
     # ----- reporting ---------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         return {
             "done": sorted(self.done),
             "picks": self.sampler.state() if self.sampler is not None else [],
             "stages": [
-                {"prefix": list(run.prefix), "trainer": run.trainer.state_dict()}
+                {
+                    "branch": run.branch,
+                    "prefix": list(run.prefix),
+                    "trainer": run.trainer.state_dict(),
+                }
                 for run in (self.engine.live if self.engine is not None else [])
             ],
         }
@@ -169,8 +193,7 @@ class TrialRunner(Plugin):
         self.report_fn(base, self._state() if checkpoint else None)
         self.last_report = time.perf_counter()
 
-    def _row(self, i: int, status: str, message: str, **values: Any) -> dict[str, Any]:
-        t = self.trial
+    def _row(self, t: Trial, i: int, status: str, message: str, **values: Any) -> dict[str, Any]:
         budget = t.budgets[i]
         nan = math.nan
         row: dict[str, Any] = {
@@ -196,7 +219,7 @@ class TrialRunner(Plugin):
             "device": str(self.device),
             "status": status,
             "message": message,
-            "config_json": json.dumps(to_dict(self.rom_config(budget)), sort_keys=True),
+            "config_json": json.dumps(to_dict(self.rom_config(t, budget)), sort_keys=True),
             "mlasdi_version": mlasdi.__version__,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             **provenance(),
@@ -224,7 +247,7 @@ class TrialRunner(Plugin):
         picks = [] if self.sampler is None else self.sampler.picks_until(iteration)
         round_s, fom_s = (0.0, 0.0) if self.sampler is None else self.sampler.times_until(iteration)
         return {
-            "sampling": self.trial.sampling,
+            "sampling": self.group.trials[0].sampling,
             "n_fom_solves": int(self.initial.shape[0]) + len(picks),
             "picked_params": [float(x) for p in picks for x in p.params],
             "picked_iters": [p.iteration for p in picks],
@@ -248,10 +271,10 @@ class TrialRunner(Plugin):
         param_err: list[float],
         param_std: list[float] | None = None,
     ) -> None:
-        self.done.add(i)
+        self.done.add(row["evaluation_id"])
         content: dict[str, Any] = {"row": row, "param_err": param_err, "param_std": param_std}
         if self.sampler is not None:
-            content["is_train"] = self._is_train(self.trial.budgets[i][0]).tolist()
+            content["is_train"] = self._is_train(row["stage_iters"][0]).tolist()
         payload = json.dumps(content)
         self._emit(
             {
@@ -265,16 +288,18 @@ class TrialRunner(Plugin):
             checkpoint=True,
         )
 
-    def report_bad(self, indices: list[int], status: str, message: str) -> None:
+    def report_bad(
+        self, status: str, message: str, branch: str = "", prefix: tuple[int, ...] = ()
+    ) -> None:
         """Report ``status`` (``diverged`` or ``failed``) rows with ``message`` for the budgets
-        ``indices`` not reported yet."""
+        not reported yet of the trials of ``branch`` (``""``: all) that continue ``prefix``."""
         n = self.data.params_test.shape[0]
-        for i in indices:
-            if i not in self.done:
-                self._report_row(i, self._row(i, status, message), [math.nan] * n)
+        for t, i in self.budgets(branch, prefix):
+            self._report_row(i, self._row(t, i, status, message), [math.nan] * n)
 
     def _evaluate(
         self,
+        t: Trial,
         i: int,
         rom: MultiStageROM,
         stage_times: list[float],
@@ -284,11 +309,11 @@ class TrialRunner(Plugin):
         try:
             errors = self.data.test_errors(rom, self.spec.run.eval_batch_size)
         except DivergenceError as exc:
-            self.report_bad([i], "diverged", str(exc))
+            self.report_bad("diverged", str(exc), t.method, t.budgets[i])
             return
         eval_time = time.perf_counter() - start
         r = errors[-1].max(-1)
-        is_train = self._is_train(self.trial.budgets[i][0])
+        is_train = self._is_train(t.budgets[i][0])
         values = {
             **summarize_errors(r),
             **summarize_errors(r[~is_train], prefix="unseen_err"),
@@ -308,12 +333,14 @@ class TrialRunner(Plugin):
         status, message = "ok", ""
         if not np.all(np.isfinite(r)):
             status, message = "diverged", "prediction error is not finite"
-        uncertainty, param_std = self._uncertainty(rom) if status == "ok" else ({}, None)
+        uncertainty, param_std = self._uncertainty(t, rom) if status == "ok" else ({}, None)
         values |= uncertainty
-        row = self._row(i, status, message, **values)
+        row = self._row(t, i, status, message, **values)
         self._report_row(i, row, [float(x) for x in r], param_std)
 
-    def _uncertainty(self, rom: MultiStageROM) -> tuple[dict[str, Any], list[float] | None]:
+    def _uncertainty(
+        self, t: Trial, rom: MultiStageROM
+    ) -> tuple[dict[str, Any], list[float] | None]:
         """The uncertainty columns of ``rom``'s row and each test parameter's largest std
         (:mod:`mlasdi.uncertainty`, ``run.uncertainty_samples`` GP samples drawn with the
         trial's seed). The calibration scale is chosen on the held-out split of the training
@@ -322,7 +349,7 @@ class TrialRunner(Plugin):
         if n_samples == 0:
             return {}, None
         start = time.perf_counter()
-        engine, data, seed = self.engine, self.data, self.trial.seed
+        engine, data, seed = self.engine, self.data, t.seed
         assert engine is not None
         held = engine.setup.held_out(engine.data)
         options = {"n_samples": n_samples, "seed": seed}
@@ -357,58 +384,80 @@ class TrialRunner(Plugin):
 
     # ----- training: the engine's plug-in ------------------------------------------------------
     def run(self) -> None:
-        pending = [i for i in range(len(self.trial.budgets)) if i not in self.done]
-        if not pending:
+        if not self.budgets():
             return
         try:
-            self._run(pending)
+            self._run()
         except Exception as exc:
             if type(exc).__module__.startswith("ray"):
                 raise  # Ray's own (session ended, actor killed): let Tune handle it
             status = "diverged" if isinstance(exc, DivergenceError) else "failed"
             message = str(exc) if status == "diverged" else last_line(exc)
-            self.report_bad(pending, status, message)
+            self.report_bad(status, message)
 
-    def _usable_state(self, pending: list[int]) -> dict[tuple[int, ...], dict[str, Any]]:
-        """The saved stages (trainer states) by prefix, if they can continue the ``pending``
-        budgets.
+    def _order(self, branch: str, iterations: Sequence[int]) -> tuple[int, ...]:
+        """Where the engine trains the model of ``branch`` at ``iterations`` (stage 1 first):
+        stage 1's models at a stop come before the branches started there, which come in the
+        order of the group's trials, each depth first."""
+        if len(iterations) == 1:
+            return tuple(iterations)
+        k = [t.method for t in self.group.trials].index(branch)
+        return (iterations[0], k, *iterations[1:])
+
+    def _usable_state(self) -> dict[tuple[str, tuple[int, ...]], dict[str, Any]]:
+        """The saved stages (trainer states) by (branch, prefix), if they can continue the
+        budgets not reported yet.
 
         A saved branch stands at the iteration counts of its trainers, stage 1 first, and can go
-        on to exactly the budgets not lexicographically before those counts. A state past a
-        pending budget (a checkpoint newer than the rows on disk) is not used: training restarts
-        from scratch, which is deterministic, rather than skipping an evaluation or training
-        backwards. Nor is a state saved by an earlier mlasdi in another trainer-state format.
+        on to exactly the budgets the engine trains after that point (:meth:`_order`). A state
+        past a pending budget (a checkpoint newer than the rows on disk) is not used: training
+        restarts from scratch, which is deterministic, rather than skipping an evaluation or
+        training backwards. Nor is a state saved by an earlier mlasdi (another trainer-state
+        format, or stages saved without their branch).
         """
         stages = self.state.get("stages", [])
-        if any(s["trainer"].get("format") != TRAINER_STATE_FORMAT for s in stages):
+        if not stages or any(
+            s["trainer"].get("format") != TRAINER_STATE_FORMAT or "branch" not in s for s in stages
+        ):
             return {}  # saved by an earlier mlasdi: retrain (deterministic) rather than fail
-        position = tuple(int(s["trainer"]["iteration"]) for s in stages)
-        if not stages or position > min(self.trial.budgets[i] for i in pending):
+        position = self._order(
+            stages[-1]["branch"], [int(s["trainer"]["iteration"]) for s in stages]
+        )
+        if any(position > self._order(t.method, t.budgets[i]) for t, i in self.budgets()):
             return {}
-        return {tuple(int(x) for x in s["prefix"]): s for s in stages}
+        return {(s["branch"], tuple(int(x) for x in s["prefix"])): s for s in stages}
 
-    def _run(self, pending: list[int]) -> None:
-        """Train the schedule of the ``pending`` budgets on the stage engine, this runner being
-        the plug-in that resumes, saves, evaluates and reports (mlasdi_val: with
-        :class:`~mlasdi.engine.Acceptance` before it)."""
-        t, data = self.trial, self.data
+    def _run(self) -> None:
+        """Train the schedule of the budgets not reported yet on the stage engine, this runner
+        being the plug-in that resumes, saves, evaluates and reports (with
+        :class:`~mlasdi.engine.Acceptance` on the ``mlasdi_val`` branch before it)."""
+        data = self.data
         data.check_truth()  # before hours of training that could not be evaluated
-        method = self.spec.method(t.method)
+        first = self.spec.method(self.group.trials[0].method)
         # One split for every trial of the study (seed 0), like the training points: stage-1
-        # selection and mlasdi_val's acceptance hold out the same parameters.
-        setup = EngineConfig(self.device, self.dtype, Split(method.val_fraction, 0))
-        self.pending = set(pending)
-        self.saved = self._usable_state(pending)
-        plugins: list[Plugin] = [Acceptance(method.val_every)] if t.method == "mlasdi_val" else []
-        if t.sampling == "greedy":
+        # selection and mlasdi_val's acceptance hold out the same parameters (the trials of a
+        # group have the same held-out fraction).
+        setup = EngineConfig(self.device, self.dtype, Split(first.val_fraction, 0))
+        self.saved = self._usable_state()
+        plugins: list[Plugin] = [
+            Acceptance(self.spec.method(t.method).val_every, branch=t.method)
+            for t in self.group.trials
+            if t.method == "mlasdi_val"
+        ]
+        # A group shares its sampling (plan.groups): a greedy stage 1 grows once for all its
+        # trials, and their residual stages train on the set it ended with.
+        if self.group.trials[0].sampling == "greedy":
             rows = self._greedy_start(setup)
             plugins.append(self.sampler)  # type: ignore[arg-type]
         else:
             rows = TrainingSet(setup.tensor(data.U_train), data.params_train, data.times)
         self.engine = StageEngine(
-            rows, self.rom_config, setup, [*plugins, self], isolate_divergence=True
+            rows, self.config_of, setup, [*plugins, self], isolate_divergence=True
         )
-        self.engine.run(t.schedule(pending))
+        pending: dict[str, list[int]] = {}
+        for t, i in self.budgets():
+            pending.setdefault(t.method, []).append(i)
+        self.engine.run(self.group.schedule(pending))
 
     def _greedy_start(self, setup: EngineConfig) -> TrainingSet:
         """The greedy sampler (:mod:`mlasdi.greedy`; with the picks of the saved state when it
@@ -428,13 +477,13 @@ class TrialRunner(Plugin):
 
         picks = GreedySampler.picks_of(self.state.get("picks", [])) if self.saved else []
         self.sampler = GreedySampler(
-            config, candidates, data.u0_test[rows], fom, seed=self.trial.seed, picks=picks
+            config, candidates, data.u0_test[rows], fom, seed=self.group.trials[0].seed, picks=picks
         )
         self.initial = initial_points(config, candidates, data.params_train)
         return TrainingSet(setup.tensor(fom(self.initial)), self.initial, data.times)
 
     def on_stage_start(self, engine: StageEngine, run: StageRun) -> None:
-        saved = self.saved.get(run.prefix)
+        saved = self.saved.get((run.branch, run.prefix))
         if saved is not None:
             run.trainer.load_state_dict(saved["trainer"])
             if run.stage == 1:
@@ -450,15 +499,14 @@ class TrialRunner(Plugin):
         self._emit({}, checkpoint=True)
 
     def on_checkpoint(self, engine: StageEngine, stop: Stop) -> None:
-        for i in sorted(self.pending - self.done):
-            if self.trial.budgets[i] == stop.budget:
-                self._evaluate(i, stop.rom, stop.stage_times_s, stop.decisions)
+        for t, i in self.budgets(stop.run.branch, stop.budget):
+            if t.budgets[i] == stop.budget:
+                self._evaluate(t, i, stop.rom, stop.stage_times_s, stop.decisions)
 
     def on_diverged(
-        self, engine: StageEngine, prefix: tuple[int, ...], exc: DivergenceError
+        self, engine: StageEngine, branch: str, prefix: tuple[int, ...], exc: DivergenceError
     ) -> None:
-        below = [i for i in self.pending if self.trial.budgets[i][: len(prefix)] == prefix]
-        self.report_bad(sorted(below), "diverged", str(exc))
+        self.report_bad("diverged", str(exc), branch, prefix)
 
 
 def _tune_reporter(trial_id: str) -> Callable[[dict[str, Any], dict[str, Any] | None], None]:
@@ -528,14 +576,15 @@ def run_trial(
 ) -> None:
     """The Tune function trainable (wrap with ``tune.with_parameters``).
 
-    ``previous`` maps trial ids to the latest checkpoint directory of an earlier, interrupted run
+    ``config["trial"]`` is a :class:`~studies.plan.TrialGroup`'s config; ``previous`` maps
+    group ids to the latest checkpoint directory of an earlier, interrupted run
     of the same study (used when Tune has no checkpoint of its own for this trial).
     ``fom_cache``: the directory where greedy trials share their full-order solves.
     """
-    trial = Trial.from_config(config["trial"])
-    cpus = spec.resources.for_hidden(trial.hidden)["cpu"]
+    group = TrialGroup.from_config(config["trial"])
+    cpus = spec.resources.for_hidden(group.trials[0].hidden)["cpu"]
     # Fixed thread count: CPU results are reproducible run to run (and across a resume).
     torch.set_num_threads(max(1, int(cpus)))
-    state = _initial_state((previous or {}).get(trial.trial_id))
-    report = _tune_reporter(trial.trial_id)
-    TrialRunner(trial, spec, data, finished, report, state, fom_cache=fom_cache).run()
+    state = _initial_state((previous or {}).get(group.group_id))
+    report = _tune_reporter(group.group_id)
+    TrialRunner(group, spec, data, finished, report, state, fom_cache=fom_cache).run()

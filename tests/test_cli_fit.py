@@ -178,7 +178,7 @@ def test_a_bug_is_a_traceback_not_a_user_error(monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise ValueError("an internal inconsistency")
 
-    monkeypatch.setattr("mlasdi.experiment.evaluate", broken)
+    monkeypatch.setattr("mlasdi.study_data.evaluate", broken)
     with pytest.raises(ValueError, match="an internal inconsistency"):
         main(["fit", "--stages", "1", "--iters", "5", "--out", str(tmp_path / "f"), "--quiet"])
 

@@ -9,9 +9,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from mlasdi.engine import EngineConfig, StageEngine, TrainingSet, chain
 from mlasdi.study_data import load_study_data
 from studies.plan import trials
 from studies.spec import spec_from_dict
@@ -105,42 +103,3 @@ def test_a_killed_greedy_trial_resumes_with_the_same_picks(greedy, tmp_path):
         assert p["row"]["picked_params"] == rows[eid]["row"]["picked_params"]
         assert p["row"]["picked_iters"] == rows[eid]["row"]["picked_iters"]
         np.testing.assert_allclose(p["param_err"], rows[eid]["param_err"], rtol=0, atol=1e-6)
-
-
-def test_grow_keeps_weights_and_optimiser_state(greedy):
-    """Growing at iteration 10 from rows A to A + B and training to 20 equals a trainer built
-    on A + B that loads the A trainer's state at 10."""
-    spec, data = greedy
-    config = spec.rom_config(hidden=(8,), latent_dim=2, seed=0, stage_iters=(20,))
-    setup = EngineConfig.create(config, device="cpu")
-    U = setup.tensor(np.asarray(data.truth_test))
-    a, b = [0, 6], [3]
-    engine = StageEngine(
-        TrainingSet(U[a], data.params_test[a], data.times), lambda _: config, setup
-    )
-    runs = chain((20,))
-    from mlasdi.engine import Plugin
-
-    class GrowAt10(Plugin):
-        def iterations(self, engine, run, start, until):
-            return [10]
-
-        def on_iteration(self, engine, run, report):
-            self.state = copy.deepcopy(run.trainer.state_dict())
-            engine.grow(U[b], data.params_test[b])
-            self.model = run.trainer.model
-
-    grow = GrowAt10()
-    engine.plugins.append(grow)
-    engine.run(runs)
-    grown = {k: v.clone() for k, v in grow.model.state_dict().items()}
-
-    from mlasdi.rom import stage1_trainer
-
-    rows = a + b
-    fresh = stage1_trainer(U[rows], data.params_test[rows], data.times, config)
-    fresh.load_state_dict(grow.state)
-    fresh.train(20)
-    for k, v in fresh.model.state_dict().items():
-        torch.testing.assert_close(v, grown[k], rtol=0, atol=0)
-    assert engine.data.U.shape[0] == 3

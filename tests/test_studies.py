@@ -31,7 +31,7 @@ from mlasdi import study_data as study_data_module
 from mlasdi.study_data import load_study_data
 from mlasdi.train import DivergenceError
 from studies.cli import main
-from studies.plan import Run, format_plan, plan, trials
+from studies.plan import Run, TrialGroup, format_plan, plan, trials
 from studies.spec import (
     PRESETS,
     SpecError,
@@ -483,7 +483,7 @@ def test_three_stage_trial_resumes_exactly_from_any_stage(tiny, monkeypatch):
         "at an evaluation": [30, 20, 10],
     }
     for name, (state, trained_before) in kills.items():
-        done = [t.evaluation_ids[i] for i in state["done"]]
+        done = state["done"]
         # A Tune retry (the state knows what is done) and a rerun of a killed driver (the rows
         # on disk say what is done): the same rows, no finished evaluation redone, and only the
         # iterations the checkpoint had not trained yet.
@@ -828,7 +828,8 @@ def test_a_trial_ray_gave_up_on_gets_failed_rows(tiny, tmp_path):
     writer = ResultWriter(tmp_path, data.params_test, data.is_train)
     progress = StudyProgress([t], set(), data.n_state, 10, stream=io.StringIO())
     callback = _make_callback(writer, spec, data, progress)
-    fake = SimpleNamespace(trial_id="abc_00001", config={"trial": t.to_config()}, error_file=None)
+    config = {"trial": TrialGroup((t,)).to_config()}
+    fake = SimpleNamespace(trial_id="abc_00001", config=config, error_file=None)
     callback.on_trial_error(0, [], fake)
     assert progress.line().startswith("trials 1/1, evaluations 2/2")
     assert progress.line().endswith("no result yet, failures 2")

@@ -20,7 +20,7 @@ from mlasdi import study_data as study_data_module
 from mlasdi.metrics import METHODS, RESULT_COLUMNS
 from mlasdi.rom import evaluate as trial_module_evaluate
 from mlasdi.study_data import load_study_data
-from studies.plan import format_plan, trials
+from studies.plan import Run, format_plan, groups, trials
 from studies.spec import SpecError, dump_toml, load_spec, smoke_spec, spec_from_dict, tomllib
 from studies.trial import TrialRunner
 
@@ -184,10 +184,66 @@ def test_mlasdi_val_resumes_exactly_mid_residual_stage(val_data):
         if s is not None and len(s["stages"]) == 2 and s["stages"][1]["trainer"]["iteration"] == 30
     )
     selector = state["stages"][1]["trainer"]["selector"]
-    assert state["done"] == [0] and selector["iteration"] % 10 == 0
+    assert state["done"] == [t.evaluation_id(0)] and selector["iteration"] % 10 == 0
     again = _rows(_run(spec, val_data, t, state=copy.deepcopy(state)))
     assert list(again) == [t.evaluation_id(1)]
     _same(again[t.evaluation_id(1)], rows[t.evaluation_id(1)])
+
+
+def _stage1_steps(spec, data, trial, monkeypatch, **kwargs):
+    """A trial's (or group's) reports and the stage-1 iterations it trained."""
+    from mlasdi.train import Stage1Trainer
+
+    steps = [0]
+    step = Stage1Trainer.step
+
+    def counting(self):
+        steps[0] += 1
+        return step(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Stage1Trainer, "step", counting)
+        reports = _run(spec, data, trial, **kwargs)
+    return reports, steps[0]
+
+
+def test_mlasdi_and_mlasdi_val_train_one_stage1_between_them(val_data, monkeypatch):
+    raw = _raw(val_budgets=((30, 25), (40, 10)), **ROUGH)
+    raw["run"] = {"checkpoint_every": 5}
+    spec = spec_from_dict(raw)
+    _, group = groups(spec)
+    assert group.group_id == "mlasdi-a0-l2-s0+mlasdi_val-a0-l2-s0"
+    # One stage-1 run to 40 (stops 30 and 40), each method's residual runs branched from it.
+    assert group.schedule() == [
+        Run((), (30, 40), ()),
+        Run((30,), (25, 40), (0, 1), "mlasdi"),
+        Run((30,), (25,), (0,), "mlasdi_val"),
+        Run((40,), (10,), (1,), "mlasdi_val"),
+    ]
+    reports, steps = _stage1_steps(spec, val_data, group, monkeypatch)
+    assert steps == 40  # trained apart: 30 + 40
+    rows = _rows(reports)
+    assert sorted(rows) == sorted(e for t in group.trials for e in t.evaluation_ids)
+    # Each row is the one its trial gives trained alone, bit for bit (and says its method).
+    for t in group.trials:
+        alone = _rows(_run(spec, val_data, t))
+        for eid in t.evaluation_ids:
+            _same(rows[eid], alone[eid])
+            assert rows[eid]["row"]["method"] == t.method
+    # Killed in mlasdi_val's residual run at (30, 15): a resume trains only what is left.
+    state = next(
+        s
+        for m, s in reports
+        if s is not None
+        and s["stages"][-1]["branch"] == "mlasdi_val"
+        and [x["trainer"]["iteration"] for x in s["stages"]] == [30, 15]
+    )
+    again, steps = _stage1_steps(spec, val_data, group, monkeypatch, state=copy.deepcopy(state))
+    assert steps == 10 and again[0][0]["resumed_at"] == 30
+    resumed = _rows(again)
+    assert sorted(resumed) == sorted(set(rows) - set(state["done"]))
+    for eid in resumed:
+        _same(resumed[eid], rows[eid])
 
 
 def test_smoke_data_study_writes_rows_with_the_acceptance_columns(tmp_path):

@@ -9,6 +9,7 @@ Tiny data: the 3 x 3 advection-diffusion file of test_data_sources (16 points), 
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 
 import h5py
@@ -245,3 +246,30 @@ def test_train_time_stride_is_checked_planned_and_recorded(tmp_path, capsys):
 def test_the_gplasdi_burgers_preset_trains_on_every_10th_level_and_tests_on_all():
     d = load_spec("burgers1d_gplasdi").data
     assert (d.time_stride, d.train_time_stride, d.n_times, d.n_train_times) == (1, 10, 1001, 101)
+
+
+def test_fit_on_a_file_read_in_batches_gives_the_in_memory_metrics(tmp_path, monkeypatch):
+    # mlasdi fit --data on the 3 x 3 file (4 corner training points, 17 times):
+    # its test truth loaded whole, then read from the file in batches (the study's lazy path:
+    # load_study_data, the whole file never read into memory at once): the same metrics.
+    path = save_snapshot_set(
+        tmp_path / "adv.h5", advection_set(n_t=17), train=np.isin(np.arange(9), CORNERS)
+    )
+    reads = []
+    reader_getitem = SnapshotReader.__getitem__
+
+    def counting(self, key):
+        reads.append(key)
+        return reader_getitem(self, key)
+
+    monkeypatch.setattr(SnapshotReader, "__getitem__", counting)
+    metrics = {}
+    for name, lazy_bytes in (("memory", study_data_module.LAZY_TRUTH_BYTES), ("file", 0)):
+        monkeypatch.setattr(study_data_module, "LAZY_TRUTH_BYTES", lazy_bytes)
+        out = tmp_path / name
+        args = ["fit", "--data", str(path), "--iters", "10,10"]
+        assert mlasdi_main([*args, "--out", str(out), "--quiet", "--no-figures"]) == 0
+        metrics[name] = json.loads((out / "metrics.json").read_text())["parameters"]
+    assert reads  # the second fit read its truth through the reader
+    assert len(metrics["file"]) == 9
+    assert metrics["file"] == metrics["memory"]

@@ -87,7 +87,7 @@ class TrialWorker:
             [s - offset for s in setup.steps if offset < s <= offset + iters]
             for offset, iters in zip(offsets, config.stage_iters, strict=True)
         ]
-        engine = StageEngine(rows, lambda budget: config, engine_config)
+        engine = StageEngine(rows, lambda budget, branch: config, engine_config)
         for stop in engine.events(chain(config.stage_iters, stops)):
             step = int(offsets[len(stop.budget) - 1]) + stop.budget[-1]
             if step not in setup.steps:
