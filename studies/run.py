@@ -93,10 +93,78 @@ def previous_checkpoints(storage: Path) -> dict[str, str]:
     return {k: v[2] for k, v in best.items()}
 
 
+def _previous_in(storage_root: str) -> dict[str, str]:
+    """:func:`previous_checkpoints` of a local storage root (created here); none for a URI."""
+    if "://" in storage_root:
+        return {}
+    Path(storage_root).mkdir(parents=True, exist_ok=True)
+    return previous_checkpoints(Path(storage_root))
+
+
 def _local_resources(num_cpus: int | None) -> dict[str, float]:
     import torch
 
     return {"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+# Filesystems every node of a cluster can mount (the type column of /proc/mounts).
+SHARED_FILESYSTEMS = frozenset(
+    {
+        "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph",
+        "glusterfs", "afs", "panfs", "wekafs", "9p", "virtiofs",
+        "fuse.glusterfs", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs",
+        "fuse.ceph", "fuse.cephfs",
+    }
+)  # fmt: skip
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (longest mount point in /proc/mounts), or
+    ``"unknown"`` where /proc/mounts is not readable."""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    best, fstype = "", "unknown"
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1].replace("\\040", " ")
+        inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > len(best):
+            best, fstype = mount, fields[2]
+    return fstype
+
+
+def tune_storage(storage: str | None, out: Path, n_nodes: int, *, allow_local: bool = False) -> str:
+    """Where Tune keeps trial checkpoints: ``storage`` or ``OUT/tune``; a local path resolved.
+
+    Since Ray 2.7 Tune does not copy a node's checkpoints to the head node: on a cluster of more
+    than one node a local path would strand each trial's checkpoints on the node that ran it (a
+    trial retried elsewhere restarts from zero). That is refused (:class:`SpecError`) unless
+    ``allow_local``, which prints the consequence.
+    """
+    root = storage or str(out / "tune")
+    if "://" in root:
+        return root  # s3://, gs://, ...: pyarrow's filesystems, shared by construction
+    path = Path(root).resolve()
+    fstype = filesystem_type(path)
+    if n_nodes > 1 and fstype not in SHARED_FILESYSTEMS:
+        if not allow_local:
+            raise SpecError(
+                f"the Ray cluster has {n_nodes} nodes but the Tune storage {path} is on a local "
+                f"{fstype} filesystem: pass --storage with a directory every node mounts (NFS, "
+                "Lustre, ...) or an s3:// or gs:// URI, or --allow-local-storage to run anyway"
+            )
+        print(
+            f"warning: Tune storage {path} is local ({fstype}) on a {n_nodes}-node cluster "
+            "(--allow-local-storage): each node keeps the checkpoints of the trials it runs, a "
+            "trial retried on another node restarts from zero, and a rerun resumes only from "
+            "checkpoints this node holds",
+            flush=True,
+        )
+    return str(path)
 
 
 def _slots(spec: StudySpec, todo: list[Trial], nodes: list[dict[str, float]]) -> int:
@@ -200,6 +268,7 @@ def run_study(
     num_cpus: int | None = None,
     check: bool = True,
     verbose: int = 1,
+    allow_local_storage: bool = False,
 ) -> int:
     """Run (or finish) a study; returns the exit code (0 when every evaluation has a row).
 
@@ -228,7 +297,6 @@ def run_study(
     data = load_study_data(spec, progress=verbose >= 1)
     data_s = time.perf_counter() - t_data
     _check_data(spec, out, data.fingerprint)
-    _write_spec(spec, out, data.fingerprint)
     print(
         f"data: {data.truth_test.shape[0]} test / {data.U_train.shape[0]} training parameters, "
         f"{data.U_train.shape[1]} snapshots of {data.n_state} values{_tested(data)} "
@@ -246,13 +314,10 @@ def run_study(
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         if address and check:
             check_resources(spec, nodes, f"the cluster at {address}")
-        storage_root = storage or str(out / "tune")
-        if "://" not in storage_root:
-            storage_root = str(Path(storage_root).resolve())
-            Path(storage_root).mkdir(parents=True, exist_ok=True)
-            previous = previous_checkpoints(Path(storage_root))
-        else:
-            previous = {}
+        storage_root = tune_storage(storage, out, len(nodes), allow_local=allow_local_storage)
+        # The first writes under OUT: every check (spec, data, resources, storage) has passed.
+        _write_spec(spec, out, data.fingerprint)
+        previous = _previous_in(storage_root)
         writer = ResultWriter(out, data.params_test, data.is_train)
         trainable = tune.with_parameters(
             run_trial, spec=spec, data=data, finished=frozenset(finished), previous=previous

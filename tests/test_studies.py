@@ -769,7 +769,10 @@ def test_multi_node_cluster_with_a_lost_worker(tmp_path):
     killer = threading.Thread(target=remove_a_worker, daemon=True)
     try:
         killer.start()
-        code = run_study(spec, out=out, address=cluster.address, verbose=0)
+        # The nodes of this one-machine cluster share its disk: local storage is shared here.
+        code = run_study(
+            spec, out=out, address=cluster.address, verbose=0, allow_local_storage=True
+        )
         killer.join(timeout=60)
     finally:
         if ray.is_initialized():
