@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,22 @@ def _previous_in(storage_root: str) -> dict[str, str]:
         return {}
     Path(storage_root).mkdir(parents=True, exist_ok=True)
     return previous_checkpoints(Path(storage_root))
+
+
+def prune_checkpoints(storage: Path, all_trials: list[Trial], done: dict[str, str]) -> int:
+    """Delete the Tune checkpoints of trials whose evaluations are all on disk (a resume never
+    reads them: it skips finished trials); returns how many were deleted."""
+    finished = {t.trial_id for t in all_trials if all(e in done for e in t.evaluation_ids)}
+    n = 0
+    for meta_path in storage.glob(f"*/*/checkpoint_*/{META_FILE}"):
+        try:
+            trial_id = json.loads(meta_path.read_text()).get("trial_id", "")
+        except (OSError, ValueError):
+            continue
+        if trial_id in finished:
+            shutil.rmtree(meta_path.parent, ignore_errors=True)
+            n += 1
+    return n
 
 
 def _local_resources(num_cpus: int | None) -> dict[str, float]:
@@ -234,6 +251,12 @@ def _make_callback(writer: ResultWriter, spec: StudySpec, data: Any) -> Any:
         def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
             writer.handle(trial.trial_id, result)
 
+        def __reduce__(self) -> tuple[Any, tuple]:
+            # Tune pickles its callbacks into OUT/tune/run-*/tuner.pkl for Tuner.restore, which
+            # run_study never uses (see the module docstring). Pickled by value this closure
+            # would carry the study data (22 MB of tuner.pkl for a small Vlasov study).
+            return (tune.Callback, ())
+
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
             t = Trial.from_config(trial.config["trial"])
             error = getattr(trial, "error_file", None) or "see the Tune trial logs"
@@ -362,6 +385,8 @@ def run_study(
     compute = writer.compute_s
     overhead = (wall - compute / slots) / wall if wall > 0 else float("nan")
     done_now = finished_evaluations(out, retry_failed=False)
+    if "://" not in storage_root:
+        prune_checkpoints(Path(storage_root), all_trials, done_now)
     missing = [e for t in all_trials for e in t.evaluation_ids if e not in done_now]
     print(_summary(out, spec))
     print(

@@ -66,12 +66,22 @@ def test_a_ray_cluster_of_two_nodes_refuses_local_storage_before_writing(tmp_pat
     assert not out.exists()
 
 
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 @pytest.mark.slow  # 37 s on a busy 2-core machine
-def test_resume_with_storage_on_a_second_directory(tmp_path, capsys):
+def test_resume_with_storage_on_a_second_directory(tmp_path, capsys, monkeypatch):
     out, shared = tmp_path / "out", tmp_path / "shared"
     args = ["run", "smoke", "--out", str(out), "--storage", str(shared), "-v", "0", "--no-report"]
-    assert main(args) == 0
+    # A run killed before its end keeps its checkpoints (a finished run deletes them).
+    with monkeypatch.context() as m:
+        m.setattr(R, "prune_checkpoints", lambda *a: 0)
+        assert main(args) == 0
     assert not (out / "tune").exists() and list(shared.glob("run-*/*/checkpoint_*"))
+    # tuner.pkl holds no study data (it held the data captured by the results callback)
+    (pkl,) = shared.glob("run-*/tuner.pkl")
+    assert pkl.stat().st_size < 10_000
     ids = sorted(e for t in trials(load_spec("smoke")) for e in t.evaluation_ids)
     # Lose the last evaluation of a two-budget trial: the rerun continues from its checkpoint in
     # the second directory instead of training from zero.
@@ -88,6 +98,9 @@ def test_resume_with_storage_on_a_second_directory(tmp_path, capsys):
     assert again[0]["resumed_at"] > 0
     df = read_results(out)
     assert sorted(df["evaluation_id"]) == ids and df["evaluation_id"].is_unique
+    # The study is complete: no checkpoint is left, and Tune's files are a few times the results.
+    assert not list(shared.glob("run-*/*/checkpoint_*"))
+    assert _size(shared) <= 5 * (_size(out / "results") + _size(out / "param_errors"))
 
 
 def test_cluster_yaml_mounts_shared_storage_on_every_node():
