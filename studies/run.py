@@ -29,7 +29,7 @@ from typing import Any
 from mlasdi.data import SnapshotReader
 from mlasdi.metrics import METHODS
 from studies.plan import Trial, trials
-from studies.results import ResultWriter, finished_evaluations
+from studies.results import ResultWriter, compact, finished_evaluations
 from studies.spec import SpecError, StudySpec, check_resources, spec_from_dict, tomllib
 from studies.trial import META_FILE, StudyData, TrialRunner, load_study_data, run_trial
 
@@ -305,6 +305,7 @@ def run_study(
         check_resources(spec, [_local_resources(num_cpus)], "this machine")
     all_trials = trials(spec)
     n_evals = sum(len(t.budgets) for t in all_trials)
+    compact(out)  # rows a killed run left one file each: one file to read from now on
     finished = finished_evaluations(out)
     todo = [t for t in all_trials if any(e not in finished for e in t.evaluation_ids)]
     print(
@@ -384,6 +385,7 @@ def run_study(
 
     compute = writer.compute_s
     overhead = (wall - compute / slots) / wall if wall > 0 else float("nan")
+    compact(out)
     done_now = finished_evaluations(out, retry_failed=False)
     if "://" not in storage_root:
         prune_checkpoints(Path(storage_root), all_trials, done_now)
