@@ -158,7 +158,8 @@ def open_storage(
     keyword, callback = _retry_callback()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SQLAlchemy/driver chatter; heartbeat is experimental
+            # Optuna marks heartbeat_interval experimental (it has been since 2.9).
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             lock = lock or StorageLock(url, timeout_s=timeout_s)
             with lock:
                 return optuna.storages.RDBStorage(
