@@ -118,6 +118,12 @@ def prune_checkpoints(storage: Path, all_trials: list[Trial], done: dict[str, st
     return n
 
 
+def _quiet_tune_files() -> None:
+    """No result.json / progress.csv / TensorBoard file per trial under OUT/tune: they copied
+    every report (its rows as JSON) that OUT/results already holds."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
 def _local_resources(num_cpus: int | None) -> dict[str, float]:
     import torch
 
@@ -329,6 +335,7 @@ def run_study(
     )
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    _quiet_tune_files()
     import ray
     from ray import tune
 

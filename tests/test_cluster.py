@@ -76,9 +76,11 @@ def _size(path: Path) -> int:
 def test_resume_with_storage_on_a_second_directory(tmp_path, capsys, monkeypatch):
     out, shared = tmp_path / "out", tmp_path / "shared"
     args = ["run", "smoke", "--out", str(out), "--storage", str(shared), "-v", "0", "--no-report"]
-    # A run killed before its end keeps its checkpoints (a finished run deletes them).
+    # A run killed before its end: its checkpoints and one file per evaluation are left (a
+    # finished run deletes the checkpoints and compacts the files).
     with monkeypatch.context() as m:
         m.setattr(R, "prune_checkpoints", lambda *a: 0)
+        m.setattr(R, "compact", lambda out: 0)
         assert main(args) == 0
     assert not (out / "tune").exists() and list(shared.glob("run-*/*/checkpoint_*"))
     # tuner.pkl holds no study data (it held the data captured by the results callback)
@@ -102,7 +104,9 @@ def test_resume_with_storage_on_a_second_directory(tmp_path, capsys, monkeypatch
     assert sorted(df["evaluation_id"]) == ids and df["evaluation_id"].is_unique
     # The study is complete: no checkpoint is left, and Tune's files are a few times the results.
     assert not list(shared.glob("run-*/*/checkpoint_*"))
-    assert _size(shared) <= 5 * (_size(out / "results") + _size(out / "param_errors"))
+    run = max(shared.glob("run-*"))  # this complete run's Tune directory
+    assert _size(run) <= 5 * (_size(out / "results") + _size(out / "param_errors"))
+    assert not list(run.glob("*/result.json"))  # Tune's copies of the rows are not written
 
 
 ROOT = Path(__file__).resolve().parents[1]
