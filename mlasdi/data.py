@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from filelock import FileLock
 
 FORMAT_VERSION = 1
 
@@ -197,23 +199,36 @@ class SnapshotFileWriter:
         params = np.asarray(params, dtype=np.float64)
         settings_json = _settings_json(settings)
         if self.partial_path.exists() and not overwrite:
-            handle = h5py.File(self.partial_path, "r+")
-            same = (
-                handle.attrs.get("settings") == settings_json
-                and handle["params"].shape == params.shape
-                and np.array_equal(handle["params"][...], params)
-                and np.array_equal(handle["times"][...], np.asarray(times, dtype=np.float64))
-                and handle["snapshots"].shape == (params.shape[0], len(times), *grid_shape)
-                and handle["snapshots"].dtype == np.dtype(dtype)
-            )
-            if not same:
-                handle.close()
-                raise DataError(
-                    f"{self.partial_path} is an interrupted run with other settings; "
-                    "pass overwrite=True (CLI: --overwrite) to start again"
+            try:
+                handle = h5py.File(self.partial_path, "r+")
+                same = (
+                    handle.attrs.get("settings") == settings_json
+                    and handle["params"].shape == params.shape
+                    and np.array_equal(handle["params"][...], params)
+                    and np.array_equal(handle["times"][...], np.asarray(times, dtype=np.float64))
+                    and handle["snapshots"].shape == (params.shape[0], len(times), *grid_shape)
+                    and handle["snapshots"].dtype == np.dtype(dtype)
+                    and "completed" in handle
                 )
-            self._file = handle
-            return
+            except (OSError, KeyError) as exc:
+                # A run killed mid-write can leave an HDF5 file h5py cannot open. It is only a
+                # cache of finished batches (and generate_cached holds the file lock, so no other
+                # process writes it): start it again.
+                warnings.warn(
+                    f"{self.partial_path} is damaged ({str(exc).splitlines()[0]}); "
+                    "generating it again",
+                    stacklevel=2,
+                )
+                self.partial_path.unlink()
+            else:
+                if not same:
+                    handle.close()
+                    raise DataError(
+                        f"{self.partial_path} is an interrupted run with other settings; "
+                        "pass overwrite=True (CLI: --overwrite) to start again"
+                    )
+                self._file = handle
+                return
         if self.partial_path.exists():
             self.partial_path.unlink()
         handle = h5py.File(self.partial_path, "w")
@@ -301,6 +316,20 @@ def generate_cached(
     path = Path(path)
     if not path.parent.is_dir():
         raise DataError(f"output directory {path.parent} does not exist")
+    # Two processes (two studies, two workers) needing the same file: the first generates it,
+    # the others wait here and then find it complete. The lock is an OS lock (flock) on
+    # path + '.lock': a killed holder releases it, so a stale lock file never blocks.
+    with FileLock(str(path) + ".lock"):
+        return _generate_locked(path, layout, solve, overwrite=overwrite)
+
+
+def _generate_locked(
+    path: Path,
+    layout: Mapping[str, Any],
+    solve: Callable[[np.ndarray], Iterable[tuple[np.ndarray, np.ndarray]]],
+    *,
+    overwrite: bool,
+) -> Path:
     params = np.asarray(layout["params"], dtype=np.float64)
     if path.exists() and not overwrite:
         if cache_matches(path, layout["settings"], params):

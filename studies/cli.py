@@ -43,6 +43,7 @@ def _run(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         check=not args.no_resource_check,
         verbose=args.verbose,
+        allow_local_storage=args.allow_local_storage,
     )
     if code == 0 and not args.no_report:
         _report(out)
@@ -85,6 +86,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         default=None,
         help="Tune checkpoint storage (default OUT/tune); on a multi-node cluster use a shared "
         "path (NFS) or a URI such as s3://bucket/prefix",
+    )
+    run.add_argument(
+        "--allow-local-storage",
+        action="store_true",
+        help="run on a multi-node cluster with a local --storage path anyway (trials retried on "
+        "another node restart from zero)",
     )
     run.add_argument(
         "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default all)"

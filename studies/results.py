@@ -2,15 +2,20 @@
 
 Layout (read by ``analysis``)::
 
-    OUT/spec.toml                     the resolved spec
-    OUT/results/<eval>.parquet        one row, RESULT_COLUMNS
-    OUT/param_errors/<eval>.parquet   one row per test parameter, PARAM_ERROR_COLUMNS
-    OUT/trials.jsonl                  bookkeeping: node, host and compute time per report
+    OUT/spec.toml                       the resolved spec
+    OUT/results/study.parquet           the compacted rows of the study, RESULT_COLUMNS
+    OUT/results/<eval>.parquet          one row, RESULT_COLUMNS (written during a run)
+    OUT/param_errors/study.parquet      the compacted r(mu) rows, PARAM_ERROR_COLUMNS
+    OUT/param_errors/<eval>.parquet     one row per test parameter (written during a run)
+    OUT/trials.jsonl                    bookkeeping: node, host and compute time per report
 
-``<eval>`` is the evaluation id with ``/`` replaced by ``__``. Files are written to a temporary
-name and moved into place with ``os.replace`` (param errors first, the result row last), so an
-evaluation is finished exactly when its results file exists; rewriting it after a resume replaces
-the file instead of adding a row. Every file is written with ``analysis.schema.arrow_schema``.
+``<eval>`` is the evaluation id with ``/`` replaced by ``__``. During a run each evaluation is
+written to a temporary name and moved into place with ``os.replace`` (param errors first, the
+result row last), so an evaluation is finished exactly when it has a result row and param errors;
+rewriting it after a resume replaces its file instead of adding a row. At the end of a run and on
+resume, :func:`compact` merges the per-evaluation files into ``study.parquet`` (one file to read
+instead of thousands; a per-evaluation file replaces the compacted rows of its evaluation). Every
+file is written with ``analysis.schema.arrow_schema``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from analysis.schema import arrow_schema
@@ -31,6 +37,7 @@ from mlasdi.metrics import PARAM_ERROR_COLUMNS, RESULT_COLUMNS
 
 RESULT_SCHEMA = arrow_schema(RESULT_COLUMNS)
 PARAM_ERROR_SCHEMA = arrow_schema(PARAM_ERROR_COLUMNS)
+COMPACTED = "study.parquet"  # never an evaluation's file name (those start with the method)
 
 
 def file_stem(evaluation_id: str) -> str:
@@ -77,32 +84,77 @@ def write_evaluation(
     return path
 
 
+def _evaluation_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.parquet") if p.name != COMPACTED)
+
+
+def _read_ids(path: Path, columns: list[str]) -> pa.Table | None:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError):
+        return None  # unreadable: recompute it
+
+
 def finished_evaluations(out: Path, *, retry_failed: bool = True) -> dict[str, str]:
-    """``{evaluation_id: status}`` of the evaluations on disk (with their param-error file).
+    """``{evaluation_id: status}`` of the evaluations on disk (with their param errors).
 
     With ``retry_failed`` (the default for a resume) ``failed`` evaluations are left out so that
     they run again; ``diverged`` ones are deterministic and stay finished.
     """
-    results = out / "results"
-    done: dict[str, str] = {}
+    results, errors = out / "results", out / "param_errors"
     if not results.is_dir():
-        return done
-    for path in sorted(results.glob("*.parquet")):
-        if not (out / "param_errors" / path.name).is_file():
+        return {}
+    with_errors = {p.name for p in _evaluation_files(errors)} if errors.is_dir() else set()
+    compacted_errors = _read_ids(errors / COMPACTED, ["evaluation_id"])
+    compacted_ids = (
+        set(compacted_errors.column("evaluation_id").to_pylist()) if compacted_errors else set()
+    )
+    status: dict[str, str] = {}
+    sources = [results / COMPACTED] if (results / COMPACTED).is_file() else []
+    for path in sources + _evaluation_files(results):
+        table = _read_ids(path, ["evaluation_id", "status"])
+        if table is None:
             continue
-        try:
-            table = pq.read_table(path, columns=["evaluation_id", "status"])
-        except (pa.ArrowInvalid, OSError):
-            continue  # unreadable: recompute it
-        for eid, status in zip(
+        for eid, st in zip(
             table.column("evaluation_id").to_pylist(),
             table.column("status").to_pylist(),
             strict=True,
         ):
-            if retry_failed and status == "failed":
-                continue
-            done[eid] = status
-    return done
+            if eid in compacted_ids or f"{file_stem(eid)}.parquet" in with_errors:
+                status[eid] = st  # a per-evaluation file (read last) replaces a compacted row
+    return {e: st for e, st in status.items() if not (retry_failed and st == "failed")}
+
+
+def _compact_dir(directory: Path, schema: pa.Schema) -> list[Path]:
+    """Merge the per-evaluation files of ``directory`` into its ``study.parquet`` (atomically);
+    returns the merged files, which the caller deletes once every directory is compacted."""
+    files = _evaluation_files(directory)
+    if not files:
+        return []
+    tables = [pq.read_table(p, schema=schema) for p in files]
+    fresh = pa.concat_tables(tables)
+    compacted = directory / COMPACTED
+    if compacted.is_file():
+        old = pq.read_table(compacted, schema=schema)
+        replaced = pa.array(sorted(set(fresh.column("evaluation_id").to_pylist())))
+        keep = pc.invert(pc.is_in(old.column("evaluation_id"), value_set=replaced))
+        fresh = pa.concat_tables([old.filter(keep), fresh])
+    _write_atomic(fresh, compacted)
+    return files
+
+
+def compact(out: Path) -> int:
+    """Merge ``OUT/results`` and ``OUT/param_errors`` into one ``study.parquet`` each (param
+    errors first, as when writing); returns how many evaluation files were merged. The rows are
+    the same rows; a crash midway leaves both copies, which read as one."""
+    merged = []
+    for name, schema in (("param_errors", PARAM_ERROR_SCHEMA), ("results", RESULT_SCHEMA)):
+        if (out / name).is_dir():
+            merged.append(_compact_dir(out / name, schema))
+    for files in merged:
+        for path in files:
+            path.unlink(missing_ok=True)
+    return len(merged[-1]) if merged else 0
 
 
 class ResultWriter:

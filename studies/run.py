@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from mlasdi.metrics import METHODS
 from mlasdi.study_data import StudyData, load_study_data
 from studies.plan import TrialGroup, groups, trials
 from studies.progress import RunLog, StudyProgress
-from studies.results import ResultWriter, finished_evaluations
+from studies.results import ResultWriter, compact, finished_evaluations
 from studies.spec import SpecError, StudySpec, check_resources, spec_from_dict, tomllib
 from studies.trial import META_FILE, TrialRunner, run_trial
 
@@ -94,10 +95,96 @@ def previous_checkpoints(storage: Path) -> dict[str, str]:
     return {k: v[2] for k, v in best.items()}
 
 
+def _previous_in(storage_root: str) -> dict[str, str]:
+    """:func:`previous_checkpoints` of a local storage root (created here); none for a URI."""
+    if "://" in storage_root:
+        return {}
+    Path(storage_root).mkdir(parents=True, exist_ok=True)
+    return previous_checkpoints(Path(storage_root))
+
+
+def prune_checkpoints(storage: Path, all_groups: list[TrialGroup], done: dict[str, str]) -> int:
+    """Delete the Tune checkpoints of trial groups whose evaluations are all on disk (a resume
+    never reads them: it skips finished groups); returns how many were deleted."""
+    finished = {
+        g.group_id for g in all_groups if all(e in done for t in g.trials for e in t.evaluation_ids)
+    }
+    n = 0
+    for meta_path in storage.glob(f"*/*/checkpoint_*/{META_FILE}"):
+        try:
+            trial_id = json.loads(meta_path.read_text()).get("trial_id", "")
+        except (OSError, ValueError):
+            continue
+        if trial_id in finished:
+            shutil.rmtree(meta_path.parent, ignore_errors=True)
+            n += 1
+    return n
+
+
 def _local_resources(num_cpus: int | None) -> dict[str, float]:
     import torch
 
     return {"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+# Filesystems every node of a cluster can mount (the type column of /proc/mounts).
+SHARED_FILESYSTEMS = frozenset(
+    {
+        "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph",
+        "glusterfs", "afs", "panfs", "wekafs", "9p", "virtiofs",
+        "fuse.glusterfs", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs",
+        "fuse.ceph", "fuse.cephfs",
+    }
+)  # fmt: skip
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (longest mount point in /proc/mounts), or
+    ``"unknown"`` where /proc/mounts is not readable."""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    best, fstype = "", "unknown"
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1].replace("\\040", " ")
+        inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > len(best):
+            best, fstype = mount, fields[2]
+    return fstype
+
+
+def tune_storage(storage: str | None, out: Path, n_nodes: int, *, allow_local: bool = False) -> str:
+    """Where Tune keeps trial checkpoints: ``storage`` or ``OUT/tune``; a local path resolved.
+
+    Since Ray 2.7 Tune does not copy a node's checkpoints to the head node: on a cluster of more
+    than one node a local path would strand each trial's checkpoints on the node that ran it (a
+    trial retried elsewhere restarts from zero). That is refused (:class:`SpecError`) unless
+    ``allow_local``, which prints the consequence.
+    """
+    root = storage or str(out / "tune")
+    if "://" in root:
+        return root  # s3://, gs://, ...: pyarrow's filesystems, shared by construction
+    path = Path(root).resolve()
+    fstype = filesystem_type(path)
+    if n_nodes > 1 and fstype not in SHARED_FILESYSTEMS:
+        if not allow_local:
+            raise SpecError(
+                f"the Ray cluster has {n_nodes} nodes but the Tune storage {path} is on a local "
+                f"{fstype} filesystem: pass --storage with a directory every node mounts (NFS, "
+                "Lustre, ...) or an s3:// or gs:// URI, or --allow-local-storage to run anyway"
+            )
+        print(
+            f"warning: Tune storage {path} is local ({fstype}) on a {n_nodes}-node cluster "
+            "(--allow-local-storage): each node keeps the checkpoints of the trials it runs, a "
+            "trial retried on another node restarts from zero, and a rerun resumes only from "
+            "checkpoints this node holds",
+            flush=True,
+        )
+    return str(path)
 
 
 def _slots(spec: StudySpec, todo: list[TrialGroup], nodes: list[dict[str, float]]) -> int:
@@ -184,6 +271,12 @@ def _make_callback(
         def on_step_end(self, iteration, trials, **info):  # noqa: ANN001
             progress.refresh()
 
+        def __reduce__(self) -> tuple[Any, tuple]:
+            # Tune pickles its callbacks into OUT/tune/run-*/tuner.pkl for Tuner.restore, which
+            # run_study never uses (see the module docstring). Pickled by value this closure
+            # would carry the study data (22 MB of tuner.pkl for a small Vlasov study).
+            return (tune.Callback, ())
+
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
             group = TrialGroup.from_config(trial.config["trial"])
             for t in group.trials:
@@ -222,10 +315,11 @@ def _tune_run(
     num_cpus: int | None,
     check: bool,
     verbose: int,
-) -> tuple[ResultWriter, float, int, bool]:
+    allow_local_storage: bool,
+) -> tuple[ResultWriter, float, int, bool, str]:
     """Run the ``todo`` trials on Ray Tune, writing rows as they come and showing them on the
     progress line; returns the writer, the study wall time (``ray.init`` to the last result),
-    the trial slots of the cluster and whether the user interrupted it."""
+    the trial slots of the cluster, whether the user interrupted it and the Tune storage."""
     _quiet_tune()
     import ray
     from ray import tune
@@ -236,13 +330,11 @@ def _tune_run(
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         if address and check:
             check_resources(spec, nodes, f"the cluster at {address}")
-        storage_root = storage or str(out / "tune")
-        if "://" not in storage_root:
-            storage_root = str(Path(storage_root).resolve())
-            Path(storage_root).mkdir(parents=True, exist_ok=True)
-            previous = previous_checkpoints(Path(storage_root))
-        else:
-            previous = {}
+        storage_root = tune_storage(storage, out, len(nodes), allow_local=allow_local_storage)
+        # The first writes under OUT: every check (spec, data, resources, storage) has passed.
+        _write_spec(spec, out, data.fingerprint)
+        log.start()
+        previous = _previous_in(storage_root)
         writer = ResultWriter(out, data.params_test, data.is_train)
         trainable = tune.with_parameters(
             run_trial,
@@ -294,7 +386,7 @@ def _tune_run(
     finally:
         ray.shutdown()
 
-    return writer, wall, slots, interrupted
+    return writer, wall, slots, interrupted, storage_root
 
 
 def run_study(
@@ -306,6 +398,7 @@ def run_study(
     num_cpus: int | None = None,
     check: bool = True,
     verbose: int = 0,
+    allow_local_storage: bool = False,
 ) -> int:
     """Run (or finish) a study; returns the exit code (0 when every evaluation has a row).
 
@@ -321,6 +414,7 @@ def run_study(
         check_resources(spec, [_local_resources(num_cpus)], "this machine")
     all_trials = trials(spec)
     n_evals = sum(len(t.budgets) for t in all_trials)
+    compact(out)  # rows a killed run left one file each: one file to read from now on
     finished = finished_evaluations(out)
     todo = [
         g
@@ -341,20 +435,32 @@ def run_study(
     data = load_study_data(spec.data, progress=True)
     data_s = time.perf_counter() - t_data
     _check_data(spec, out, data.fingerprint)
-    _write_spec(spec, out, data.fingerprint)
-    log.start()
     log.say(
         f"data: {data.truth_test.shape[0]} test / {data.U_train.shape[0]} training parameters, "
         f"{data.U_train.shape[1]} snapshots of {data.n_state} values{_tested(data)} "
         f"({data_s:.1f} s)"
     )
 
-    writer, wall, slots, interrupted = _tune_run(
-        spec, data, todo, finished, out, log, address, storage, num_cpus, check, verbose
+    writer, wall, slots, interrupted, storage_root = _tune_run(
+        spec,
+        data,
+        todo,
+        finished,
+        out,
+        log,
+        address,
+        storage,
+        num_cpus,
+        check,
+        verbose,
+        allow_local_storage,
     )
     compute = writer.compute_s
     overhead = (wall - compute / slots) / wall if wall > 0 else float("nan")
+    compact(out)
     done_now = finished_evaluations(out, retry_failed=False)
+    if "://" not in storage_root:
+        prune_checkpoints(Path(storage_root), groups(spec), done_now)
     missing = [e for t in all_trials for e in t.evaluation_ids if e not in done_now]
     log.say(_summary(out, spec))
     log.say(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -381,19 +381,29 @@ def test_other_settings_in_the_same_storage_are_rejected(smoke, tmp_path):
 
 def test_trial_left_running_by_a_dead_driver_is_requeued(smoke, tmp_path):
     out = tmp_path / "search"
-    B.run_search(smoke, SMOKE_BUDGET, n_trials=1, out=out, use_ray=False, log=lambda _: None)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+    beats = {"heartbeat_s": 1, "grace_s": 2}
+    B.run_search(
+        smoke, SMOKE_BUDGET, n_trials=1, out=out, use_ray=False, log=lambda _: None, **beats
+    )
+    storage = B.open_storage(f"sqlite:///{out / 'optuna.db'}", **beats)
     study = optuna.load_study(study_name=f"budget-smoke-{SMOKE_BUDGET}", storage=storage)
-    # What a SIGKILLed driver leaves: a RUNNING trial owned by a process that no longer exists.
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    orphan = study.ask(_distributions())
-    orphan.set_user_attr("driver", {"host": os.uname().nodename, "pid": dead.pid})
-    orphan.set_user_attr("heartbeat", time.time())
+    # What a SIGKILLed driver leaves: a RUNNING trial whose heartbeat stopped.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        orphan = study.ask(_distributions())
+    storage.record_heartbeat(
+        storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.study_name), orphan.number
+        )
+    )
+    storage.engine.dispose()
+    time.sleep(3.5)  # SQLite stores heartbeats to the second
     logs: list[str] = []
-    summary = B.run_search(smoke, SMOKE_BUDGET, n_trials=2, out=out, use_ray=False, log=logs.append)
+    summary = B.run_search(
+        smoke, SMOKE_BUDGET, n_trials=2, out=out, use_ray=False, log=logs.append, **beats
+    )
     assert summary["recovered"] == 1
-    assert any("left running by a dead driver" in line for line in logs)
+    assert any("1 stale trial(s) failed and re-queued" in line for line in logs)
     trials = pd.read_csv(out / "trials.csv").sort_values("number")
     assert trials["state"].tolist() == ["COMPLETE", "FAIL", "COMPLETE"]
     retry = trials.iloc[2]

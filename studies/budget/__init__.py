@@ -33,13 +33,14 @@ cluster, Optuna's own pruners run unchanged and pruned trials are ``PRUNED`` in 
 
 Resume: the study lives in its storage (``OUT/optuna.db`` by default, or any RDB URL); rerunning
 the command loads it and runs trials until ``n_trials`` have finished (complete, pruned or
-failed by an exception). A trial left ``RUNNING`` by a killed driver (its driver's process is gone
-on this host, or its heartbeat is older than ``grace_s``) is marked ``FAIL`` and its parameters are
-enqueued again, so no trial is lost.
+failed by an exception). Liveness uses Optuna's heartbeats: a trial whose heartbeat is older than
+the grace period (its driver was killed) is marked ``FAIL`` and Optuna's retry callback enqueues its
+parameters again, so no trial is lost. Several drivers may share one storage and finish
+``n_trials`` together (:class:`~studies.budget.storage.SharedStudy`).
 
 Modules: :mod:`~studies.budget.space` (search space), :mod:`~studies.budget.validation` (the
 validation split), :mod:`~studies.budget.worker` (one trial), :mod:`~studies.budget.driver` (the
-ask/tell loop), :mod:`~studies.budget.storage` (Optuna storage and orphan recovery),
+ask/tell loop), :mod:`~studies.budget.storage` (Optuna storage, heartbeats, the lock shared by drivers),
 :mod:`~studies.budget.outputs` (files in ``--out``) and :mod:`~studies.budget.cli`.
 """
 

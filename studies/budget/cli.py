@@ -10,6 +10,7 @@ from typing import Any
 from mlasdi.validation import BudgetError
 from studies.budget.driver import run_search
 from studies.budget.space import DEFAULT_MIN_STAGE
+from studies.budget.storage import GRACE_S, HEARTBEAT_S
 from studies.spec import load_spec, smoke_spec
 
 
@@ -47,6 +48,19 @@ def add_budget_command(sub: Any) -> None:
     p.add_argument("--address", default=None, help="join a running Ray cluster")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
     p.add_argument("--no-ray", action="store_true", help="run trials one by one in-process")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=HEARTBEAT_S,
+        help=f"seconds between heartbeats of a running trial (default {HEARTBEAT_S})",
+    )
+    p.add_argument(
+        "--grace",
+        type=int,
+        default=GRACE_S,
+        help="seconds without a heartbeat after which a running trial counts as dead, is failed "
+        f"and its parameters re-queued (default {GRACE_S})",
+    )
     p.add_argument("--smoke", action="store_true", help="the smoke version of SPEC")
     p.set_defaults(handler=_budget_command)
 
@@ -76,6 +90,8 @@ def _budget_command(args: argparse.Namespace) -> int:
             address=args.address,
             num_cpus=args.num_cpus,
             use_ray=not args.no_ray,
+            heartbeat_s=args.heartbeat,
+            grace_s=args.grace,
         )
     except BudgetError as exc:
         print(f"mlasdi-study budget: error: {exc}", file=sys.stderr)

@@ -1,10 +1,22 @@
-"""Optuna storage: opening it, the study and its stored setup, orphaned-trial recovery."""
+"""Optuna storage: opening it, the study and its stored setup, liveness of running trials.
+
+Liveness is Optuna's own: the storage is opened with ``heartbeat_interval`` and ``grace_period``,
+the driver records a heartbeat for every trial it runs (:class:`Heartbeat`), and
+:func:`fail_stale` fails the trials whose heartbeat is older than the grace period; Optuna's retry
+callback then enqueues their parameters again as a ``WAITING`` trial, which the next ``ask`` of
+any driver picks up.
+
+Drivers that share one storage serialise three things under :class:`StorageLock`: creating the
+schema (two processes creating Optuna's tables in a fresh PostgreSQL database at the same moment
+collide on ``pg_type_typname_nsp_index``), creating the study with its stored setup, and each
+"count the trials, then ask for one" step (so that drivers started together stop at exactly the
+number of trials asked for).
+"""
 
 from __future__ import annotations
 
-import os
-import socket
-import time
+import hashlib
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,10 +25,15 @@ from typing import Any
 from mlasdi.validation import BudgetError
 from studies.budget.space import SearchSetup
 
-GRACE_S = 120.0
+HEARTBEAT_S = 10
+GRACE_S = 60
+SETUP_ATTR = "mlasdi_budget_setup"
+# PostgreSQL advisory-lock key of every mlasdi budget driver (any fixed 64-bit integer).
+_LOCK_KEY = int.from_bytes(hashlib.sha256(b"mlasdi-budget").digest()[:8], "big", signed=True)
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
+    """``url`` with its password hidden (for messages and outputs)."""
     try:
         from sqlalchemy.engine import make_url
 
@@ -25,8 +42,107 @@ def _safe_url(url: str) -> str:
         return url
 
 
-def open_storage(url: str, *, timeout_s: int = 5) -> Any:
-    """An Optuna RDB storage for ``url``, connected now; :class:`BudgetError` if unreachable."""
+def _connect_args(url: str, timeout_s: int) -> dict[str, Any]:
+    if url.startswith("sqlite:"):
+        return {"timeout": 30}
+    if url.startswith(("postgresql", "mysql")):
+        return {"connect_timeout": timeout_s}
+    return {}
+
+
+def _sqlite_path(url: str) -> Path | None:
+    path = url.split(":///", 1)[-1] if ":///" in url else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
+class StorageLock:
+    """A lock shared by every driver of one storage: a PostgreSQL advisory lock, a file lock
+    beside a SQLite file, nothing for other databases (start one driver first there).
+
+    Re-entrant within one driver; the PostgreSQL connection is opened once and kept.
+    """
+
+    def __init__(self, url: str, *, timeout_s: int = 5) -> None:
+        self.url = url
+        self._depth = 0
+        self._conn: Any = None
+        self._file: Any = None
+        if url.startswith("postgresql"):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(
+                url,
+                connect_args=_connect_args(url, timeout_s),
+                poolclass=sqlalchemy.pool.NullPool,
+            )
+            self._conn = engine.connect()
+            self._sql = sqlalchemy.text
+        elif url.startswith("sqlite:") and _sqlite_path(url) is not None:
+            from filelock import FileLock
+
+            path = _sqlite_path(url)
+            assert path is not None
+            self._file = FileLock(str(path) + ".lock")
+
+    def __enter__(self) -> StorageLock:
+        if self._depth == 0:
+            if self._conn is not None:
+                self._conn.execute(self._sql("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+            elif self._file is not None:
+                self._file.acquire()
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            if self._conn is not None:
+                self._conn.execute(self._sql("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+                self._conn.commit()
+            elif self._file is not None:
+                self._file.release()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _retry_callback() -> tuple[str, Any]:
+    """Optuna's retry of heartbeat-stale trials and the RDBStorage keyword that takes it: the
+    class is ``RetryHeartbeatStaleTrialCallback`` since Optuna 4.9 (keyword
+    ``heartbeat_stale_trial_callback``), ``RetryFailedTrialCallback`` before."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+            callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+            return "heartbeat_stale_trial_callback", callback
+        return "failed_trial_callback", optuna.storages.RetryFailedTrialCallback(max_retry=3)
+
+
+def retried_trial_number(trial: Any) -> int | None:
+    """The number of the stale trial that ``trial`` (a FrozenTrial) retries, or None."""
+    import optuna
+
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    cls = cls or optuna.storages.RetryFailedTrialCallback
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls.retried_trial_number(trial)
+
+
+def open_storage(
+    url: str,
+    *,
+    timeout_s: int = 5,
+    heartbeat_s: int = HEARTBEAT_S,
+    grace_s: int = GRACE_S,
+    lock: StorageLock | None = None,
+) -> Any:
+    """An Optuna RDB storage for ``url`` with heartbeats, connected and its schema created now
+    (under ``lock``); :class:`BudgetError` if unreachable."""
     import optuna
 
     if "://" not in url:
@@ -34,29 +150,31 @@ def open_storage(url: str, *, timeout_s: int = 5) -> Any:
             f"--storage must be a database URL such as sqlite:///path/optuna.db or "
             f"postgresql://user@host/db, got {url!r}"
         )
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:"):
-        path = url.split(":///", 1)[-1] if ":///" in url else ""
-        if path and not Path(path).parent.is_dir():
-            raise BudgetError(
-                f"cannot open Optuna storage {url}: directory {Path(path).parent} does not exist"
-            )
-        engine_kwargs = {"connect_args": {"timeout": 30}}
-    elif url.startswith(("postgresql", "mysql")):
-        engine_kwargs = {"connect_args": {"connect_timeout": timeout_s}}
+    path = _sqlite_path(url) if url.startswith("sqlite:") else None
+    if path is not None and not path.parent.is_dir():
+        raise BudgetError(
+            f"cannot open Optuna storage {url}: directory {path.parent} does not exist"
+        )
+    keyword, callback = _retry_callback()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SQLAlchemy/driver chatter while probing
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            # Optuna marks heartbeat_interval experimental (it has been since 2.9).
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            lock = lock or StorageLock(url, timeout_s=timeout_s)
+            with lock:
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs={"connect_args": _connect_args(url, timeout_s)},
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=grace_s,
+                    **{keyword: callback},
+                )
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BudgetError(f"cannot open Optuna storage {_safe_url(url)}: {reason}") from None
+        raise BudgetError(f"cannot open Optuna storage {safe_url(url)}: {reason}") from None
 
 
-SETUP_ATTR = "mlasdi_budget_setup"
-
-
-def _sampler(seed: int) -> Any:
+def make_sampler(seed: int) -> Any:
     import optuna
 
     # constant_liar: running trials count as bad guesses, so parallel asks spread out.
@@ -64,9 +182,9 @@ def _sampler(seed: int) -> Any:
 
 
 def make_study(storage: Any, name: str, setup: SearchSetup, pruner: str) -> Any:
+    """Create or load the study; refuse one stored with another setup (call under the lock)."""
     import optuna
 
-    sampler = _sampler(setup.sampler_seed)
     if pruner == "none" or setup.multi_objective:
         prune = optuna.pruners.NopPruner()
     else:
@@ -83,7 +201,7 @@ def make_study(storage: Any, name: str, setup: SearchSetup, pruner: str) -> Any:
     )
     study = optuna.create_study(
         storage=storage,
-        sampler=sampler,
+        sampler=make_sampler(setup.sampler_seed),
         pruner=prune,
         study_name=name,
         load_if_exists=True,
@@ -101,53 +219,120 @@ def make_study(storage: Any, name: str, setup: SearchSetup, pruner: str) -> Any:
     return study
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover_orphans(
-    study: Any, *, grace_s: float = GRACE_S, log: Callable[[str], None] = print
-) -> int:
-    """Fail and re-enqueue trials a dead driver left RUNNING; returns how many."""
+def count_trials(study: Any) -> tuple[int, int]:
+    """``(finished, running)``: trials complete, pruned or failed by an exception in the worker
+    (``status`` ``error``; not retried), and trials running in any driver."""
     from optuna.trial import TrialState
 
-    host = socket.gethostname()
-    now = time.time()
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        driver = t.user_attrs.get("driver", {})
-        beat = t.user_attrs.get(
-            "heartbeat", t.datetime_start.timestamp() if t.datetime_start else 0
-        )
-        dead_here = driver.get("host") == host and not _pid_alive(int(driver.get("pid", -1)))
-        if not (dead_here or now - beat > grace_s):
-            continue
-        study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        log(f"trial {t.number} was left running by a dead driver: failed, parameters re-queued")
-        n += 1
-    return n
-
-
-def _finished(study: Any) -> int:
-    from optuna.trial import TrialState
-
-    n = 0
+    finished = running = 0
     for t in study.get_trials(deepcopy=False):
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            n += 1
+            finished += 1
         elif t.state == TrialState.FAIL and t.user_attrs.get("status") == "error":
-            n += 1
-    return n
+            finished += 1
+        elif t.state == TrialState.RUNNING:
+            running += 1
+    return finished, running
 
 
-def _running_elsewhere(study: Any) -> int:
-    from optuna.trial import TrialState
+class SharedStudy:
+    """The study as one of several drivers sees it: asks under the lock until ``n_trials`` are
+    finished or running anywhere, beats for its own running trials, fails stale ones.
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    Use as a context manager: the heartbeat thread runs inside it (Optuna's ``optimize`` runs
+    one such thread per trial; an ask/tell driver records the heartbeats itself).
+    """
+
+    def __init__(
+        self,
+        study: Any,
+        storage: Any,
+        lock: StorageLock,
+        *,
+        sampler_seed: int,
+        n_trials: int,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.study = study
+        self.storage = storage
+        self.lock = lock
+        self.sampler_seed = sampler_seed
+        self.n_trials = n_trials
+        self.log = log
+        self.heartbeat_s = storage.get_heartbeat_interval()
+        self._study_id = storage.get_study_id_from_name(study.study_name)
+        self._stored = -1  # trials stored after this driver's last ask (-1: reseed first)
+        self._beating: dict[int, int] = {}  # trial number -> trial id
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat_loop, daemon=True, name="heartbeat")
+
+    def __enter__(self) -> SharedStudy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def ask(self) -> Any:
+        """A new trial (a re-queued one first), or None when enough are finished or running.
+
+        The sampler is reseeded from the number of stored trials whenever other drivers (or an
+        earlier run, or a re-queued trial) added trials since this driver's last ask: drivers
+        started together draw different parameters, a resumed run does not replay the first
+        run's draws, and a lone driver's draws are one seeded sequence.
+        """
+        with self.lock:
+            finished, running = count_trials(self.study)
+            if finished + running >= self.n_trials:
+                return None
+            stored = len(self.study.get_trials(deepcopy=False))
+            if stored != self._stored:
+                self.study.sampler = make_sampler(self.sampler_seed + stored)
+            with warnings.catch_warnings():
+                # Optuna warns that heartbeats are meant for optimize(); this ask/tell driver
+                # records them itself (record_heartbeat, fail_stale_trials).
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = self.study.ask()
+            self._stored = len(self.study.get_trials(deepcopy=False))
+            # As in Optuna's optimize(), a driver killed between the ask and this first beat
+            # leaves a trial no heartbeat ever marks stale (milliseconds of exposure).
+            tid = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
+            self.storage.record_heartbeat(tid)
+            with self._guard:
+                self._beating[trial.number] = tid
+            return trial
+
+    def retry_of(self, trial: Any) -> int | None:
+        """The number of the stale trial whose parameters ``trial`` retries, or None."""
+        with self._guard:
+            tid = self._beating[trial.number]
+        return retried_trial_number(self.storage.get_trial(tid))
+
+    def release(self, trial: Any) -> None:
+        """Stop beating for ``trial`` (told or abandoned)."""
+        with self._guard:
+            self._beating.pop(trial.number, None)
+
+    def fail_stale(self) -> int:
+        """Fail trials whose heartbeat is older than the grace period (Optuna's retry callback
+        re-queues their parameters); returns how many were failed."""
+        import optuna
+
+        before = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        after = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+        return after - before
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            with self._guard:
+                ids = list(self._beating.values())
+            for tid in ids:
+                try:
+                    self.storage.record_heartbeat(tid)
+                except Exception as exc:  # a database hiccup: the next beat may pass
+                    self.log(f"heartbeat of trial id {tid} not recorded: {exc}")
