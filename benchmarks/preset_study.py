@@ -124,6 +124,8 @@ def run_preset(
     for line in stdout.splitlines():
         if line.startswith(("timing:", "data:", "status:")):
             print(line)
+    # What the user's terminal received (stdout and stderr): the progress line, not Tune's tables.
+    print(f"console_lines={len(stdout.splitlines()) + len(stderr.splitlines())}")
     return wall, peak[0] / 2**20, peak[1]
 
 
