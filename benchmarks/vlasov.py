@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from mlasdi.problems import vlasov
+from mlasdi.rom import resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     # parent + workers * child
     child_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"parameters: {params.shape[0]}  grid: {nx} x {nv}  steps: {n_steps}")
-    print(
-        f"device: {vlasov._resolve_device(args.device)}  torch threads: {torch.get_num_threads()}"
-    )
+    print(f"device: {resolve_device(args.device)}  torch threads: {torch.get_num_threads()}")
     print(f"file size: {size_mb:.1f} MiB")
     print(f"wall time (compile included): {wall:.1f} s")
     print(f"cell-updates per second: {cell_updates / wall:.3e}")

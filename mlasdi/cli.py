@@ -171,25 +171,16 @@ def _architecture(args: argparse.Namespace, problem: str) -> Architecture:
 
 def usable_device(text: str) -> str:
     """``--device`` checked against this machine (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
-    import torch
+    from mlasdi.rom import resolve_device
 
-    if text == "auto":
-        return text
     try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(
-                f"--device {text}: CUDA is not available on this machine (torch "
-                f"{torch.__version__}, CUDA build {torch.version.cuda or 'no'}); use --device "
-                "cpu, or install the CUDA build of torch on a machine with an NVIDIA GPU"
-            )
-        if device.index is not None and device.index >= count:
-            raise ConfigError(f"--device {text}: this machine has {count} CUDA device(s)")
-    elif device.type != "cpu":
+        device = resolve_device(text)
+    except ConfigError as exc:
+        hint = (
+            "; use --device cpu, or install the CUDA build of torch on a machine with an NVIDIA GPU"
+        )
+        raise ConfigError(f"--{exc}{hint if 'CUDA is not available' in str(exc) else ''}") from None
+    if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}")
     return text
 

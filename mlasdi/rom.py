@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlasdi.config import ROMConfig, from_dict, to_dict
+from mlasdi.config import ConfigError, ROMConfig, from_dict, to_dict
 from mlasdi.data import SnapshotReader
 from mlasdi.dynamics import fit_affine, integrate, split_coefficients, time_derivative
 from mlasdi.interpolation import CoefficientGP
@@ -39,10 +39,25 @@ LATENT_BLOWUP_FACTOR = 1e3
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (or None): CUDA when available, else CPU."""
+    """``auto`` (or None): CUDA when available, else CPU; otherwise the device named (``cpu``,
+    ``cuda``, ``cuda:N``), checked against this machine: :class:`~mlasdi.config.ConfigError`
+    (one line) when it is not a device name or names a GPU this machine does not have."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"device {device}: CUDA is not available on this machine (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda or 'no'})"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {device}: this machine has {count} CUDA device(s)")
+    return dev
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -11,10 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-class BudgetError(ValueError):
-    """Invalid arguments for the budget search or a validation split; raised before any work
-    starts."""
+from mlasdi.config import ConfigError
 
 
 def validation_split(
@@ -30,7 +27,7 @@ def validation_split(
     params = np.atleast_2d(np.asarray(params_train, dtype=np.float64))
     n = params.shape[0]
     if n < 2:
-        raise BudgetError(f"need at least 2 training parameters to hold some out, got {n}")
+        raise ConfigError(f"need at least 2 training parameters to hold some out, got {n}")
     n_val = 1 if n < 4 else min(max(2, int(round(fraction * n))), n - 2)
     lo, hi = params.min(axis=0), params.max(axis=0)
     extreme = (np.isclose(params, lo) | np.isclose(params, hi)) & (hi > lo)

@@ -517,12 +517,16 @@ def test_sigkill_then_rerun_loses_no_trial(tmp_path):
 
 
 def test_budget_package_keeps_its_import_surface_and_draws_nothing_itself():
-    from mlasdi.validation import BudgetError, validation_split
+    from mlasdi.config import ConfigError
+    from mlasdi.validation import validation_split
 
     for name in B.__all__:
         assert getattr(B, name) is not None, name
-    # One split and one error class: the core's, re-exported (a search failure is a BudgetError).
-    assert B.validation_split is validation_split and B.BudgetError is BudgetError
+    # One split, the core's, re-exported; the search's own error class lives here and is an
+    # input error like the core's (the CLI turns both into one line).
+    assert B.validation_split is validation_split and issubclass(B.BudgetError, ConfigError)
+    with pytest.raises(ConfigError, match="need at least 2 training parameters"):
+        validation_split(np.zeros((1, 2)))
     names = {"space", "validation", "worker", "driver", "storage", "outputs", "cli"}
     assert {p.stem for p in Path(B.__file__).parent.glob("*.py")} == names | {"__init__"}
     # studies computes, analysis draws: no module of the package imports matplotlib itself.

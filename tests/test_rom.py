@@ -611,3 +611,23 @@ def test_float64_rom_round_trips_bit_for_bit(tiny_fit2_f64, tiny_oscillator, tmp
     np.testing.assert_allclose(
         loaded.predict(params, u0).numpy(), rom.predict(params, u0).numpy(), rtol=1e-12, atol=1e-14
     )
+
+
+def test_resolve_device_refuses_a_gpu_this_machine_lacks(monkeypatch):
+    # The one device check of the library, the CLI and the Vlasov solver: a named GPU that is
+    # not there is an input error (one line), not a failure deep inside torch.
+    from mlasdi.config import ConfigError
+    from mlasdi.rom import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda:0")
+    with pytest.raises(ConfigError, match="must be auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ConfigError, match="has 1 CUDA device"):
+        resolve_device("cuda:1")

@@ -59,6 +59,7 @@ from tqdm import tqdm
 from mlasdi.config import ConfigError
 from mlasdi.data import SnapshotSet, generate_cached, load_snapshot_set
 from mlasdi.problems.source import GeneratedGrid, bool_key, int_key
+from mlasdi.rom import resolve_device
 
 __all__ = [
     "PARAM_NAMES",
@@ -546,15 +547,6 @@ class _Stepper:
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
 def _auto_batch_size(n_mu: int, settings: VlasovSettings, device: torch.device) -> int:
     """Parameters per batch: memory-bounded (snapshot buffer + working set), cache-sized on CPU."""
     cells = settings.nx * settings.nv
@@ -760,7 +752,7 @@ def solve(
     """
     params = _check_params(params)
     settings = VlasovSettings(nx, nv, dt, n_steps, save_every, periodic_field, perturbation)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     snapshots = np.empty((params.shape[0], settings.n_times, nx, nv), dtype=np.float64)
     for idx, snaps in _solve_batches(
         params,
@@ -815,7 +807,7 @@ def generate_snapshot_file(
         raise TypeError(f"unknown solver settings {sorted(unknown)}")
     params = _check_params(params)
     settings = VlasovSettings(nx=nx, nv=nv, periodic_field=periodic_field, **solver_settings)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     x, v = phase_space_grid(nx, nv)
     layout = dict(
         params=params,

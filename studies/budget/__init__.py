@@ -44,12 +44,13 @@ ask/tell loop), :mod:`~studies.budget.storage` (Optuna storage, heartbeats, the 
 :mod:`~studies.budget.outputs` (files in ``--out``) and :mod:`~studies.budget.cli`.
 """
 
-from mlasdi.validation import BudgetError, validation_split
+from mlasdi.validation import validation_split
 from studies.budget.cli import add_budget_command
 from studies.budget.driver import run_search
 from studies.budget.outputs import best_spec, format_summary, trials_table, write_outputs
 from studies.budget.space import (
     WIDTH_MULTS,
+    BudgetError,
     Candidate,
     SearchSetup,
     candidate_of,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlasdi.validation import BudgetError
+from mlasdi.config import ConfigError
 from studies.budget.driver import run_search
 from studies.budget.space import DEFAULT_MIN_STAGE
 from studies.budget.storage import GRACE_S, HEARTBEAT_S
@@ -93,7 +93,7 @@ def _budget_command(args: argparse.Namespace) -> int:
             heartbeat_s=args.heartbeat,
             grace_s=args.grace,
         )
-    except BudgetError as exc:
+    except ConfigError as exc:  # BudgetError, or the held-out split of too few points
         print(f"mlasdi-study budget: error: {exc}", file=sys.stderr)
         return 2
     return 0

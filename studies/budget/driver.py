@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlasdi.validation import BudgetError
 from studies.budget.outputs import format_summary, write_outputs
 from studies.budget.space import (
     DEFAULT_MIN_STAGE,
+    BudgetError,
     Candidate,
     SearchSetup,
     candidate_of,

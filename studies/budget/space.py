@@ -6,8 +6,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from mlasdi.validation import BudgetError
+from mlasdi.config import ConfigError
 from studies.spec import StudySpec
+
+
+class BudgetError(ConfigError):
+    """Invalid arguments for the budget search, or a storage it cannot use; raised before any
+    work starts (one line and exit code 2 from ``mlasdi-study budget``)."""
+
 
 DEFAULT_MIN_STAGE = 100
 SHARE1_RANGE = (0.2, 0.9)

@@ -22,8 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlasdi.validation import BudgetError
-from studies.budget.space import SearchSetup
+from studies.budget.space import BudgetError, SearchSetup
 
 HEARTBEAT_S = 10
 GRACE_S = 60
