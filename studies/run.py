@@ -121,6 +121,20 @@ def prune_checkpoints(storage: Path, all_groups: list[TrialGroup], done: dict[st
     return n
 
 
+def drop_tune_state(storage: Path) -> int:
+    """Delete Tune's experiment-state files under ``storage`` once the study is complete: they
+    hold every trial's last report (rows included; 470 kB for the main job) for
+    ``Tuner.restore``, which a resume never uses (the rows on disk are the truth). Returns how
+    many were deleted."""
+    files = [
+        *storage.glob("*/experiment_state-*.json"),
+        *storage.glob("*/basic-variant-state-*.json"),
+    ]
+    for path in files:
+        path.unlink(missing_ok=True)
+    return len(files)
+
+
 def _local_resources(num_cpus: int | None) -> dict[str, float]:
     import torch
 
@@ -459,9 +473,11 @@ def run_study(
     overhead = (wall - compute / slots) / wall if wall > 0 else float("nan")
     compact(out)
     done_now = finished_evaluations(out, retry_failed=False)
+    missing = [e for t in all_trials for e in t.evaluation_ids if e not in done_now]
     if "://" not in storage_root:
         prune_checkpoints(Path(storage_root), groups(spec), done_now)
-    missing = [e for t in all_trials for e in t.evaluation_ids if e not in done_now]
+        if not missing:
+            drop_tune_state(Path(storage_root))
     log.say(_summary(out, spec))
     log.say(
         f"timing: study wall {wall:.1f} s (ray.init to last result), trial compute "

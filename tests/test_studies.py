@@ -640,6 +640,14 @@ def test_smoke_run_end_to_end_and_rerun_is_a_no_op(tmp_path, capsys):
 
     assert all(pq.read_schema(p) == RESULT_SCHEMA for p in (out / "results").glob("*.parquet"))
     assert (out / "spec.toml").is_file()
+    # A complete study keeps no Tune state a resume never reads: OUT/tune stays small next to
+    # the results (it held every trial's last report, rows included, before).
+    assert not list((out / "tune").glob("*/experiment_state-*.json"))
+
+    def size(folder):
+        return sum(p.stat().st_size for p in (out / folder).rglob("*") if p.is_file())
+
+    assert size("tune") <= 5 * (size("results") + size("param_errors"))
     # Rerun: nothing to do, no Ray, no new rows.
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "results").glob("*.parquet")}
     assert main(["run", "smoke", "--out", str(out)]) == 0
