@@ -46,6 +46,18 @@ def test_stage_iters_round_clamp_and_sum():
         B.stage_iters(250, 3, 0.5, 0.5, 100)
 
 
+def test_candidate_of_the_summary_params_that_leave_out_unused_ones():
+    # The summary shows a 2-stage trial without stage2_share, a 1-stage one without the
+    # residual settings: the candidate (stage iterations) is the one of the full parameters.
+    setup = B.SearchSetup("s", 2000, (30,), 4, 0, 0)
+    full = {"n_stages": 2, "stage1_share": 0.7, "stage2_share": 0.3, "kappa": 2.0}
+    full["residual_width_mult"] = 1.5
+    two = {k: v for k, v in full.items() if k != "stage2_share"}
+    assert B.candidate_of(setup, two) == B.candidate_of(setup, full)
+    one = {"n_stages": 1}
+    assert B.candidate_of(setup, one).stage_iters == (2000,)
+
+
 def test_setup_steps_and_stage_limit():
     setup = B.SearchSetup("s", 2000, (30,), 4, 0, 0)
     assert setup.steps == (500, 1000, 1500, 2000)

@@ -161,13 +161,21 @@ def check_arguments(
     return method.hidden[arch_index], latent
 
 
+# Stand-ins for the parameters a trial's number of stages does not use (the summary the user
+# reads leaves them out): none of them changes that trial's stage iterations.
+UNUSED_PARAMS = {"stage1_share": 0.5, "stage2_share": 0.5, "kappa": 1.0, "residual_width_mult": 1.0}
+
+
 def candidate_of(setup: SearchSetup, params: dict[str, Any]) -> Candidate:
+    """The candidate of a trial's parameters (Optuna's, or the summary's, which leave out those
+    its ``n_stages`` does not use)."""
+    p = {**UNUSED_PARAMS, **params}
     return setup.candidate(
-        int(params["n_stages"]),
-        float(params["stage1_share"]),
-        float(params["stage2_share"]),
-        float(params["kappa"]),
-        float(params["residual_width_mult"]),
+        int(p["n_stages"]),
+        float(p["stage1_share"]),
+        float(p["stage2_share"]),
+        float(p["kappa"]),
+        float(p["residual_width_mult"]),
     )
 
 
