@@ -405,7 +405,12 @@ def _data_burgers1d(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlasdi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_fit_command(commands)
+    _add_data_commands(commands)
+    return parser
 
+
+def _add_fit_command(commands: Any) -> None:
     fit = commands.add_parser(
         "fit",
         help="train and evaluate a multi-stage ROM",
@@ -483,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--quiet", action="store_true", help="no progress output")
     fit.set_defaults(handler=_fit)
 
+
+def _add_data_commands(commands: Any) -> None:
     data = commands.add_parser("data", help="generate a full-order snapshot set (HDF5)")
     problems = data.add_subparsers(dest="problem", required=True)
     vl = problems.add_parser(
@@ -550,7 +557,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bg.add_argument("--quiet", action="store_true", help="no progress bar")
     bg.set_defaults(handler=_data_burgers1d)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
