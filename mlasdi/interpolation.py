@@ -8,6 +8,7 @@ restarts, so a fit is reproducible from the seed.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,7 +83,6 @@ class CoefficientGP:
         self.input_scale = np.where(scale > 0, scale, 1.0)
         self.train_inputs = self._standardise(params)
         self.train_targets = coefficients
-        self.start = start
         columns = np.array_split(np.arange(coefficients.shape[1]), max(1, workers))
         columns = [c for c in columns if c.size]
         with warnings.catch_warnings():
@@ -91,28 +91,29 @@ class CoefficientGP:
             # the fits: the warning filters are global, and a catch_warnings per thread would
             # restore them under another thread's feet.
             warnings.simplefilter("ignore", ConvergenceWarning)
+            fit = functools.partial(self._fit_columns, start=start)
             if len(columns) == 1:
-                self.models = self._fit_columns(columns[0])
+                self.models = fit(columns[0])
                 return self
             # One BLAS thread each: on kernel matrices of a few dozen rows more only contend.
             with threadpool_limits(1), ThreadPoolExecutor(len(columns)) as pool:
-                chunks = list(pool.map(self._fit_columns, columns))
+                chunks = list(pool.map(fit, columns))
         self.models = [gp for chunk in chunks for gp in chunk]
         return self
 
-    def _fit_columns(self, columns: np.ndarray) -> list:
+    def _fit_columns(self, columns: np.ndarray, start: np.ndarray | None) -> list:
         from sklearn.gaussian_process import GaussianProcessRegressor
 
         models = []
         for i in columns:
             kernel = _base_kernel(self.config)
-            if self.start is not None:
-                kernel = kernel.clone_with_theta(self.start[i])
+            if start is not None:
+                kernel = kernel.clone_with_theta(start[i])
             gp = GaussianProcessRegressor(
                 kernel=kernel,
                 alpha=self.config.alpha,
                 normalize_y=True,
-                n_restarts_optimizer=self.config.n_restarts if self.start is None else 0,
+                n_restarts_optimizer=self.config.n_restarts if start is None else 0,
                 random_state=np.random.RandomState(self.seed + int(i)),
             )
             gp.fit(self.train_inputs, self.train_targets[:, i])
