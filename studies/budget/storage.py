@@ -155,11 +155,13 @@ def open_storage(
             f"cannot open Optuna storage {url}: directory {path.parent} does not exist"
         )
     keyword, callback = _retry_callback()
+    owned = None  # a lock made here is closed here (a PostgreSQL one holds a connection)
     try:
         with warnings.catch_warnings():
             # Optuna marks heartbeat_interval experimental (it has been since 2.9).
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            lock = lock or StorageLock(url, timeout_s=timeout_s)
+            if lock is None:
+                lock = owned = StorageLock(url, timeout_s=timeout_s)
             with lock:
                 return optuna.storages.RDBStorage(
                     url,
@@ -171,6 +173,9 @@ def open_storage(
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BudgetError(f"cannot open Optuna storage {safe_url(url)}: {reason}") from None
+    finally:
+        if owned is not None:
+            owned.close()
 
 
 def make_sampler(seed: int) -> Any:
