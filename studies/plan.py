@@ -201,11 +201,11 @@ class TrialGroup:
     def costs(self, n_state: int, n_snapshots: int) -> list[tuple[int, int, int]]:
         """(stage-1 iterations, residual iterations, compute) of each trial in the group's
         schedule: the shared stage 1 (to the largest stage-1 budget) counted with the first."""
-        until = max(t.schedule()[0].until for t in self.trials)
+        schedules = [t.schedule() for t in self.trials]
+        until = max(runs[0].until for runs in schedules)
         out = []
-        for k, t in enumerate(self.trials):
-            _, s_res, _ = t.shared_cost(n_state, n_snapshots)
-            s1 = until if k == 0 else 0
+        for k, (t, runs) in enumerate(zip(self.trials, schedules, strict=True)):
+            s1, s_res = (until if k == 0 else 0), sum(run.until for run in runs[1:])
             out.append((s1, s_res, t.cost(s1, s_res, n_state, n_snapshots)))
         return out
 
@@ -267,19 +267,21 @@ class PlanLine:
     naive: tuple[int, int, int]
 
 
-def plan(spec: StudySpec) -> list[PlanLine]:
+def plan(spec: StudySpec, all_groups: list[TrialGroup] | None = None) -> list[PlanLine]:
+    """One line per trial; ``all_groups``: the spec's :func:`groups`, if the caller has them."""
     n_state = spec.data.n_state
     n_snap = n_train_points(spec) * spec.data.n_train_times
     return [
         PlanLine(t, shared, t.naive_cost(n_state, n_snap))
-        for g in groups(spec)
+        for g in (groups(spec) if all_groups is None else all_groups)
         for t, shared in zip(g.trials, g.costs(n_state, n_snap), strict=True)
     ]
 
 
 def format_plan(spec: StudySpec) -> str:
     """The text of ``mlasdi-study plan``; the last line is ``compute_fraction_of_naive=<x>``."""
-    lines = plan(spec)
+    all_groups = groups(spec)
+    lines = plan(spec, all_groups)
     n_train = n_train_points(spec)
     d = spec.data
     tested = f" (errors over {d.n_times})" if d.n_train_times != d.n_times else ""
@@ -298,7 +300,7 @@ def format_plan(spec: StudySpec) -> str:
             f"{t.trial_id:<22} {hidden_label(t.hidden):<14} {p.shared[0]:>10} {p.shared[1]:>11} "
             f"{p.naive[0] + p.naive[1]:>10} {p.shared[2]:>10.3g} {p.naive[2]:>10.3g}"
         )
-    shared = [g for g in groups(spec) if len(g.trials) > 1]
+    shared = [g for g in all_groups if len(g.trials) > 1]
     if shared:
         out.append(
             f"{len(shared)} groups of trials train one stage 1 between them, counted with the "

@@ -430,10 +430,9 @@ def run_study(
     n_evals = sum(len(t.budgets) for t in all_trials)
     compact(out)  # rows a killed run left one file each: one file to read from now on
     finished = finished_evaluations(out)
+    all_groups = groups(spec)
     todo = [
-        g
-        for g in groups(spec)
-        if any(e not in finished for t in g.trials for e in t.evaluation_ids)
+        g for g in all_groups if any(e not in finished for t in g.trials for e in t.evaluation_ids)
     ]
     log = RunLog(out)
     log.say(
@@ -475,7 +474,7 @@ def run_study(
     done_now = finished_evaluations(out, retry_failed=False)
     missing = [e for t in all_trials for e in t.evaluation_ids if e not in done_now]
     if "://" not in storage_root:
-        prune_checkpoints(Path(storage_root), groups(spec), done_now)
+        prune_checkpoints(Path(storage_root), all_groups, done_now)
         if not missing:
             drop_tune_state(Path(storage_root))
     log.say(_summary(out, spec))
