@@ -500,9 +500,6 @@ class Outcome(Plugin):
             if self.stage_done is not None:
                 self.stage_done(self)
 
-    def on_stage_end(self, engine: StageEngine, run: StageRun) -> None:
-        self.by_stage[run.stage] = run.trainer.history
-
     @property
     def histories(self) -> list[torch.Tensor]:
         """Loss histories [iterations, n_terms] of stage 1, 2, ..."""
