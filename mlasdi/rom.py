@@ -53,7 +53,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if count == 0:
             raise ConfigError(
                 f"device {device}: CUDA is not available on this machine (torch "
-                f"{torch.__version__}, CUDA build {torch.version.cuda or 'no'})"
+                f"{torch.__version__}, CUDA build {torch.version.cuda or 'no'}); use the cpu "
+                "device, or install the CUDA build of torch on a machine with an NVIDIA GPU"
             )
         if dev.index is not None and dev.index >= count:
             raise ConfigError(f"device {device}: this machine has {count} CUDA device(s)")
@@ -124,7 +125,8 @@ class MultiStageROM:
             latent_bound=self.latent_bound,
         )
 
-    def _tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``array`` as a tensor on the ROM's device and dtype."""
         if isinstance(array, np.ndarray) and not array.flags.writeable:
             # A read-only (e.g. shared-memory) array: copy the batch rather than alias memory
             # torch assumes writable.
@@ -153,7 +155,7 @@ class MultiStageROM:
         """Z [n, n_t, r] from z0 = enc(u0), u0 [n, n_state], at ``times`` [n_t] (uniform, from
         the initial time; default the training snapshot times :attr:`times`): ``expm`` is exact
         at any times, ``rk4`` steps on their grid. Raises DivergenceError on blow-up."""
-        z0 = self.autoencoder.encode(self._tensor(u0))
+        z0 = self.autoencoder.encode(self.tensor(u0))
         A, b = split_coefficients(self.coefficients(params, sample_seed=sample_seed))
         times = self.times if times is None else times
         times = torch.as_tensor(times, dtype=torch.float64, device=self.device)
@@ -480,7 +482,7 @@ def evaluate(
     errors = np.empty((rom.n_stages, params.shape[0], truth.shape[1]))
     for start in range(0, params.shape[0], batch_size):
         stop = min(start + batch_size, params.shape[0])
-        U = rom._tensor(truth[start:stop])
+        U = rom.tensor(truth[start:stop])
         first = U[:, 0] if u0 is None else u0[start:stop]
         Z = rom.latent_trajectories(params[start:stop], first, times=times)
         for stage, prediction in enumerate(rom.decode_by_stage(Z)):

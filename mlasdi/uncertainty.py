@@ -174,12 +174,6 @@ def _uniform_times(rom: MultiStageROM, times: np.ndarray | None) -> np.ndarray:
     return times
 
 
-def _on_device(rom: MultiStageROM, array: np.ndarray | torch.Tensor) -> torch.Tensor:
-    if not torch.is_tensor(array):
-        array = torch.from_numpy(np.array(array))  # a copy: the source may be read-only
-    return array.to(device=rom.device, dtype=rom.dtype)
-
-
 def _chunking(
     n_samples: int, per_sample: int, with_quantiles: bool, chunk_elements: int
 ) -> tuple[int, int]:
@@ -208,7 +202,7 @@ def spread_of(
     """(mean, std, quantiles) over the samples of coefficients [s, k, r + 1, r] from u0
     [k, n_state]; ``samples_per_chunk`` samples are decoded at a time (all of them when
     ``quantiles`` are asked for)."""
-    z0 = rom.autoencoder.encode(_on_device(rom, u0))
+    z0 = rom.autoencoder.encode(rom.tensor(u0))
     moments = RunningMoments()
     n_samples = coefficients.shape[0]
     step = n_samples if quantiles else samples_per_chunk
@@ -339,8 +333,8 @@ def _compared(
     n_stages = rom.n_stages if n_stages is None else n_stages
     for start in range(0, params.shape[0], per_chunk):
         rows = slice(start, min(start + per_chunk, params.shape[0]))
-        U = _on_device(rom, truth[rows])
-        first = U[:, 0] if u0 is None else _on_device(rom, u0[rows])
+        U = rom.tensor(truth[rows])
+        first = U[:, 0] if u0 is None else rom.tensor(u0[rows])
         _, std, _ = spread_of(
             rom, coefficients[:, rows], first, times, samples_per_chunk=samples, n_stages=n_stages
         )
