@@ -176,10 +176,7 @@ def usable_device(text: str) -> str:
     try:
         device = resolve_device(text)
     except ConfigError as exc:
-        hint = (
-            "; use --device cpu, or install the CUDA build of torch on a machine with an NVIDIA GPU"
-        )
-        raise ConfigError(f"--{exc}{hint if 'CUDA is not available' in str(exc) else ''}") from None
+        raise ConfigError(f"--{exc}") from None
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {text!r}")
     return text
