@@ -49,6 +49,11 @@ def check_finite(snapshots: np.ndarray, first: int = 0) -> None:
         )
 
 
+def default_param_names(n_p: int) -> tuple[str, ...]:
+    """Names of ``n_p`` parameters whose source gives none: ``p0``, ``p1``, ..."""
+    return tuple(f"p{i}" for i in range(n_p))
+
+
 @dataclass(frozen=True)
 class SnapshotSet:
     """Full-order snapshots for a set of parameters.
@@ -709,7 +714,7 @@ def import_npz(
         params = params[:, None]
     snapshots = loaded["snapshots"]
     n_p = params.shape[1] if params.ndim == 2 else 0
-    names = tuple(str(n) for n in loaded.get("param_names", [f"p{i}" for i in range(n_p)]))
+    names = tuple(str(n) for n in loaded.get("param_names", default_param_names(n_p)))
     coords: dict[str, np.ndarray] = {}
     if "coords" in loaded:
         c = loaded["coords"]

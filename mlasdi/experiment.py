@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from mlasdi import __version__
 from mlasdi.config import ConfigError, ROMConfig, to_dict
-from mlasdi.data import SnapshotSet
 from mlasdi.fit import FitResult, fit_rom
 from mlasdi.rom import resolve_device
 from mlasdi.runtime import provenance
@@ -101,15 +100,9 @@ def run_fit(
 
     finished: list[FitResult] = []
     checkpoints = {k: _progress_checkpoints(n) for k, n in enumerate(config.stage_iters, start=1)}
-    train = SnapshotSet(
-        params=data.params_train,
-        times=data.times,
-        snapshots=data.U_train,
-        param_names=data.param_names or tuple(f"p{i}" for i in range(data.params_train.shape[1])),
-    )
     try:
         fit = fit_rom(
-            train,
+            data.train_set(),
             config,
             device=torch_device,
             stage_callback=stage_callback,

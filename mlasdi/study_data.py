@@ -16,6 +16,7 @@ import numpy as np
 from mlasdi.data import (
     SnapshotReader,
     SnapshotSet,
+    default_param_names,
     flatten_grid,
     inspect_snapshot_file,
     iter_snapshot_rows,
@@ -66,6 +67,16 @@ class StudyData:
         reader's file is not at its path on this node)."""
         if isinstance(self.truth_test, SnapshotReader):
             self.truth_test.check()
+
+    def train_set(self) -> SnapshotSet:
+        """The training snapshots as a :class:`~mlasdi.data.SnapshotSet` (what
+        :func:`mlasdi.fit.fit_rom` trains on)."""
+        return SnapshotSet(
+            params=self.params_train,
+            times=self.times,
+            snapshots=self.U_train,
+            param_names=self.param_names or default_param_names(self.params_train.shape[1]),
+        )
 
     def test_errors(self, rom: MultiStageROM, batch_size: int = 32) -> np.ndarray:
         """Per-time relative errors [n_stages, n_test, n_t] of ``rom`` at every test parameter
