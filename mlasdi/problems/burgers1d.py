@@ -53,7 +53,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tqdm import tqdm
 
-from mlasdi.config import ConfigError
+from mlasdi.config import ConfigError, choice_error
 from mlasdi.data import SnapshotSet, generate_cached, load_snapshot_set
 from mlasdi.problems.source import GeneratedGrid, int_key
 
@@ -134,9 +134,7 @@ class BurgersSettings:
         if not (self.t_max > 0 and self.tol > 0):
             raise ConfigError(f"t_max and tol must be positive, got {self.t_max} and {self.tol}")
         if self.on_failure not in ON_FAILURE:
-            raise ConfigError(
-                f"on_failure must be one of {list(ON_FAILURE)}, got {self.on_failure!r}"
-            )
+            raise ConfigError(choice_error("on_failure", self.on_failure, ON_FAILURE))
 
     @property
     def dx(self) -> float:
