@@ -24,6 +24,7 @@ import numpy as np
 from mlasdi.config import SamplingConfig
 from mlasdi.data import flatten_grid
 from mlasdi.engine import Plugin, StageEngine, StageRun
+from mlasdi.problems.source import matches
 from mlasdi.rom import stage1_rom
 from mlasdi.sampling import next_points, parameter_key, round_due
 from mlasdi.train import CheckpointReport
@@ -145,13 +146,13 @@ class GreedySampler(Plugin):
 
 
 def rows_at(candidates: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Indices into ``candidates`` [n, n_p] of ``points`` [m, n_p] (by
-    :func:`~mlasdi.sampling.parameter_key`); raises ValueError naming a point not among them."""
-    index = {parameter_key(c): i for i, c in enumerate(np.atleast_2d(candidates))}
-    out = []
-    for p in np.atleast_2d(points):
-        key = parameter_key(p)
-        if key not in index:
-            raise ValueError(f"parameter {list(key)} is not a point of the test grid")
-        out.append(index[key])
-    return np.array(out, dtype=np.int64)
+    """Indices into ``candidates`` [n, n_p] of ``points`` [m, n_p] (matched as a spec's
+    ``train_params`` are, :func:`mlasdi.problems.source.matches`); raises ValueError naming a
+    point not among them."""
+    points = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    close = matches(points, np.atleast_2d(candidates))
+    missing = ~close.any(axis=1)
+    if missing.any():
+        bad = parameter_key(points[missing][0])
+        raise ValueError(f"parameter {list(bad)} is not a point of the test grid")
+    return close.argmax(axis=1).astype(np.int64)

@@ -179,7 +179,7 @@ def grid_key(value: Sequence[int], key: str, n_axes: int, problem: str) -> None:
         )
 
 
-def _matches(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def matches(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """[m, n] bool: row i of ``values`` [m, n_p] equals row j of ``rows`` [n, n_p]."""
     scale = np.maximum(1.0, np.abs(rows))[None, :, :]
     return np.all(np.abs(values[:, None, :] - rows[None, :, :]) <= MATCH_RTOL * scale, axis=2)
@@ -231,7 +231,7 @@ def stride_rows(
                 f"{_strides_that_fit(axis)}"
             )
         points = lo + step * np.arange(n + 1)
-        found = _matches(points[:, None], axis[:, None])
+        found = matches(points[:, None], axis[:, None])
         if not found.any(axis=1).all():
             bad = points[~found.any(axis=1)][0]
             raise ConfigError(
@@ -240,7 +240,7 @@ def stride_rows(
             )
         targets.append(axis[found.argmax(axis=1)])
     grid = np.array(list(itertools.product(*targets)), dtype=np.float64)
-    return _matches(grid, params).argmax(axis=1)
+    return matches(grid, params).argmax(axis=1)
 
 
 def _strides_that_fit(axis: np.ndarray) -> str:
@@ -282,7 +282,7 @@ def training_rows(
                     f"data.train_params[{i}] = {list(point)} has {len(point)} values; {where} "
                     f"has {n_p} parameters {list(names)}"
                 )
-        close = _matches(np.asarray(train_params, dtype=np.float64), params)
+        close = matches(np.asarray(train_params, dtype=np.float64), params)
         missing = np.flatnonzero(~close.any(axis=1))
         if missing.size:
             i = int(missing[0])
