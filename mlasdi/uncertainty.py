@@ -235,17 +235,12 @@ def iter_spread(
     values are held at once: samples in sub-chunks merged by :class:`RunningMoments`, or, with
     ``quantiles``, all ``n_samples`` of fewer parameters.
     """
-    params = np.atleast_2d(np.asarray(params, dtype=np.float64))
     times = _uniform_times(rom, times)
-    samples, per_chunk = _chunking(
-        n_samples, len(times) * rom.autoencoder.n_state, bool(quantiles), chunk_elements
-    )
-    coefficients = sample_coefficients(rom, params, n_samples, seed)
-    for start in range(0, params.shape[0], per_chunk):
-        rows = slice(start, min(start + per_chunk, params.shape[0]))
+    plan = _chunked(rom, params, times, n_samples, seed, bool(quantiles), chunk_elements)
+    for rows, coefficients, samples in plan:
         mean, std, q = spread_of(
             rom,
-            coefficients[:, rows],
+            coefficients,
             u0[rows],
             times,
             samples_per_chunk=samples,
@@ -253,6 +248,28 @@ def iter_spread(
             n_stages=n_stages,
         )
         yield Spread(rows, mean, std, q)
+
+
+def _chunked(
+    rom: MultiStageROM,
+    params: np.ndarray,
+    times: np.ndarray,
+    n_samples: int,
+    seed: int,
+    with_quantiles: bool,
+    chunk_elements: int,
+) -> Iterator[tuple[slice, torch.Tensor, int]]:
+    """(rows, their sampled coefficients, samples decoded at once) for one chunk of ``params``
+    after another. The coefficients of all parameters are drawn first, so the result does not
+    depend on the chunking."""
+    params = np.atleast_2d(np.asarray(params, dtype=np.float64))
+    samples, per_chunk = _chunking(
+        n_samples, len(times) * rom.autoencoder.n_state, with_quantiles, chunk_elements
+    )
+    coefficients = sample_coefficients(rom, params, n_samples, seed)
+    for start in range(0, params.shape[0], per_chunk):
+        rows = slice(start, min(start + per_chunk, params.shape[0]))
+        yield rows, coefficients[:, rows], samples
 
 
 def predict_spread(
@@ -326,17 +343,13 @@ def _compared(
     times = _uniform_times(rom, times)
     if truth.shape[1] != times.size:
         raise ValueError(f"truth has {truth.shape[1]} times but the spread {times.size}")
-    samples, per_chunk = _chunking(
-        n_samples, len(times) * rom.autoencoder.n_state, False, chunk_elements
-    )
-    coefficients = sample_coefficients(rom, params, n_samples, seed)
     n_stages = rom.n_stages if n_stages is None else n_stages
-    for start in range(0, params.shape[0], per_chunk):
-        rows = slice(start, min(start + per_chunk, params.shape[0]))
+    plan = _chunked(rom, params, times, n_samples, seed, False, chunk_elements)
+    for rows, coefficients, samples in plan:
         U = rom.tensor(truth[rows])
         first = U[:, 0] if u0 is None else rom.tensor(u0[rows])
         _, std, _ = spread_of(
-            rom, coefficients[:, rows], first, times, samples_per_chunk=samples, n_stages=n_stages
+            rom, coefficients, first, times, samples_per_chunk=samples, n_stages=n_stages
         )
         Z = rom.latent_trajectories(params[rows], first, times=times)
         *_, prediction = itertools.islice(rom.decode_by_stage(Z), n_stages)
