@@ -296,6 +296,21 @@ def _legend_entries(
     return list(handles), list(names)
 
 
+def _grid_mesh(ax: Any, grid: Any, norm: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """A parameter grid (rows: the second parameter, columns: the first) drawn as cells:
+    (mappable, x, y, values)."""
+    x, y = grid.columns.to_numpy(float), grid.index.to_numpy(float)
+    z = grid.to_numpy(float)
+    return ax.pcolormesh(_edges(x), _edges(y), z, norm=norm, cmap="viridis"), x, y, z
+
+
+def _label_parameter_axes(ax: Any, param_names: Sequence[str], title: str) -> None:
+    ax.set_xlabel(param_names[0], fontsize=7)
+    ax.set_ylabel(param_names[1], fontsize=7)
+    ax.tick_params(labelsize=6.5)
+    ax.set_title(title, fontsize=7)
+
+
 def _edges(centres: np.ndarray) -> np.ndarray:
     """Cell edges around sorted centres (midpoints; outer cells mirror their neighbour)."""
     c = np.asarray(centres, dtype=np.float64)
@@ -333,9 +348,7 @@ def plot_heatmaps(
     mappable = None
     for ax, (title, rows, grid) in zip(axes, panels, strict=True):
         if grid is not None:
-            x, y = grid.columns.to_numpy(float), grid.index.to_numpy(float)
-            z = grid.to_numpy(float)
-            mappable = ax.pcolormesh(_edges(x), _edges(y), z, norm=norm, cmap="viridis")
+            mappable, x, y, z = _grid_mesh(ax, grid, norm)
             if z.size <= annotate_max_cells:
                 for j, yv in enumerate(y):
                     for i, xv in enumerate(x):
@@ -379,10 +392,7 @@ def plot_heatmaps(
                 edgecolors="red",
                 linewidths=1.4,
             )
-        ax.set_xlabel(param_names[0], fontsize=7)
-        ax.set_ylabel(param_names[1], fontsize=7)
-        ax.tick_params(labelsize=6.5)
-        ax.set_title(title, fontsize=7)
+        _label_parameter_axes(ax, param_names, title)
     if mappable is not None:
         cbar = fig.colorbar(mappable, ax=list(axes), shrink=0.9)
         cbar.set_label("relative error $r(\\mu)$ (cell labels in %)", fontsize=7)
@@ -754,8 +764,7 @@ def plot_error_and_spread(
             values = grid.to_numpy(float)
             positive = values[np.isfinite(values) & (values > 0)]
             norm = LogNorm(*(positive.min(), positive.max())) if positive.size else None
-            x, y = grid.columns.to_numpy(float), grid.index.to_numpy(float)
-            mesh = ax.pcolormesh(_edges(x), _edges(y), values, norm=norm, cmap="viridis")
+            mesh, *_ = _grid_mesh(ax, grid, norm)
             fig.colorbar(mesh, ax=ax, shrink=0.9).ax.tick_params(labelsize=6)
             ax.scatter(
                 initial["mu_0"],
@@ -784,8 +793,5 @@ def plot_error_and_spread(
                     color="white",
                     fontsize=6,
                 )
-            ax.set_title(f"{title}: {what}", fontsize=7)
-            ax.set_xlabel(param_names[0], fontsize=7)
-            ax.set_ylabel(param_names[1], fontsize=7)
-            ax.tick_params(labelsize=6.5)
+            _label_parameter_axes(ax, param_names, f"{title}: {what}")
     return fig
