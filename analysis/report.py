@@ -772,16 +772,10 @@ def _uncertainty_section(a: Analysis) -> list[str]:
     ]
 
 
-def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> Path:
-    """Write ``report.md``, ``tables/*.csv`` and ``figures/*.png|pdf`` into ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csvs = _write_csvs(a, out_dir / "tables")
-    figs, fig_notes = _write_figures(a, out_dir / "figures") if figures else ({}, [])
+def _header_lines(a: Analysis, pct: str) -> list[str]:
+    """The report's title and its lines on the data, models, pairing and bootstrap."""
     info = a.read_info
-    pct = f"{a.level:.0%}"
     studies = ", ".join(sorted(map(str, a.results["study"].dropna().unique()))) or "–"
-    status_counts = a.results.groupby(["method", "status"]).size().unstack(fill_value=0)
     n_pairs = ", ".join(
         f"{len(c.pairing.pairs)} {METHOD_LABELS[m]}" for m, c in a.comparisons.items()
     )
@@ -803,9 +797,9 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
     mode = modes.pop() if len(modes) == 1 else "/".join(sorted(modes))
     names = " and ".join(METHOD_LABELS[m] for m in a.comparisons)
     params = ", ".join(f"`{n}`" for n in a.param_names)
-    L: list[str] = []
-    L += [f"# {names} vs GPLaSDI: {studies}", ""]
-    L += [
+    return [
+        f"# {names} vs GPLaSDI: {studies}",
+        "",
         f"- results: `{a.results_dir}` ({len(info.files)} results file(s), {info.n_rows_read} "
         f"rows read, **{info.n_duplicates_dropped} duplicate evaluation_id row(s) dropped**"
         + (f": {', '.join(info.duplicate_ids)}" if info.duplicate_ids else "")
@@ -824,6 +818,49 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
         "- factor = GPLaSDI / method (above 1 favours the method)",
         "",
     ]
+
+
+def _figure_lines(a: Analysis, figs: dict[str, Any], out_dir: Path, pct: str) -> list[str]:
+    """The Figures section: each figure written, with its caption and links."""
+    L = ["## Figures", ""]
+    captions = {
+        "error_vs_time": "Relative error vs training time, one panel per architecture (colour: "
+        "method, marker: latent size, size: budget; marker at the mean error, bar from min to "
+        "max).",
+        "heatmap_best": f"r(mu) over ({', '.join(a.param_names)}) of the best model (by "
+        "err_max) of each method; red squares: "
+        "training parameters.",
+        "factor_by_arch_latent": "Median improvement factor by architecture and latent size "
+        f"({pct} unit-bootstrap intervals; none below {F.MIN_UNITS} units; dashed line: no "
+        "change).",
+        "factors_by_dimension": "Median improvement factor in each group of each study "
+        f"dimension (architecture, latent size, budget), with its {pct} unit-bootstrap interval "
+        f"(none below {F.MIN_UNITS} units) and verdict; dashed line: no change.",
+        "calibration": "Calibration of the GP-sample intervals: empirical coverage on the test "
+        "set against the nominal level (median over models, band from min to max; dashed: "
+        "calibrated).",
+        "error_and_spread": "r(mu) and the largest predicted std over the parameter grid, "
+        "best model of each method and sampling; squares: initial training points, circles: "
+        "greedy picks with their order.",
+        "search_history": "Budget search history (validation err_max, running best).",
+        "search_params": "Budget search: validation err_max against each parameter.",
+    }
+    for name, paths in figs.items():
+        png = paths[0].relative_to(out_dir).as_posix()
+        pdf = paths[1].relative_to(out_dir).as_posix()
+        L += [f"### {captions[name]}", "", f"![{name}]({png}) ([PDF]({pdf}))", ""]
+    return L
+
+
+def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> Path:
+    """Write ``report.md``, ``tables/*.csv`` and ``figures/*.png|pdf`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csvs = _write_csvs(a, out_dir / "tables")
+    figs, fig_notes = _write_figures(a, out_dir / "figures") if figures else ({}, [])
+    pct = f"{a.level:.0%}"
+    L = _header_lines(a, pct)
+    status_counts = a.results.groupby(["method", "status"]).size().unstack(fill_value=0)
     L += ["## Headline", "", headline_sentence(a), ""]
     L += ["## Budgets and training", ""]
     budgets = a.labels["budget"].rename(columns={"budget_index": "budget position"})
@@ -890,33 +927,7 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
             best = a.trials.loc[a.trials["number"] == hist.loc[hist["value_0"].idxmin(), "number"]]
             L += ["", "Best trial:", "", _md_table(best.reset_index(drop=True))]
         L += [""]
-    L += ["## Figures", ""]
-    captions = {
-        "error_vs_time": "Relative error vs training time, one panel per architecture (colour: "
-        "method, marker: latent size, size: budget; marker at the mean error, bar from min to "
-        "max).",
-        "heatmap_best": f"r(mu) over ({', '.join(a.param_names)}) of the best model (by "
-        "err_max) of each method; red squares: "
-        "training parameters.",
-        "factor_by_arch_latent": "Median improvement factor by architecture and latent size "
-        f"({pct} unit-bootstrap intervals; none below {F.MIN_UNITS} units; dashed line: no "
-        "change).",
-        "factors_by_dimension": "Median improvement factor in each group of each study "
-        f"dimension (architecture, latent size, budget), with its {pct} unit-bootstrap interval "
-        f"(none below {F.MIN_UNITS} units) and verdict; dashed line: no change.",
-        "calibration": "Calibration of the GP-sample intervals: empirical coverage on the test "
-        "set against the nominal level (median over models, band from min to max; dashed: "
-        "calibrated).",
-        "error_and_spread": "r(mu) and the largest predicted std over the parameter grid, "
-        "best model of each method and sampling; squares: initial training points, circles: "
-        "greedy picks with their order.",
-        "search_history": "Budget search history (validation err_max, running best).",
-        "search_params": "Budget search: validation err_max against each parameter.",
-    }
-    for name, paths in figs.items():
-        png = paths[0].relative_to(out_dir).as_posix()
-        pdf = paths[1].relative_to(out_dir).as_posix()
-        L += [f"### {captions[name]}", "", f"![{name}]({png}) ([PDF]({pdf}))", ""]
+    L += _figure_lines(a, figs, out_dir, pct)
     notes = a.notes + fig_notes
     if notes:
         L += ["## Notes", "", *[f"- {n}" for n in notes], ""]
