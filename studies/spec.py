@@ -402,6 +402,22 @@ def _val_fraction(raw: Any, name: str) -> float:
     return fraction
 
 
+def _checked_table(
+    raw: Any,
+    where: str,
+    keys: list[str],
+    checks: Mapping[str, Callable[[Any], Any]],
+    errors: _Errors,
+    required: Sequence[str] = (),
+) -> dict[str, Any] | None:
+    """The values of table ``where``, each through its check; None when the table added an
+    error (every error is collected in ``errors``, not raised)."""
+    n_errors = len(errors.messages)
+    d = _table(raw, where, keys, errors, required=required)
+    values = {k: errors.attempt(checks[k], v) for k, v in d.items()}
+    return None if len(errors.messages) > n_errors else values
+
+
 def _method_spec(
     name: str, raw: Any, data: DataSource | None, errors: _Errors
 ) -> MethodSpec | None:
@@ -411,8 +427,6 @@ def _method_spec(
         keys += ["residual_hidden", "residual_kappa", "residual_activation", "residual_lr"]
     if name == "mlasdi_val":
         keys += ["val_fraction", "val_every"]
-    n_errors = len(errors.messages)
-    d = _table(raw, name, keys, errors, required=["hidden", "latent_dims", "budgets"])
     checks: dict[str, Callable[[Any], Any]] = {
         "hidden": lambda v: _hidden(v, name),
         "latent_dims": lambda v: _latent_dims(v, name, data),
@@ -424,8 +438,10 @@ def _method_spec(
         "val_fraction": lambda v: _val_fraction(v, name),
         "val_every": lambda v: _int(v, f"{name}.val_every"),
     }
-    values = {k: errors.attempt(checks[k], v) for k, v in d.items()}
-    if len(errors.messages) > n_errors:
+    values = _checked_table(
+        raw, name, keys, checks, errors, required=["hidden", "latent_dims", "budgets"]
+    )
+    if values is None:
         return None
     return MethodSpec(
         name,
@@ -438,8 +454,6 @@ def _method_spec(
 
 def _training_spec(raw: Any, errors: _Errors) -> TrainingSpec | None:
     keys = [f.name for f in dataclasses.fields(TrainingSpec)]
-    n_errors = len(errors.messages)
-    d = _table(raw, "training", keys, errors)
     checks: dict[str, Callable[[Any], Any]] = {
         "lr": lambda v: _num(v, "training.lr", 0, strict=True),
         "beta1": lambda v: _num(v, "training.beta1", 0),
@@ -450,10 +464,8 @@ def _training_spec(raw: Any, errors: _Errors) -> TrainingSpec | None:
         "dtype": lambda v: _choice(v, "training.dtype", DTYPES),
         "gp": lambda v: from_dict(GPConfig, v, where="training.gp"),
     }
-    values = {k: errors.attempt(checks[k], v) for k, v in d.items()}
-    if len(errors.messages) > n_errors:
-        return None
-    return TrainingSpec(**values)
+    values = _checked_table(raw, "training", keys, checks, errors)
+    return None if values is None else TrainingSpec(**values)
 
 
 def _gpus(value: Any, key: str) -> float:
@@ -465,18 +477,14 @@ def _gpus(value: Any, key: str) -> float:
 
 def _resource_spec(raw: Any, errors: _Errors) -> ResourceSpec | None:
     keys = [f.name for f in dataclasses.fields(ResourceSpec)]
-    n_errors = len(errors.messages)
-    d = _table(raw, "resources", keys, errors)
     checks: dict[str, Callable[[Any], Any]] = {
         "cpus": lambda v: _num(v, "resources.cpus", 0, strict=True),
         "gpus": lambda v: _gpus(v, "gpus"),
         "small_gpus": lambda v: _gpus(v, "small_gpus"),
         "small_width": lambda v: _int(v, "resources.small_width", 0),
     }
-    values = {k: errors.attempt(checks[k], v) for k, v in d.items()}
-    if len(errors.messages) > n_errors:
-        return None
-    return ResourceSpec(**values)
+    values = _checked_table(raw, "resources", keys, checks, errors)
+    return None if values is None else ResourceSpec(**values)
 
 
 def _uncertainty_samples(value: Any) -> int:
@@ -514,18 +522,14 @@ def _sampling_spec(raw: Any, errors: _Errors) -> tuple[tuple[str, ...], Sampling
 
 def _run_spec(raw: Any, errors: _Errors) -> RunSpec | None:
     keys = [f.name for f in dataclasses.fields(RunSpec)]
-    n_errors = len(errors.messages)
-    d = _table(raw, "run", keys, errors)
     checks: dict[str, Callable[[Any], Any]] = {
         "checkpoint_every": lambda v: _int(v, "run.checkpoint_every", 0),
         "max_failures": lambda v: _int(v, "run.max_failures", 0),
         "eval_batch_size": lambda v: _int(v, "run.eval_batch_size"),
         "uncertainty_samples": _uncertainty_samples,
     }
-    values = {k: errors.attempt(checks[k], v) for k, v in d.items()}
-    if len(errors.messages) > n_errors:
-        return None
-    return RunSpec(**values)
+    values = _checked_table(raw, "run", keys, checks, errors)
+    return None if values is None else RunSpec(**values)
 
 
 def _name(name: Any) -> str:
