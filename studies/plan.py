@@ -222,12 +222,13 @@ def stage1_key(spec: StudySpec, t: Trial) -> tuple[Any, ...]:
     """What makes a trial's stage 1 the model it is: its stage-1 configuration (iterations
     aside, unless the learning rate follows a schedule over them) and the held-out split that
     its checkpoint selection and ``mlasdi_val``'s acceptance use, and where its training points
-    come from (a greedy stage 1 grows its own set)."""
+    come from (a greedy stage 1 grows its own set, by its method's settings)."""
     config = spec.rom_config(
         hidden=t.hidden, latent_dim=t.latent_dim, seed=t.seed, stage_iters=(1,), method=t.method
     )
     iters = t.schedule()[0].until if config.stage1.lr_schedule != "constant" else None
-    return (config, iters, spec.method(t.method).val_fraction, t.sampling)
+    sampling = spec.sampling_for(t.method) if t.sampling == "greedy" else None
+    return (config, iters, spec.method(t.method).val_fraction, sampling)
 
 
 def groups(spec: StudySpec) -> list[TrialGroup]:

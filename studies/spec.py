@@ -148,6 +148,9 @@ class MethodSpec:
     ``mlasdi_val`` only (:mod:`mlasdi.acceptance`): ``val_fraction`` of the training parameters
     are held out of the residual stages, which stop at the best of every ``val_every``-th
     iteration (and the budget) and are kept only if they lower the held-out max error.
+    ``sampling``: (key, value) pairs that replace the study's ``[sampling]`` settings in this
+    method's greedy trials, e.g. ``every`` so that an mLaSDI stage 1 half as long as GPLaSDI's
+    makes as many full-order solves (:meth:`StudySpec.sampling_for`).
     """
 
     name: str
@@ -160,6 +163,7 @@ class MethodSpec:
     residual_lr: float = 1e-3
     val_fraction: float = 0.2
     val_every: int = 100
+    sampling: tuple[tuple[str, Any], ...] = ()
 
     @property
     def n_stages(self) -> int:
@@ -236,6 +240,11 @@ class StudySpec:
                 return m
         raise KeyError(name)
 
+    def sampling_for(self, method: str) -> SamplingConfig:
+        """The greedy settings of ``method``'s trials: ``[sampling]`` with the method's own
+        ``sampling`` overrides."""
+        return dataclasses.replace(self.sampling, **dict(self.method(method).sampling))
+
     def rom_config(
         self,
         *,
@@ -307,6 +316,8 @@ class StudySpec:
             if m.name == "mlasdi_val":
                 entry["val_fraction"] = m.val_fraction
                 entry["val_every"] = m.val_every
+            if m.sampling:
+                entry["sampling"] = dict(m.sampling)
             out[m.name] = entry
         training = dataclasses.asdict(self.training)
         out["training"] = training
@@ -422,7 +433,7 @@ def _method_spec(
     name: str, raw: Any, data: DataSource | None, errors: _Errors
 ) -> MethodSpec | None:
     """The ``[name]`` table; None when it has errors (recorded in ``errors``)."""
-    keys = ["hidden", "latent_dims", "budgets"]
+    keys = ["hidden", "latent_dims", "budgets", "sampling"]
     if name != "gplasdi":
         keys += ["residual_hidden", "residual_kappa", "residual_activation", "residual_lr"]
     if name == "mlasdi_val":
@@ -437,6 +448,7 @@ def _method_spec(
         "residual_activation": lambda v: _choice(v, f"{name}.residual_activation", ACTIVATIONS),
         "val_fraction": lambda v: _val_fraction(v, name),
         "val_every": lambda v: _int(v, f"{name}.val_every"),
+        "sampling": lambda v: _sampling_overrides(v, name),
     }
     values = _checked_table(
         raw, name, keys, checks, errors, required=["hidden", "latent_dims", "budgets"]
@@ -450,6 +462,30 @@ def _method_spec(
         values.pop("budgets"),
         **values,
     )
+
+
+# What a method may set for itself in its greedy trials: everything but the strategy (a study
+# dimension) and the candidates (the pool both methods pick from).
+METHOD_SAMPLING_KEYS = tuple(
+    f.name for f in dataclasses.fields(SamplingConfig) if f.name not in ("strategy", "candidates")
+)
+
+
+def _sampling_overrides(raw: Any, name: str) -> tuple[tuple[str, Any], ...]:
+    """``[name] sampling = {...}``: sorted (key, value) pairs of :data:`METHOD_SAMPLING_KEYS`,
+    each checked as ``[sampling]`` checks it."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{name}.sampling must be a table, e.g. {{ every = 1000 }}, got {raw!r}")
+    unknown = sorted(set(raw) - set(METHOD_SAMPLING_KEYS))
+    if unknown:
+        raise SpecError(
+            f"{name}.sampling: unknown key(s) {unknown}; a method may set {list(METHOD_SAMPLING_KEYS)}"
+        )
+    try:
+        from_dict(SamplingConfig, {"strategy": "greedy", **raw}, where=f"{name}.sampling")
+    except ConfigError as exc:
+        raise SpecError(f"{name}: {exc}") from None
+    return tuple(sorted(raw.items()))
 
 
 def _training_spec(raw: Any, errors: _Errors) -> TrainingSpec | None:
@@ -637,6 +673,7 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
                 latent_dims=m.latent_dims[:1],
                 budgets=budgets,
                 val_every=min(m.val_every, 10) if m.name == "mlasdi_val" else m.val_every,
+                sampling=tuple(sorted(_smoke_sampling(dict(m.sampling)).items())),
             )
         )
     return dataclasses.replace(
@@ -647,14 +684,23 @@ def smoke_spec(spec: StudySpec) -> StudySpec:
         methods=tuple(methods),
         run=dataclasses.replace(spec.run, checkpoint_every=0),
         resources=ResourceSpec(cpus=min(spec.resources.cpus, 1.0)),
-        # A greedy round every 10 iterations, with few samples, up to the smoke budgets.
         sampling=dataclasses.replace(
-            spec.sampling,
-            every=min(spec.sampling.every, 10),
-            last_round_iter=0,
-            n_samples=min(spec.sampling.n_samples, 4),
+            spec.sampling, **_smoke_sampling(dataclasses.asdict(spec.sampling))
         ),
     )
+
+
+def _smoke_sampling(settings: dict[str, Any]) -> dict[str, Any]:
+    """Greedy ``settings`` (all of ``[sampling]`` or a method's overrides) shrunk for a smoke
+    run: a round every 10 iterations or less, with few samples, up to the smoke budgets."""
+    small = dict(settings)
+    if "every" in small:
+        small["every"] = min(small["every"], 10)
+    if "last_round_iter" in small:
+        small["last_round_iter"] = 0
+    if "n_samples" in small:
+        small["n_samples"] = min(small["n_samples"], 4)
+    return small
 
 
 def check_resources(spec: StudySpec, nodes: Sequence[Mapping[str, float]], where: str) -> None:

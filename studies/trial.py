@@ -464,7 +464,9 @@ class TrialRunner(Plugin):
         is used) and the training set it starts from: the full-order model at its initial
         points. Candidates are the test grid, or the spec's points of it."""
         data, spec = self.data, self.spec
-        config = dataclasses.replace(spec.sampling, strategy="greedy")
+        config = dataclasses.replace(
+            spec.sampling_for(self.group.trials[0].method), strategy="greedy"
+        )
         rows = np.arange(data.params_test.shape[0])
         if config.candidates:
             rows = rows_at(data.params_test, np.array(config.candidates))

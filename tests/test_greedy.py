@@ -86,6 +86,20 @@ def test_greedy_rows_record_their_picks_and_train_on_the_fom(greedy, tmp_path, m
     assert len(list((tmp_path / "fom").glob("*.npy"))) == 5
 
 
+def test_a_method_s_own_sampling_settings_apply_to_its_greedy_trials(tmp_path):
+    # mLaSDI's stage 1 (20 and 40 iterations) rounds every 5 instead of the study's 10, so it
+    # reaches max_points = 5 at iteration 15 (GPLaSDI at 30): equal full-order solves within a
+    # stage 1 half as long.
+    raw = copy.deepcopy(RAW)
+    raw["mlasdi"]["sampling"] = {"every": 5}
+    spec = spec_from_dict(raw)
+    data = load_study_data(spec.data)
+    t = next(t for t in trials(spec) if t.method == "mlasdi" and t.sampling == "greedy")
+    rows = _rows(_run(spec, data, t, tmp_path / "fom")[1])
+    assert [rows[eid]["row"]["picked_iters"] for eid in t.evaluation_ids] == [[5, 10, 15]] * 2
+    assert [rows[eid]["row"]["n_fom_solves"] for eid in t.evaluation_ids] == [5, 5]
+
+
 def test_a_killed_greedy_trial_resumes_with_the_same_picks(greedy, tmp_path):
     spec, data = greedy
     t = next(t for t in trials(spec) if t.method == "mlasdi" and t.sampling == "greedy")

@@ -31,7 +31,7 @@ from mlasdi import study_data as study_data_module
 from mlasdi.study_data import load_study_data
 from mlasdi.train import DivergenceError
 from studies.cli import main
-from studies.plan import Run, TrialGroup, format_plan, plan, trials
+from studies.plan import Run, TrialGroup, format_plan, groups, plan, trials
 from studies.spec import (
     PRESETS,
     SpecError,
@@ -958,6 +958,51 @@ def test_sampling_strategy_is_a_study_dimension():
     # Without [sampling]: fixed, as before, and nothing new in the written spec.
     plain = spec_from_dict(_base())
     assert plain.strategies == ("fixed",) and "sampling" not in plain.to_dict()
+
+
+def test_a_method_sets_its_own_greedy_settings():
+    raw = _base()
+    raw["mlasdi"]["hidden"] = raw["gplasdi"]["hidden"]
+    raw["sampling"] = {"strategy": ["fixed", "greedy"], "every": 10, "max_points": 5}
+    shared = spec_from_dict(raw)
+    raw["mlasdi"]["sampling"] = {"every": 5, "n_samples": 8}
+    spec = spec_from_dict(raw)
+    assert spec.sampling_for("mlasdi").every == 5 and spec.sampling_for("mlasdi").n_samples == 8
+    assert spec.sampling_for("mlasdi").max_points == 5
+    assert spec.sampling_for("gplasdi") == spec.sampling
+    assert spec_from_dict(spec.to_dict()) == spec
+
+    # With the same settings the greedy trials of both methods share their stage 1; with their
+    # own, each grows its own set. Fixed trials share theirs either way.
+    def grouped(s):
+        return sorted(sorted(t.trial_id for t in g.trials) for g in groups(s))
+
+    assert grouped(shared) == [
+        ["gplasdi-a0-l2-s0", "mlasdi-a0-l2-s0"],
+        ["gplasdi-a0-l2-s0-greedy", "mlasdi-a0-l2-s0-greedy"],
+    ]
+    assert grouped(spec) == [
+        ["gplasdi-a0-l2-s0", "mlasdi-a0-l2-s0"],
+        ["gplasdi-a0-l2-s0-greedy"],
+        ["mlasdi-a0-l2-s0-greedy"],
+    ]
+    # The smoke version shrinks a method's settings as it shrinks [sampling].
+    assert smoke_spec(spec).sampling_for("mlasdi").n_samples == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"every": 0}, "mlasdi: sampling.every must be an integer >= 1"),
+        ({"strategy": "greedy"}, "mlasdi.sampling: unknown key(s) ['strategy']"),
+        (5, "mlasdi.sampling must be a table"),
+    ],
+)
+def test_bad_method_sampling_settings_are_rejected(overrides, needle):
+    raw = _base()
+    raw["mlasdi"]["sampling"] = overrides
+    with pytest.raises(SpecError, match=re.escape(needle)):
+        spec_from_dict(raw)
 
 
 @pytest.mark.parametrize(
