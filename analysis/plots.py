@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
+from .figure_data import FOM_ERRORS
 from .labels import METHOD_LABELS
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "log_ticks",
     "dodge",
     "plot_error_vs_time",
+    "plot_error_vs_fom",
     "plot_heatmaps",
     "plot_factor_bars",
     "plot_factors_by_dimension",
@@ -307,6 +309,131 @@ def _headed_legend(fig: Figure, handles: Sequence[Line2D], names: Sequence[str])
     for text in legend.get_texts():
         if text.get_text() in _LEGEND_HEADERS:
             text.set_fontweight("bold")
+
+
+# Sampling strategies in the error-against-FOM-solves figure: neither of the method colours,
+# since its panels are methods already.
+SAMPLING_STYLE = {
+    "fixed": {"color": "0.25", "marker": "o"},
+    "greedy": {"color": "#CC79A7", "marker": "^"},
+}
+_CONFIG_LINES = ("-", "--", "-.", ":")
+_FOM_ERROR_NAMES = {"err_max": "max error", "err_mean": "mean error"}
+
+
+def plot_error_vs_fom(
+    table: pd.DataFrame,
+    *,
+    arch: Mapping[int, str] | None = None,
+    budgets: Mapping[int, str] | None = None,
+) -> Figure:
+    """Test error against the number of FOM solves, fixed against greedy training points.
+
+    ``table`` is :func:`~analysis.figure_data.fom_error_table`'s. One column of panels per
+    method, one row per error (max, mean); colour and marker: sampling strategy; marker size:
+    budget position; marker at the median over seeds, bar from their min to max; a line joins
+    the budgets of one configuration (architecture and latent size; line style per
+    configuration when there are several): a greedy trial moves right as it picks points, a
+    fixed one stays at its count. Fixed and greedy markers at one count are drawn a little
+    apart. ``arch`` and ``budgets`` map positions to names
+    (:func:`~analysis.figure_data.arch_titles`, :func:`~analysis.figure_data.budget_titles`).
+    """
+    methods = [m for m in METHOD_STYLE if (table["method"] == m).any()]
+    configs = sorted(set(zip(table["arch_index"], table["latent_dim"], strict=True)))
+    line = {c: _CONFIG_LINES[i % len(_CONFIG_LINES)] for i, c in enumerate(configs)}
+    budget_ids = sorted({int(b) for b in table["budget_index"]})
+    areas = np.linspace(10, 40, len(budget_ids)) if len(budget_ids) > 1 else np.array([20.0])
+    size = dict(zip(budget_ids, areas, strict=True))
+    width = min(PAPER_WIDTH_IN, 1.6 + 2.2 * len(methods))
+    fig = Figure(figsize=(width, 4.6), layout="constrained")
+    axes = fig.subplots(len(FOM_ERRORS), len(methods), squeeze=False, sharex=True)
+    fom = table["n_fom_solves"].to_numpy(float)
+    offset = 0.012 * max(float(np.ptp(fom)) if fom.size else 0.0, 1.0)
+    for r, err in enumerate(FOM_ERRORS):
+        ylim = _padded(table[[err, f"{err}_low", f"{err}_high"]].to_numpy(float).ravel())
+        for c, m in enumerate(methods):
+            ax = axes[r, c]
+            _fom_panel(ax, table[table["method"] == m], err, offset, line, size)
+            ax.set_yscale("log")
+            ax.set_ylim(*ylim)
+            _set_log_ticks(ax.yaxis, *ylim, _percent)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=7)
+            ax.grid(True, which="major", alpha=0.3)
+        axes[r, 0].set_ylabel(f"{_FOM_ERROR_NAMES[err]}, test set", fontsize=7)
+    for c, m in enumerate(methods):
+        axes[0, c].set_title(METHOD_LABELS[m], fontsize=7)
+        axes[-1, c].set_xlabel("FOM solves (training points)", fontsize=7)
+    note = "marker: median over seeds (size: budget), bar: min to max over seeds; line: the "
+    fig.suptitle(note + "budgets of one configuration", fontsize=6.5, y=0.0, va="top", color="0.3")
+    fig.legend(
+        *_fom_legend(line, size, dict(arch or {}), dict(budgets or {})),
+        loc="outside right upper",
+        frameon=False,
+        fontsize=6.5,
+    )
+    return fig
+
+
+def _fom_panel(
+    ax: Any,
+    t: pd.DataFrame,
+    err: str,
+    offset: float,
+    line: Mapping[tuple[int, int], str],
+    size: Mapping[int, float],
+) -> None:
+    """One method's ``err`` against FOM solves: per (sampling, configuration) a line through
+    its budgets in order, bars over seeds and markers sized by budget; fixed markers
+    ``offset`` left of their count and greedy ones right of it."""
+    for (sampling, a, latent), part in t.groupby(["sampling", "arch_index", "latent_dim"]):
+        style = SAMPLING_STYLE[sampling]
+        part = part.sort_values(["budget_index", "n_fom_solves"])
+        x = part["n_fom_solves"] + (offset if sampling == "greedy" else -offset)
+        y = part[err].to_numpy(float)
+        spread = np.vstack([y - part[f"{err}_low"], part[f"{err}_high"] - y])
+        colour = style["color"]
+        ax.plot(x, y, color=colour, ls=line[(a, latent)], lw=0.9)
+        ax.errorbar(x, y, yerr=spread, fmt="none", ecolor=colour, elinewidth=0.8, capsize=1.5)
+        ax.scatter(
+            x,
+            y,
+            s=[size[int(b)] for b in part["budget_index"]],
+            marker=style["marker"],
+            color=colour,
+            edgecolors="0.15",
+            linewidths=0.4,
+            zorder=3,
+        )
+
+
+def _fom_legend(
+    line: Mapping[tuple[int, int], str],
+    size: Mapping[int, float],
+    arch: Mapping[int, str],
+    budgets: Mapping[int, str],
+) -> tuple[list[Line2D], list[str]]:
+    """Legend entries: the strategies; the budgets (marker size); the configurations (line
+    style) when there are several."""
+
+    def dot(shape: str, colour: str, area: float = 20.0) -> Line2D:
+        return Line2D(
+            [], [], ls="none", marker=shape, ms=np.sqrt(area), color=colour, mec="0.15", mew=0.4
+        )
+
+    entries = [(dot(v["marker"], v["color"]), k) for k, v in SAMPLING_STYLE.items()]
+    if len(size) > 1:
+        entries += [(dot("o", "0.6", a), budgets.get(b, f"budget {b}")) for b, a in size.items()]
+    if len(line) > 1:
+        entries += [
+            (
+                Line2D([], [], color="0.5", ls=ls, lw=0.9),
+                f"{arch.get(a, f'architecture {a}')}, latent {v}",
+            )
+            for (a, v), ls in line.items()
+        ]
+    handles, names = zip(*entries, strict=True)
+    return list(handles), list(names)
 
 
 _LEGEND_HEADERS = ("colour: method", "shape: latent size", "size: budget (iterations)")
