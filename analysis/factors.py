@@ -24,8 +24,10 @@ Conventions
   budgets, e.g. when stage-1 checkpoint selection keeps the same checkpoint at 2k, 3k and 4k
   iterations. :func:`split_usable` gives each row a ``model_id``: the ``evaluation_id`` of that
   model's lowest budget. Each model counts once in a median over rows.
-* Pairing (:func:`pair_models`): a *group* is ``(arch_index, latent_dim, budget_index)``, i.e. the
-  same architecture position (Table 1 row), latent size and budget position. With
+* Pairing (:func:`pair_models`): a *group* is ``(arch_index, latent_dim, budget_index,
+  sampling)``, i.e. the same architecture position (Table 1 row), latent size, budget position
+  and sampling strategy (rows written before ``sampling`` count as ``fixed``); a comparison of
+  strategies leaves ``sampling`` out, as it is the compared column. With
   ``mode="seed"`` the seed is part of the group; with ``mode="mean"`` each method's rows of a group
   are averaged over seeds before pairing. ``mode="auto"`` (default) pairs on seed when at least
   one (group, seed) is present for both methods, and averages over seeds otherwise (the methods
@@ -280,7 +282,14 @@ def _units(links: Sequence[Sequence[str]], trials: Sequence[str]) -> dict[str, i
 def _unit_name(pairs: pd.DataFrame, mode: str) -> str:
     """What one unit is, in words: the design cell it equals, when it equals one."""
     cols = ["arch_index", "latent_dim", *(["seed"] if mode == "seed" else [])]
-    words = {"arch_index": "architecture", "latent_dim": "latent size", "seed": "seed"}
+    if "sampling" in pairs and pairs["sampling"].nunique() > 1:
+        cols.insert(2, "sampling")
+    words = {
+        "arch_index": "architecture",
+        "latent_dim": "latent size",
+        "sampling": "sampling strategy",
+        "seed": "seed",
+    }
     if len(pairs):
         one_cell = pairs.groupby("unit")[cols].nunique().to_numpy().max() == 1
         one_unit = pairs.groupby(cols)["unit"].nunique().max() == 1
@@ -322,7 +331,7 @@ def pair_models(
     else:
         usable = usable[usable["method"] == method]
     base, other = sides.baseline, sides.other
-    key = list(GROUP_KEY)
+    key = list(GROUP_KEY) + ([] if sides.column == "sampling" else ["sampling"])
     both = (base, other)
     by_side = {s: usable[usable[sides.column] == s] for s in both}
     if mode == "auto":

@@ -991,7 +991,7 @@ def _header_lines(a: Analysis, pct: str) -> list[str]:
         f"({int(a.usable['diverged'].sum())} diverged, counted as infinite error), "
         f"{len(a.excluded)} excluded (failed, or ok with a bad error); {n_models}; matched "
         f"pairs with GPLaSDI: {n_pairs}; usable rows unpaired: {n_unpaired}",
-        "- pairing: on (architecture, latent size, budget position"
+        "- pairing: on (architecture, latent size, budget position, sampling strategy"
         + (", seed)" if mode == "seed" else ") after averaging over seeds")
         + f" (mode `{mode}`); cells whose two models repeat a lower budget's pair count once",
         f"- bootstrap: resamples independent units, not rows ({units}); {a.n_boot} "

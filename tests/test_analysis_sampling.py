@@ -185,6 +185,26 @@ def test_greedy_vs_fixed_factors_are_the_hand_computed_medians():
     ]
 
 
+def test_methods_are_paired_within_one_sampling_strategy():
+    # GPLaSDI is 2x mLaSDI's error on fixed points and 4x on greedy ones, whose mLaSDI errors are
+    # 3x the fixed ones: fixed with fixed and greedy with greedy give 2 and 4 (median 3.0);
+    # averaging the two strategies of a group would give (2 + 12) / (1 + 3) = 3.5.
+    rows = []
+    for seed in range(6):
+        e = 0.01 * (1 + seed)
+        rows.append(row("mlasdi", 0, 3, 0, e, seed=seed, sampling="fixed"))
+        rows.append(row("gplasdi", 0, 3, 0, 2 * e, seed=seed, sampling="fixed"))
+        rows.append(greedy_row("mlasdi", 0, 3, 0, 3 * e, seed=seed, n_fom=9))
+        rows.append(greedy_row("gplasdi", 0, 3, 0, 12 * e, seed=seed, n_fom=9))
+    usable, _ = split_usable(pd.DataFrame(rows))
+    p = pair_models(usable)
+    assert len(p.pairs) == 12 and (p.pairs["n_gplasdi"] == 1).all()
+    assert sorted(p.pairs["factor_err_max"]) == pytest.approx([2.0] * 6 + [4.0] * 6, rel=1e-12)
+    assert p.unit_name == "(architecture, latent size, sampling strategy, seed) group"
+    t = factor_table(p.pairs, p.rows, n_boot=50).set_index("quantity")
+    assert t["median_of_ratios"].tolist() == pytest.approx([3.0] * 3, rel=1e-12)
+
+
 # ----------------------------------------------------------------------------- regime
 
 
