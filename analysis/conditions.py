@@ -26,15 +26,21 @@ checked directly, is as large as its error at the unseen test parameters: the au
 latent dynamics do not fit even the training data, so more iterations, not the interpolation
 between training points, would lower the error. "As large" is defined as
 ``train_err_max / unseen_err_max > TRAINING_LIMITED_RATIO`` (0.5) for the median model of a
-method.
+method. Otherwise the model is *interpolation-limited*: it fits its training parameters well
+below its unseen error, so where the training points lie (e.g. greedy against fixed sampling)
+can matter.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from mlasdi.metrics import METHODS
+
+from .factors import with_sampling
 
 __all__ = [
     "TRAINING_LIMITED_RATIO",
@@ -109,16 +115,27 @@ def concurrency(intervals: pd.DataFrame) -> dict[str, float]:
 
 
 def training_limited(
-    usable: pd.DataFrame, *, ratio: float = TRAINING_LIMITED_RATIO
+    usable: pd.DataFrame,
+    *,
+    ratio: float = TRAINING_LIMITED_RATIO,
+    by: Sequence[str] = ("method",),
 ) -> pd.DataFrame:
-    """Per method: ``n_models`` with finite, positive ``train_err_max`` and ``unseen_err_max``,
-    ``median_train_over_unseen`` (median of their ratio) and ``training_limited`` (that median
-    > ``ratio``; ``<NA>`` without models)."""
+    """Per method (or per ``by`` group, e.g. ``("method", "sampling")``, methods in
+    ``METHODS`` order): ``n_models`` with finite, positive ``train_err_max`` and
+    ``unseen_err_max``, ``median_train_over_unseen`` (median of their ratio) and
+    ``training_limited`` (that median > ``ratio``; ``<NA>`` without models). A group is
+    *interpolation-limited* when it is not training-limited."""
+    by = list(by)
+    rank = {m: i for i, m in enumerate(METHODS)}
+    usable = with_sampling(usable)
+    groups = sorted(
+        usable.groupby(by, sort=True),
+        key=lambda g: [
+            rank.get(v, len(rank)) if k == "method" else 0 for k, v in zip(by, g[0], strict=True)
+        ],
+    )
     rows = []
-    for m in METHODS:
-        u = usable[usable["method"] == m]
-        if u.empty:
-            continue
+    for values, u in groups:
         train = u["train_err_max"].to_numpy(dtype=np.float64)
         unseen = u["unseen_err_max"].to_numpy(dtype=np.float64)
         good = np.isfinite(train) & np.isfinite(unseen) & (train > 0) & (unseen > 0)
@@ -126,12 +143,11 @@ def training_limited(
         med = float(np.median(r)) if r.size else np.nan
         rows.append(
             {
-                "method": m,
+                **dict(zip(by, values, strict=True)),
                 "n_models": int(r.size),
                 "median_train_over_unseen": med,
                 "training_limited": pd.NA if not r.size else bool(med > ratio),
             }
         )
-    return pd.DataFrame(
-        rows, columns=["method", "n_models", "median_train_over_unseen", "training_limited"]
-    )
+    columns = [*by, "n_models", "median_train_over_unseen", "training_limited"]
+    return pd.DataFrame(rows, columns=columns)

@@ -5,7 +5,10 @@ Every function takes and returns DataFrames; nothing here reads files or draws.
 Conventions
 -----------
 * The *baseline* is GPLaSDI; every other method in the results (``mlasdi``, ``mlasdi_val``) is
-  compared with it on its own: pairs, factors and verdicts are per compared method.
+  compared with it on its own: pairs, factors and verdicts are per compared method. The same
+  machinery compares a method's greedy training sets with its fixed ones (:class:`Sides`:
+  ``SAMPLING_SIDES``, factor fixed / greedy); everything below holds with "GPLaSDI" read as the
+  baseline side and "method" as the other.
 * A *factor* is always GPLaSDI / method, so a factor above 1 favours the method: for errors it is
   how many times smaller the method's error is; for ``train_time_s`` and ``n_model_params`` it is
   how many times less time / fewer parameters the method uses.
@@ -21,8 +24,10 @@ Conventions
   budgets, e.g. when stage-1 checkpoint selection keeps the same checkpoint at 2k, 3k and 4k
   iterations. :func:`split_usable` gives each row a ``model_id``: the ``evaluation_id`` of that
   model's lowest budget. Each model counts once in a median over rows.
-* Pairing (:func:`pair_models`): a *group* is ``(arch_index, latent_dim, budget_index)``, i.e. the
-  same architecture position (Table 1 row), latent size and budget position. With
+* Pairing (:func:`pair_models`): a *group* is ``(arch_index, latent_dim, budget_index,
+  sampling)``, i.e. the same architecture position (Table 1 row), latent size, budget position
+  and sampling strategy (rows written before ``sampling`` count as ``fixed``); a comparison of
+  strategies leaves ``sampling`` out, as it is the compared column. With
   ``mode="seed"`` the seed is part of the group; with ``mode="mean"`` each method's rows of a group
   are averaged over seeds before pairing. ``mode="auto"`` (default) pairs on seed when at least
   one (group, seed) is present for both methods, and averages over seeds otherwise (the methods
@@ -67,6 +72,10 @@ from .labels import BASELINE
 
 __all__ = [
     "MIN_UNITS",
+    "Sides",
+    "method_sides",
+    "SAMPLING_SIDES",
+    "with_sampling",
     "VERDICTS",
     "ERROR_METRICS",
     "COST_COLUMNS",
@@ -111,16 +120,50 @@ _ROW_COLUMNS = (
     "seed",
     "status",
 )
+# Columns a pair carries for each side when the rows have them (mean over the side's rows).
+_CARRIED = ("n_fom_solves",)
+
+
+@dataclass(frozen=True)
+class Sides:
+    """What a comparison sets against what: the rows whose ``column`` is ``baseline`` against
+    those whose ``column`` is ``other``; a factor is baseline / other. ``names`` name the two
+    sides in a factor table's ``n_*`` and ``median_*`` columns."""
+
+    column: str
+    baseline: str
+    other: str
+    names: tuple[str, str]
+
+
+def method_sides(method: str) -> Sides:
+    """``method`` against GPLaSDI (factor-table columns ``n_gplasdi``, ``n_method``, ...)."""
+    if method == BASELINE or method not in METHODS:
+        raise ValueError(f"method must be one of {[m for m in METHODS if m != BASELINE]}")
+    return Sides("method", BASELINE, method, (BASELINE, "method"))
+
+
+# A method's greedy training sets against its fixed ones: factor fixed / greedy.
+SAMPLING_SIDES = Sides("sampling", "fixed", "greedy", ("fixed", "greedy"))
+
+
+def with_sampling(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``sampling`` filled (``fixed`` for rows written before the column)."""
+    sampling = rows["sampling"] if "sampling" in rows else pd.Series("fixed", index=rows.index)
+    return rows.assign(sampling=sampling.fillna("fixed"))
 
 
 @dataclass
 class Pairing:
-    """Matched pairs of one compared method with GPLaSDI, and what pairing left aside.
+    """Matched pairs of one compared method with GPLaSDI (or of its two sampling strategies:
+    ``sides``), and what pairing left aside.
 
     ``pairs`` has one row per distinct pair: the group columns, ``seed`` (``<NA>`` when averaged
     over seeds), ``n_<m>``, ``evaluation_id_<m>``, ``trial_id_<m>`` and ``model_id_<m>``
-    (``;``-joined when averaged), ``hidden_<m>``, ``<column>_<m>`` for errors and costs, for
-    ``m`` in (``gplasdi``, ``method``), ``factor_<column>`` (GPLaSDI / method), ``n_cells`` (the
+    (``;``-joined when averaged), ``hidden_<m>``, ``<column>_<m>`` for errors and costs (and
+    ``n_fom_solves_<m>`` when the rows have it), for ``m`` in (``sides.baseline``,
+    ``sides.other``: ``gplasdi`` and the method, or ``fixed`` and ``greedy``),
+    ``factor_<column>`` (baseline / other), ``n_cells`` (the
     cells it stands for: 1 + the cells merged into it) and ``unit`` (its independent unit).
     ``merged`` lists the merged cells (group, seed, both evaluation ids, ``same_as_budget_index``:
     the budget position of the pair they count as). ``rows`` holds one usable row per model of
@@ -132,8 +175,9 @@ class Pairing:
     unpaired: pd.DataFrame
     rows: pd.DataFrame
     mode: str  # "seed" or "mean"
-    method: str  # the method compared with GPLaSDI
+    method: str  # the method compared with GPLaSDI, or whose strategies are compared
     unit_name: str
+    sides: Sides
 
     @property
     def n_units(self) -> int:
@@ -202,8 +246,11 @@ def _joined(values: pd.Series) -> str:
 
 
 def _aggregate(rows: pd.DataFrame, group: list[str]) -> pd.DataFrame:
-    """One row per group: means of errors and costs, the count, ids and hidden widths joined."""
-    numeric = [*ERROR_METRICS, *COST_COLUMNS]
+    """One row per group: means of errors, costs and the carried columns, the count, ids and
+    hidden widths joined."""
+    carried = [c for c in _CARRIED if c in rows]
+    rows = rows.astype({c: "float64" for c in carried})
+    numeric = [*ERROR_METRICS, *COST_COLUMNS, *carried]
     grouped = rows.groupby(group, sort=True)
     agg = grouped[numeric].mean()
     agg["n"] = grouped.size()
@@ -235,7 +282,14 @@ def _units(links: Sequence[Sequence[str]], trials: Sequence[str]) -> dict[str, i
 def _unit_name(pairs: pd.DataFrame, mode: str) -> str:
     """What one unit is, in words: the design cell it equals, when it equals one."""
     cols = ["arch_index", "latent_dim", *(["seed"] if mode == "seed" else [])]
-    words = {"arch_index": "architecture", "latent_dim": "latent size", "seed": "seed"}
+    if "sampling" in pairs and pairs["sampling"].nunique() > 1:
+        cols.insert(2, "sampling")
+    words = {
+        "arch_index": "architecture",
+        "latent_dim": "latent size",
+        "sampling": "sampling strategy",
+        "seed": "seed",
+    }
     if len(pairs):
         one_cell = pairs.groupby("unit")[cols].nunique().to_numpy().max() == 1
         one_unit = pairs.groupby(cols)["unit"].nunique().max() == 1
@@ -244,80 +298,95 @@ def _unit_name(pairs: pd.DataFrame, mode: str) -> str:
     return "group of trials linked by pairs"
 
 
-def pair_models(usable: pd.DataFrame, *, method: str = "mlasdi", mode: str = "auto") -> Pairing:
-    """Match each group of ``method`` with the GPLaSDI group of the same position, merge the
-    pairs that repeat the same two models, and find the independent units (module doc).
+def pair_models(
+    usable: pd.DataFrame,
+    *,
+    method: str = "mlasdi",
+    mode: str = "auto",
+    sides: Sides | None = None,
+) -> Pairing:
+    """Match each group of one side with the other side's group of the same position, merge
+    the pairs that repeat the same two models, and find the independent units (module doc).
 
     Parameters
     ----------
     usable
-        Usable result rows (from :func:`split_usable`); rows of other methods are ignored.
+        Usable result rows (from :func:`split_usable`); rows of neither side are ignored.
     method
-        The method compared with GPLaSDI (``mlasdi``, ``mlasdi_val``).
+        The method compared with GPLaSDI (``mlasdi``, ``mlasdi_val``) or, with ``sides``, the
+        method whose rows are compared (any method).
     mode
         ``"seed"``, ``"mean"`` or ``"auto"``.
+    sides
+        What is compared (default: ``method`` against GPLaSDI); with ``SAMPLING_SIDES`` the
+        greedy rows of ``method`` against its fixed rows.
     """
     if mode not in ("auto", "seed", "mean"):
         raise ValueError(f"mode must be 'auto', 'seed' or 'mean', got {mode!r}")
-    if method == BASELINE or method not in METHODS:
-        raise ValueError(f"method must be one of {[m for m in METHODS if m != BASELINE]}")
-    key = list(GROUP_KEY)
-    both = (BASELINE, method)
-    by_method = {m: usable[usable["method"] == m] for m in both}
+    usable = with_sampling(usable)
+    if sides is None:
+        sides = method_sides(method)
+    elif method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}")
+    else:
+        usable = usable[usable["method"] == method]
+    base, other = sides.baseline, sides.other
+    key = list(GROUP_KEY) + ([] if sides.column == "sampling" else ["sampling"])
+    both = (base, other)
+    by_side = {s: usable[usable[sides.column] == s] for s in both}
     if mode == "auto":
         seeded = key + ["seed"]
-        common = by_method[BASELINE][seeded].merge(by_method[method][seeded].drop_duplicates())
+        common = by_side[base][seeded].merge(by_side[other][seeded].drop_duplicates())
         mode = "seed" if len(common) else "mean"
     group = key + ["seed"] if mode == "seed" else key
-    agg = {m: _aggregate(by_method[m], group) for m in both}
-    pairs = agg[BASELINE].merge(
-        agg[method], on=group, how="inner", suffixes=(f"_{BASELINE}", f"_{method}")
-    )
+    agg = {s: _aggregate(by_side[s], group) for s in both}
+    pairs = agg[base].merge(agg[other], on=group, how="inner", suffixes=(f"_{base}", f"_{other}"))
     if mode == "mean":
         pairs.insert(len(key), "seed", pd.array([pd.NA] * len(pairs), dtype="Int64"))
     for col in (*ERROR_METRICS, *COST_COLUMNS):
-        pairs[f"factor_{col}"] = factor_of(pairs[f"{col}_{BASELINE}"], pairs[f"{col}_{method}"])
+        pairs[f"factor_{col}"] = factor_of(pairs[f"{col}_{base}"], pairs[f"{col}_{other}"])
+    carried = [c for c in _CARRIED if c in usable]
     order = [
         *key,
         "seed",
         *(
-            f"{c}_{m}"
+            f"{c}_{s}"
             for c in ("n", "evaluation_id", "trial_id", "model_id", "hidden")
-            for m in both
+            for s in both
         ),
-        *(f"{c}_{m}" for c in (*ERROR_METRICS, *COST_COLUMNS) for m in both),
+        *(f"{c}_{s}" for c in (*ERROR_METRICS, *COST_COLUMNS, *carried) for s in both),
         *(f"factor_{c}" for c in (*ERROR_METRICS, *COST_COLUMNS)),
     ]
     pairs = pairs[order].sort_values([*key, "seed"], kind="stable").reset_index(drop=True)
 
     # The same two models at several budget positions: one pair, the lowest budget's.
-    models = [f"model_id_{m}" for m in both]
+    models = [f"model_id_{s}" for s in both]
     same = pairs.groupby(models, sort=False)
     first = same.cumcount() == 0
     pairs["n_cells"] = same["budget_index"].transform("size").astype("int64")
     kept_budget = same["budget_index"].transform("first")
-    merged = pairs.loc[~first, [*key, "seed", *(f"evaluation_id_{m}" for m in both)]].copy()
+    merged = pairs.loc[~first, [*key, "seed", *(f"evaluation_id_{s}" for s in both)]].copy()
     merged["same_as_budget_index"] = kept_budget[~first].astype("int64")
     pairs = pairs[first].reset_index(drop=True)
 
     # Usable rows whose group found no partner.
     unpaired = []
-    for m, other in ((BASELINE, method), (method, BASELINE)):
-        rows = by_method[m]
+    for s, partner in ((base, other), (other, base)):
+        rows = by_side[s]
         hit = rows[group].merge(pairs[group].drop_duplicates(), how="left", indicator=True)
         lonely = rows.loc[(hit["_merge"] == "left_only").to_numpy()]
-        part = lonely[[*_ROW_COLUMNS, "err_max"]].copy()
-        part["reason"] = f"no usable {other} row with the same ({', '.join(group)})"
+        part = lonely[[*_ROW_COLUMNS, "sampling", "err_max"]].copy()
+        part["reason"] = f"no usable {partner} row with the same ({', '.join(group)})"
         unpaired.append(part)
     unpaired_df = pd.concat(unpaired, ignore_index=True)
 
-    rows = pd.concat([by_method[m] for m in both], ignore_index=True)
+    rows = pd.concat([by_side[s] for s in both], ignore_index=True)
     links = [
         [*a.split(";"), *b.split(";")]
-        for a, b in zip(pairs[f"trial_id_{BASELINE}"], pairs[f"trial_id_{method}"], strict=True)
+        for a, b in zip(pairs[f"trial_id_{base}"], pairs[f"trial_id_{other}"], strict=True)
     ]
     unit = _units(links, sorted(set(rows["trial_id"].astype(str))))
-    pairs["unit"] = [unit[t.split(";")[0]] for t in pairs[f"trial_id_{BASELINE}"]]
+    pairs["unit"] = [unit[t.split(";")[0]] for t in pairs[f"trial_id_{base}"]]
     rows = rows.drop_duplicates("model_id").reset_index(drop=True)
     rows["unit"] = rows["trial_id"].astype(str).map(unit).astype("int64")
     return Pairing(
@@ -328,6 +397,7 @@ def pair_models(usable: pd.DataFrame, *, method: str = "mlasdi", mode: str = "au
         mode=mode,
         method=method,
         unit_name=_unit_name(pairs, mode),
+        sides=sides,
     )
 
 
@@ -458,25 +528,30 @@ def factor_table(
     columns: Sequence[str] = ERROR_METRICS,
     *,
     method: str = "mlasdi",
+    sides: Sides | None = None,
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
     min_units: int = MIN_UNITS,
 ) -> pd.DataFrame:
-    """Median of ratios and ratio of medians of GPLaSDI over ``method``, with unit-bootstrap
-    intervals (``pairs`` and ``rows`` as :class:`Pairing`'s, both with a ``unit`` column).
+    """Median of ratios and ratio of medians of GPLaSDI over ``method`` (or of ``sides``'
+    baseline over its other side), with unit-bootstrap intervals (``pairs`` and ``rows`` as
+    :class:`Pairing`'s, both with a ``unit`` column).
 
     Returns one row per column: ``quantity``, ``n_pairs`` (distinct pairs), ``n_cells`` (the
     cells they stand for), ``n_units``, ``median_of_ratios``, ``mor_low``, ``mor_high``,
-    ``verdict``, ``pair_factors``, ``n_gplasdi``, ``n_method`` (models), ``median_gplasdi``,
-    ``median_method``, ``ratio_of_medians``, ``rom_low``, ``rom_high``. NaN when a side is
+    ``verdict``, ``pair_factors``, ``n_<a>``, ``n_<b>`` (models), ``median_<a>``,
+    ``median_<b>`` (``a``, ``b``: ``sides.names``; ``gplasdi`` and ``method`` by default),
+    ``ratio_of_medians``, ``rom_low``, ``rom_high``. NaN when a side is
     empty; missing values (e.g. a NaN training time) are left out and do not count in ``n_*``.
     Below ``min_units`` units ``mor_low``/``mor_high`` are NaN and ``pair_factors`` lists the
     sorted per-pair factors (3 significant digits, ``, ``-joined; empty otherwise).
     """
+    sides = sides or method_sides(method)
+    a, b = sides.names
     out = []
-    gp_rows = rows[rows["method"] == BASELINE]
-    m_rows = rows[rows["method"] == method]
+    gp_rows = rows[rows[sides.column] == sides.baseline]
+    m_rows = rows[rows[sides.column] == sides.other]
     for col in columns:
         rng = np.random.default_rng(seed)
         ratios = pairs[f"factor_{col}"].to_numpy(np.float64) if len(pairs) else np.empty(0)
@@ -513,10 +588,10 @@ def factor_table(
                 "mor_high": mor[2],
                 "verdict": verdict(*mor, n_units, min_units=min_units),
                 "pair_factors": ", ".join(f"{r:.3g}" for r in np.sort(ratios)) if few else "",
-                "n_gplasdi": gp.size,
-                "n_method": other.size,
-                "median_gplasdi": float(np.median(gp)) if gp.size else np.nan,
-                "median_method": float(np.median(other)) if other.size else np.nan,
+                f"n_{a}": gp.size,
+                f"n_{b}": other.size,
+                f"median_{a}": float(np.median(gp)) if gp.size else np.nan,
+                f"median_{b}": float(np.median(other)) if other.size else np.nan,
                 "ratio_of_medians": rom[0],
                 "rom_low": rom[1],
                 "rom_high": rom[2],
@@ -532,6 +607,7 @@ def factors_by(
     columns: Sequence[str] = ERROR_METRICS,
     *,
     method: str = "mlasdi",
+    sides: Sides | None = None,
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
@@ -540,12 +616,13 @@ def factors_by(
     """:func:`factor_table` within each value of ``by`` (group columns come first); the units
     are those of the pairs and models of that value.
 
-    Every group present in the rows of GPLaSDI or ``method`` gets rows, also when it has no
-    pairs (then the median of ratios is NaN and ``n_pairs`` is 0).
+    Every group present in the rows of either side (GPLaSDI or ``method`` by default) gets
+    rows, also when it has no pairs (then the median of ratios is NaN and ``n_pairs`` is 0).
     """
     by = [by] if isinstance(by, str) else list(by)
-    rows = rows[rows["method"].isin([BASELINE, method])]
-    kw = {"method": method, "n_boot": n_boot, "seed": seed, "level": level, "min_units": min_units}
+    sides = sides or method_sides(method)
+    rows = rows[rows[sides.column].isin([sides.baseline, sides.other])]
+    kw = {"sides": sides, "n_boot": n_boot, "seed": seed, "level": level, "min_units": min_units}
     groups = rows[by].drop_duplicates().sort_values(by).itertuples(index=False)
     tables = []
     for values in groups:

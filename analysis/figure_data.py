@@ -7,12 +7,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .factors import with_sampling
 from .labels import METHOD_LABELS
 
 __all__ = [
     "arch_titles",
     "budget_titles",
     "error_time_table",
+    "fom_error_table",
     "best_models",
     "heatmap_table",
     "heatmap_grid",
@@ -21,7 +23,6 @@ __all__ = [
     "search_history",
     "search_params",
     "uncertainty_summary",
-    "with_sampling",
     "calibration_curves",
     "picks",
     "value_grid",
@@ -75,6 +76,33 @@ def error_time_table(usable: pd.DataFrame) -> pd.DataFrame:
     drawn = np.isfinite(usable[cols[-4:]].to_numpy(np.float64)).all(axis=1)
     t = usable.loc[drawn, cols]
     return t.sort_values(["method", "train_time_s"], kind="stable").reset_index(drop=True)
+
+
+# The errors of the error-against-FOM-solves figure.
+FOM_ERRORS = ("err_max", "err_mean")
+
+
+def fom_error_table(usable: pd.DataFrame) -> pd.DataFrame:
+    """Error against the number of FOM solves: one row per (``method``, ``sampling``,
+    ``arch_index``, ``latent_dim``, ``budget_index``, ``n_fom_solves``) of the usable models
+    with a FOM count and finite errors (a diverged run cannot be drawn), with ``n_seeds`` and,
+    for ``err_max`` and ``err_mean``, the median over those seeds and the spread over them
+    (``<err>_low``: min, ``<err>_high``: max). A greedy trial has a point per budget (its FOM
+    count grows as it trains); a fixed one keeps its count at every budget."""
+    key = ["method", "sampling", "arch_index", "latent_dim", "budget_index", "n_fom_solves"]
+    rows = with_sampling(usable)
+    if "n_fom_solves" not in rows:
+        rows = rows.assign(n_fom_solves=np.nan)
+    values = rows[list(FOM_ERRORS)].to_numpy(np.float64)
+    fom = rows["n_fom_solves"].to_numpy(np.float64, na_value=np.nan)
+    rows = rows[np.isfinite(values).all(axis=1) & np.isfinite(fom)]
+    rows = rows.astype({"n_fom_solves": "int64"})
+    grouped = rows.groupby(key, sort=True)
+    out = grouped.size().rename("n_seeds").to_frame()
+    for col in FOM_ERRORS:
+        g = grouped[col]
+        out[col], out[f"{col}_low"], out[f"{col}_high"] = g.median(), g.min(), g.max()
+    return out.reset_index()
 
 
 def best_models(usable: pd.DataFrame, *, metric: str = "err_max") -> pd.DataFrame:
@@ -188,12 +216,6 @@ def search_params(trials: pd.DataFrame) -> pd.DataFrame:
 # How far the empirical coverage of the 90 % interval may sit from 90 % before the report says
 # that the error bars cannot be read at face value.
 COVERAGE_TOLERANCE = 0.1
-
-
-def with_sampling(rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` with ``sampling`` filled (``fixed`` for rows written before the column)."""
-    sampling = rows["sampling"] if "sampling" in rows else pd.Series("fixed", index=rows.index)
-    return rows.assign(sampling=sampling.fillna("fixed"))
 
 
 def uncertainty_summary(usable: pd.DataFrame) -> pd.DataFrame:

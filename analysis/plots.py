@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
+from .figure_data import FOM_ERRORS
 from .labels import METHOD_LABELS
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "log_ticks",
     "dodge",
     "plot_error_vs_time",
+    "plot_error_vs_fom",
     "plot_heatmaps",
     "plot_factor_bars",
     "plot_factors_by_dimension",
@@ -166,97 +168,272 @@ def plot_error_vs_time(
     sizes = np.linspace(14, 60, len(budget_ids)) if len(budget_ids) > 1 else np.array([30.0])
     size = dict(zip(budget_ids, sizes, strict=True))
     ncols = min(len(archs), 2)
-    nrows = -(-len(archs) // ncols)
-    panel_w, panel_h = (PAPER_WIDTH_IN - 2.0) / ncols, 2.3
-    fig = Figure(figsize=(PAPER_WIDTH_IN, panel_h * nrows + 0.9), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
-    for ax in axes[len(archs) :]:
-        ax.set_visible(False)
+    panel = ((PAPER_WIDTH_IN - 2.0) / ncols, 2.3)
+    fig, axes = _panel_grid(len(archs), ncols, panel[1])
     methods = [m for m in METHOD_STYLE if (table["method"] == m).any()]
-    ylo, yhi = _padded(table[["err_min", "err_mean", "err_max"]].to_numpy(float).ravel())
-    xlo, xhi = _padded(table["train_time_s"].to_numpy(float), 1.3)
-    # Markers that would overlap move sideways (on the page: log axes, in inches).
-    table = table.copy()
-    lx, ly = np.log10([xlo, xhi]), np.log10([ylo, yhi])
-    u = (np.log10(table["train_time_s"].to_numpy(float)) - lx[0]) / (lx[1] - lx[0]) * panel_w
-    v = (np.log10(table["err_mean"].to_numpy(float)) - ly[0]) / (ly[1] - ly[0]) * panel_h
-    shown = u.copy()
+    ylim = _padded(table[["err_min", "err_mean", "err_max"]].to_numpy(float).ravel())
+    xlim = _padded(table["train_time_s"].to_numpy(float), 1.3)
     diameter = np.sqrt(sizes.max()) / 72  # marker area in points^2 -> diameter in inches
-    for a in archs:
-        sel = (table["arch_index"] == a).to_numpy()
-        shown[sel] = dodge(u[sel], v[sel], diameter)
-    table["x"] = 10 ** (lx[0] + shown / panel_w * (lx[1] - lx[0]))
-    n_moved = int(np.sum(~np.isclose(shown, u)))
+    table, n_moved = _dodged(table, xlim, ylim, panel, diameter)
     for ax, a in zip(axes, archs, strict=False):
-        panel = table[table["arch_index"] == a]
-        for m in methods:
-            colour = METHOD_STYLE[m]["color"]
-            t = panel[panel["method"] == m]
-            for _, trial in t.groupby("trial_id", sort=True):
-                trial = trial.sort_values("budget_index")
-                if len(trial) > 1:
-                    ax.plot(trial["x"], trial["err_mean"], color=colour, lw=0.6, alpha=0.5)
-            yerr = np.vstack([t["err_mean"] - t["err_min"], t["err_max"] - t["err_mean"]])
-            ax.errorbar(
-                t["x"],
-                t["err_mean"],
-                yerr=yerr,
-                fmt="none",
-                ecolor=colour,
-                elinewidth=0.8,
-                alpha=0.45,
-                capsize=0,
-            )
-            for latent, part in t.groupby("latent_dim", sort=True):
-                ax.scatter(
-                    part["x"],
-                    part["err_mean"],
-                    s=[size[int(b)] for b in part["budget_index"]],
-                    marker=marker[int(latent)],
-                    color=colour,
-                    edgecolors="0.15",
-                    linewidths=0.4,
-                    alpha=0.85,
-                    zorder=3,
-                )
+        _draw_trials(ax, table[table["arch_index"] == a], methods, marker, size)
         ax.set_title(arch.get(a, f"architecture {a}"), fontsize=7)
         ax.grid(True, which="major", alpha=0.3)
-    ax0 = axes[0]
-    ax0.set_xscale("log")
-    ax0.set_yscale("log")
-    ax0.set_ylim(ylo, yhi)
-    ax0.set_xlim(xlo, xhi)
-    _set_log_ticks(ax0.yaxis, ylo, yhi, _percent)
-    _set_log_ticks(ax0.xaxis, xlo, xhi, _seconds)
-    for ax in axes[: len(archs)]:
-        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-        ax.tick_params(axis="y", labelsize=7)
-    for i, ax in enumerate(axes[: len(archs)]):
-        if i + ncols >= len(archs):  # nothing drawn below: this panel carries the x axis
-            ax.tick_params(axis="x", labelbottom=True)
-            ax.set_xlabel("training time", fontsize=7)
-    for r in range(nrows):
-        axes[r * ncols].set_ylabel("relative error $r(\\mu)$", fontsize=7)
+    _log_log_axes(axes[: len(archs)], ncols, xlim, ylim)
     note = (
         "marker: mean error over the test parameters, bar: min to max; line: budgets of one trial"
     )
     if n_moved:
         note += f";\n{n_moved} marker(s) moved sideways so that none hides another"
-    if threshold is not None:
-        if ylo <= threshold <= yhi:
-            for ax in axes[: len(archs)]:
-                ax.axhline(threshold, color="0.4", lw=0.8, ls=":")
-            note += f"; dotted: {threshold:.3g} ({threshold:.0%}) error"
-        else:
-            side = "below" if threshold < ylo else "above"
-            note += f"; the {threshold:.0%} error line is {side} the range shown"
+    note += _threshold_note(axes[: len(archs)], threshold, ylim)
     fig.suptitle(note, fontsize=6.5, y=0.0, va="top", color="0.3")
-    handles, names = _legend_entries(methods, marker, size, budgets)
+    _headed_legend(fig, *_legend_entries(methods, marker, size, budgets))
+    return fig
+
+
+def _panel_grid(n_panels: int, ncols: int, panel_h: float) -> tuple[Figure, np.ndarray]:
+    """A paper-wide figure of ``n_panels`` panels, ``ncols`` a row, sharing both axes; the
+    panels of the last row's unused places hidden. Returns (figure, flat axes)."""
+    nrows = -(-n_panels // ncols)
+    fig = Figure(figsize=(PAPER_WIDTH_IN, panel_h * nrows + 0.9), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _dodged(
+    table: pd.DataFrame,
+    xlim: tuple[float, float],
+    ylim: tuple[float, float],
+    panel: tuple[float, float],
+    diameter: float,
+) -> tuple[pd.DataFrame, int]:
+    """``table`` with ``x``: ``train_time_s`` moved sideways where markers of one architecture
+    would overlap on the page (log axes ``xlim`` x ``ylim`` drawn ``panel`` inches wide and
+    high, markers ``diameter`` inches across; :func:`dodge`), and how many moved."""
+    table = table.copy()
+    panel_w, panel_h = panel
+    lx, ly = np.log10(xlim), np.log10(ylim)
+    u = (np.log10(table["train_time_s"].to_numpy(float)) - lx[0]) / (lx[1] - lx[0]) * panel_w
+    v = (np.log10(table["err_mean"].to_numpy(float)) - ly[0]) / (ly[1] - ly[0]) * panel_h
+    shown = u.copy()
+    for a in sorted({int(a) for a in table["arch_index"]}):
+        sel = (table["arch_index"] == a).to_numpy()
+        shown[sel] = dodge(u[sel], v[sel], diameter)
+    table["x"] = 10 ** (lx[0] + shown / panel_w * (lx[1] - lx[0]))
+    return table, int(np.sum(~np.isclose(shown, u)))
+
+
+def _draw_trials(
+    ax: Any,
+    panel: pd.DataFrame,
+    methods: Sequence[str],
+    marker: Mapping[int, str],
+    size: Mapping[int, float],
+) -> None:
+    """One architecture's models: per method, a thin line through each trial's budgets, the
+    min-to-max bars, and a marker at the mean error (shape: latent size, area: budget)."""
+    for m in methods:
+        colour = METHOD_STYLE[m]["color"]
+        t = panel[panel["method"] == m]
+        for _, trial in t.groupby("trial_id", sort=True):
+            trial = trial.sort_values("budget_index")
+            if len(trial) > 1:
+                ax.plot(trial["x"], trial["err_mean"], color=colour, lw=0.6, alpha=0.5)
+        yerr = np.vstack([t["err_mean"] - t["err_min"], t["err_max"] - t["err_mean"]])
+        ax.errorbar(
+            t["x"],
+            t["err_mean"],
+            yerr=yerr,
+            fmt="none",
+            ecolor=colour,
+            elinewidth=0.8,
+            alpha=0.45,
+            capsize=0,
+        )
+        for latent, part in t.groupby("latent_dim", sort=True):
+            ax.scatter(
+                part["x"],
+                part["err_mean"],
+                s=[size[int(b)] for b in part["budget_index"]],
+                marker=marker[int(latent)],
+                color=colour,
+                edgecolors="0.15",
+                linewidths=0.4,
+                alpha=0.85,
+                zorder=3,
+            )
+
+
+def _log_log_axes(
+    axes: Sequence[Any], ncols: int, xlim: tuple[float, float], ylim: tuple[float, float]
+) -> None:
+    """Shared log axes with labelled ticks (training time, relative error) on the drawn
+    ``axes``; the x axis labelled on the panels with nothing drawn below them."""
+    ax0 = axes[0]
+    ax0.set_xscale("log")
+    ax0.set_yscale("log")
+    ax0.set_ylim(*ylim)
+    ax0.set_xlim(*xlim)
+    _set_log_ticks(ax0.yaxis, *ylim, _percent)
+    _set_log_ticks(ax0.xaxis, *xlim, _seconds)
+    for ax in axes:
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    for i, ax in enumerate(axes):
+        if i + ncols >= len(axes):  # nothing drawn below: this panel carries the x axis
+            ax.tick_params(axis="x", labelbottom=True)
+            ax.set_xlabel("training time", fontsize=7)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("relative error $r(\\mu)$", fontsize=7)
+
+
+def _threshold_note(axes: Sequence[Any], threshold: float | None, ylim: tuple[float, float]) -> str:
+    """Draw the ``threshold`` error line on ``axes`` when it lies in ``ylim``; the footnote's
+    words for it (where it is when outside)."""
+    if threshold is None:
+        return ""
+    ylo, yhi = ylim
+    if ylo <= threshold <= yhi:
+        for ax in axes:
+            ax.axhline(threshold, color="0.4", lw=0.8, ls=":")
+        return f"; dotted: {threshold:.3g} ({threshold:.0%}) error"
+    side = "below" if threshold < ylo else "above"
+    return f"; the {threshold:.0%} error line is {side} the range shown"
+
+
+def _headed_legend(fig: Figure, handles: Sequence[Line2D], names: Sequence[str]) -> None:
+    """A legend right of the panels whose block headers (:data:`_LEGEND_HEADERS`) are bold."""
     legend = fig.legend(handles, names, loc="outside right upper", frameon=False, fontsize=6.5)
     for text in legend.get_texts():
         if text.get_text() in _LEGEND_HEADERS:
             text.set_fontweight("bold")
+
+
+# Sampling strategies in the error-against-FOM-solves figure: neither of the method colours,
+# since its panels are methods already.
+SAMPLING_STYLE = {
+    "fixed": {"color": "0.25", "marker": "o"},
+    "greedy": {"color": "#CC79A7", "marker": "^"},
+}
+_CONFIG_LINES = ("-", "--", "-.", ":")
+_FOM_ERROR_NAMES = {"err_max": "max error", "err_mean": "mean error"}
+
+
+def plot_error_vs_fom(
+    table: pd.DataFrame,
+    *,
+    arch: Mapping[int, str] | None = None,
+    budgets: Mapping[int, str] | None = None,
+) -> Figure:
+    """Test error against the number of FOM solves, fixed against greedy training points.
+
+    ``table`` is :func:`~analysis.figure_data.fom_error_table`'s. One column of panels per
+    method, one row per error (max, mean); colour and marker: sampling strategy; marker size:
+    budget position; marker at the median over seeds, bar from their min to max; a line joins
+    the budgets of one configuration (architecture and latent size; line style per
+    configuration when there are several): a greedy trial moves right as it picks points, a
+    fixed one stays at its count. Fixed and greedy markers at one count are drawn a little
+    apart. ``arch`` and ``budgets`` map positions to names
+    (:func:`~analysis.figure_data.arch_titles`, :func:`~analysis.figure_data.budget_titles`).
+    """
+    methods = [m for m in METHOD_STYLE if (table["method"] == m).any()]
+    configs = sorted(set(zip(table["arch_index"], table["latent_dim"], strict=True)))
+    line = {c: _CONFIG_LINES[i % len(_CONFIG_LINES)] for i, c in enumerate(configs)}
+    budget_ids = sorted({int(b) for b in table["budget_index"]})
+    areas = np.linspace(10, 40, len(budget_ids)) if len(budget_ids) > 1 else np.array([20.0])
+    size = dict(zip(budget_ids, areas, strict=True))
+    width = min(PAPER_WIDTH_IN, 1.6 + 2.2 * len(methods))
+    fig = Figure(figsize=(width, 4.6), layout="constrained")
+    axes = fig.subplots(len(FOM_ERRORS), len(methods), squeeze=False, sharex=True)
+    fom = table["n_fom_solves"].to_numpy(float)
+    offset = 0.012 * max(float(np.ptp(fom)) if fom.size else 0.0, 1.0)
+    for r, err in enumerate(FOM_ERRORS):
+        ylim = _padded(table[[err, f"{err}_low", f"{err}_high"]].to_numpy(float).ravel())
+        for c, m in enumerate(methods):
+            ax = axes[r, c]
+            _fom_panel(ax, table[table["method"] == m], err, offset, line, size)
+            ax.set_yscale("log")
+            ax.set_ylim(*ylim)
+            _set_log_ticks(ax.yaxis, *ylim, _percent)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=7)
+            ax.grid(True, which="major", alpha=0.3)
+        axes[r, 0].set_ylabel(f"{_FOM_ERROR_NAMES[err]}, test set", fontsize=7)
+    for c, m in enumerate(methods):
+        axes[0, c].set_title(METHOD_LABELS[m], fontsize=7)
+        axes[-1, c].set_xlabel("FOM solves (training points)", fontsize=7)
+    note = "marker: median over seeds (size: budget), bar: min to max over seeds; line: the "
+    fig.suptitle(note + "budgets of one configuration", fontsize=6.5, y=0.0, va="top", color="0.3")
+    fig.legend(
+        *_fom_legend(line, size, dict(arch or {}), dict(budgets or {})),
+        loc="outside right upper",
+        frameon=False,
+        fontsize=6.5,
+    )
     return fig
+
+
+def _fom_panel(
+    ax: Any,
+    t: pd.DataFrame,
+    err: str,
+    offset: float,
+    line: Mapping[tuple[int, int], str],
+    size: Mapping[int, float],
+) -> None:
+    """One method's ``err`` against FOM solves: per (sampling, configuration) a line through
+    its budgets in order, bars over seeds and markers sized by budget; fixed markers
+    ``offset`` left of their count and greedy ones right of it."""
+    for (sampling, a, latent), part in t.groupby(["sampling", "arch_index", "latent_dim"]):
+        style = SAMPLING_STYLE[sampling]
+        part = part.sort_values(["budget_index", "n_fom_solves"])
+        x = part["n_fom_solves"] + (offset if sampling == "greedy" else -offset)
+        y = part[err].to_numpy(float)
+        spread = np.vstack([y - part[f"{err}_low"], part[f"{err}_high"] - y])
+        colour = style["color"]
+        ax.plot(x, y, color=colour, ls=line[(a, latent)], lw=0.9)
+        ax.errorbar(x, y, yerr=spread, fmt="none", ecolor=colour, elinewidth=0.8, capsize=1.5)
+        ax.scatter(
+            x,
+            y,
+            s=[size[int(b)] for b in part["budget_index"]],
+            marker=style["marker"],
+            color=colour,
+            edgecolors="0.15",
+            linewidths=0.4,
+            zorder=3,
+        )
+
+
+def _fom_legend(
+    line: Mapping[tuple[int, int], str],
+    size: Mapping[int, float],
+    arch: Mapping[int, str],
+    budgets: Mapping[int, str],
+) -> tuple[list[Line2D], list[str]]:
+    """Legend entries: the strategies; the budgets (marker size); the configurations (line
+    style) when there are several."""
+
+    def dot(shape: str, colour: str, area: float = 20.0) -> Line2D:
+        return Line2D(
+            [], [], ls="none", marker=shape, ms=np.sqrt(area), color=colour, mec="0.15", mew=0.4
+        )
+
+    entries = [(dot(v["marker"], v["color"]), k) for k, v in SAMPLING_STYLE.items()]
+    if len(size) > 1:
+        entries += [(dot("o", "0.6", a), budgets.get(b, f"budget {b}")) for b, a in size.items()]
+    if len(line) > 1:
+        entries += [
+            (
+                Line2D([], [], color="0.5", ls=ls, lw=0.9),
+                f"{arch.get(a, f'architecture {a}')}, latent {v}",
+            )
+            for (a, v), ls in line.items()
+        ]
+    handles, names = zip(*entries, strict=True)
+    return list(handles), list(names)
 
 
 _LEGEND_HEADERS = ("colour: method", "shape: latent size", "size: budget (iterations)")

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from mlasdi.metrics import METHODS
+
 from . import conditions as C
 from . import factors as F
 from . import figure_data as D
@@ -24,6 +26,7 @@ __all__ = [
     "PAPER_FACTORS",
     "PAPER_BUDGETS",
     "Comparison",
+    "SamplingComparison",
     "Analysis",
     "analyze",
     "write_report",
@@ -66,6 +69,16 @@ class Comparison:
 
 
 @dataclass
+class SamplingComparison:
+    """One method's models on greedily picked training points against its models on a fixed
+    training set: pairs matched on everything but the strategy, factors fixed / greedy."""
+
+    method: str
+    pairing: F.Pairing
+    factors: pd.DataFrame
+
+
+@dataclass
 class Analysis:
     """Every table of the report (all DataFrames) and how they were computed.
 
@@ -73,7 +86,9 @@ class Analysis:
     :class:`Comparison`; ``labels`` maps ``arch``/``budget`` to
     :func:`~analysis.labels.position_labels` tables; ``training`` is
     :func:`~analysis.conditions.training_limited`; ``concurrency`` is
-    :func:`~analysis.conditions.concurrency` of the trials.
+    :func:`~analysis.conditions.concurrency` of the trials. ``sampling`` maps each method with
+    greedy rows to its :class:`SamplingComparison` (empty without greedy rows), and
+    ``regimes`` is ``training_limited`` per (method, sampling) of those methods.
     """
 
     results_dir: Path
@@ -96,6 +111,8 @@ class Analysis:
     threshold: float
     param_names: tuple[str, ...]
     problem: str | None
+    sampling: dict[str, SamplingComparison] = field(default_factory=dict)
+    regimes: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -117,6 +134,20 @@ def _compare(usable: pd.DataFrame, method: str, pairing: str, kw: dict) -> Compa
         by_arch_latent=F.factors_by(p.pairs, p.rows, ["arch_index", "latent_dim"], **kw),
         splits=F.verdict_splits({_BY[k]: t for k, t in by.items()}),
     )
+
+
+def greedy_methods(usable: pd.DataFrame) -> list[str]:
+    """The methods with a usable greedy row, in ``METHODS`` order."""
+    greedy = set(usable.loc[F.with_sampling(usable)["sampling"] == "greedy", "method"])
+    return [m for m in METHODS if m in greedy]
+
+
+def _compare_sampling(
+    usable: pd.DataFrame, method: str, pairing: str, kw: dict
+) -> SamplingComparison:
+    p = F.pair_models(usable, method=method, mode=pairing, sides=F.SAMPLING_SIDES)
+    factors = F.factor_table(p.pairs, p.rows, F.ERROR_METRICS, sides=F.SAMPLING_SIDES, **kw)
+    return SamplingComparison(method=method, pairing=p, factors=factors)
 
 
 def data_names(results: pd.DataFrame) -> tuple[tuple[str, ...], str | None]:
@@ -175,6 +206,8 @@ def analyze(
         budget_dir = results_dir / "budget"
     if budget_dir is not None:
         trials = read_budget_trials(budget_dir)
+    greedy = greedy_methods(usable)
+    of_greedy_methods = usable[usable["method"].isin(greedy)]
     return Analysis(
         results_dir=results_dir,
         results=results,
@@ -198,6 +231,8 @@ def analyze(
         threshold=threshold,
         param_names=tuple(map(str, param_names or data_names(results)[0])),
         problem=data_names(results)[1],
+        sampling={m: _compare_sampling(usable, m, pairing, kw) for m in greedy},
+        regimes=C.training_limited(of_greedy_methods, by=("method", "sampling")),
         notes=notes,
     )
 
@@ -283,9 +318,17 @@ def _readable_rows(t: pd.DataFrame, a: Analysis) -> pd.DataFrame:
     return out
 
 
-def _factor_rows(t: pd.DataFrame, group: Sequence[str] = (), *, pct: str = "95%") -> pd.DataFrame:
+def _factor_rows(
+    t: pd.DataFrame,
+    group: Sequence[str] = (),
+    *,
+    pct: str = "95%",
+    names: tuple[str, str] = (BASELINE, "method"),
+    models: str = "models gp/m",
+) -> pd.DataFrame:
     """Compact factor table for markdown: group, quantity, pairs, factors with intervals (or the
-    pairs themselves when there are too few), verdict."""
+    pairs themselves when there are too few), verdict, and the models of the two sides
+    (``names``: the sides' names in ``t``, counted under the header ``models``)."""
     out = pd.DataFrame({g: t[g] for g in group})
     out["quantity"] = t["quantity"]
     out["pairs"] = t["n_pairs"]
@@ -293,7 +336,8 @@ def _factor_rows(t: pd.DataFrame, group: Sequence[str] = (), *, pct: str = "95%"
     out["median of ratios"] = t["median_of_ratios"].map(_factor)
     out["interval or pairs"] = [_spread(r, pct).removeprefix(f"{pct} CI ") for r in t.itertuples()]
     out["verdict"] = t["verdict"]
-    out["models gp/m"] = [f"{a}/{b}" for a, b in zip(t["n_gplasdi"], t["n_method"], strict=True)]
+    n_a, n_b = (t[f"n_{n}"] for n in names)
+    out[models] = [f"{a}/{b}" for a, b in zip(n_a, n_b, strict=True)]
     out["ratio of medians"] = t["ratio_of_medians"].map(_factor)
     out["CI (ratio of medians)"] = [
         _ci(a, b) for a, b in zip(t["rom_low"], t["rom_high"], strict=True)
@@ -499,6 +543,18 @@ def _stack(a: Analysis, get: Callable[[Comparison], pd.DataFrame]) -> pd.DataFra
     return pd.concat(parts, ignore_index=True)
 
 
+def _stack_sampling(a: Analysis, get: Callable[[SamplingComparison], pd.DataFrame]) -> pd.DataFrame:
+    """The same table of every greedy-vs-fixed comparison, stacked, with ``method`` first."""
+    parts = []
+    for m, c in a.sampling.items():
+        t = get(c).copy()
+        if "method" in t:
+            t = t.drop(columns="method")
+        t.insert(0, "method", m)
+        parts.append(t)
+    return pd.concat(parts, ignore_index=True)
+
+
 def _by_csv(a: Analysis, key: str) -> pd.DataFrame:
     """A breakdown of every comparison; architectures and budgets with their labels."""
     col = _BY[key]
@@ -531,6 +587,11 @@ def _write_csvs(a: Analysis, tables_dir: Path) -> dict[str, Path]:
         "unpaired": _stack(a, lambda c: c.pairing.unpaired),
         "excluded": a.excluded,
     }
+    if a.sampling:
+        tables["greedy_vs_fixed"] = _stack_sampling(a, lambda c: c.factors)
+        tables["greedy_vs_fixed_pairs"] = _stack_sampling(a, lambda c: c.pairing.pairs)
+        tables["greedy_vs_fixed_unpaired"] = _stack_sampling(a, lambda c: c.pairing.unpaired)
+        tables["regime_by_sampling"] = a.regimes
     if a.param_errors is not None and len(a.best):
         ids = set(a.param_errors["evaluation_id"]) & set(a.best["evaluation_id"])
         if ids:
@@ -587,6 +648,11 @@ def _write_figures(a: Analysis, fig_dir: Path) -> tuple[dict[str, list[Path]], l
             fig = P.plot_heatmaps(panels, param_names=a.param_names)
             figs["heatmap_best"] = P.save_figure(fig, fig_dir, "heatmap_best")
 
+    fom = D.fom_error_table(a.usable) if a.sampling else None
+    if fom is not None and len(fom):
+        fig = P.plot_error_vs_fom(fom, arch=arch, budgets=budgets)
+        figs["error_vs_fom"] = P.save_figure(fig, fig_dir, "error_vs_fom")
+
     curves = D.calibration_curves(a.usable)
     if len(curves):
         fig = P.plot_calibration_curves(curves)
@@ -642,7 +708,7 @@ def _spread_panels(a: Analysis) -> list[tuple[str, pd.DataFrame, Any, Any, pd.Da
     if a.param_errors is None or "max_std" not in a.param_errors or not len(a.usable):
         return []
     have_std = set(a.param_errors.loc[a.param_errors["max_std"].notna(), "evaluation_id"])
-    usable = D.with_sampling(a.usable)
+    usable = F.with_sampling(a.usable)
     usable = usable[usable["evaluation_id"].isin(have_std)]
     panels = []
     n_p = len(a.param_names)
@@ -730,6 +796,122 @@ def _comparison_section(a: Analysis, c: Comparison, pct: str) -> list[str]:
     return L
 
 
+def fom_counts(c: SamplingComparison) -> pd.DataFrame:
+    """The FOM counts behind a greedy-vs-fixed comparison: one row per (``budget_index``,
+    ``fom_fixed``, ``fom_greedy``) among its pairs (``NaN``: the rows do not record it), with
+    ``n_pairs`` and ``equal`` (the two counts are equal: the comparison is at equal cost;
+    ``<NA>`` when a count is missing)."""
+    cols = ["budget_index", "fom_fixed", "fom_greedy"]
+    p = c.pairing.pairs
+    if "n_fom_solves_fixed" not in p:
+        p = p.assign(n_fom_solves_fixed=float("nan"), n_fom_solves_greedy=float("nan"))
+    t = pd.DataFrame(
+        {
+            "budget_index": p["budget_index"],
+            "fom_fixed": p["n_fom_solves_fixed"].astype("float64"),
+            "fom_greedy": p["n_fom_solves_greedy"].astype("float64"),
+        }
+    )
+    out = t.groupby(cols, sort=True, dropna=False).size().rename("n_pairs").reset_index()
+    known = out["fom_fixed"].notna() & out["fom_greedy"].notna()
+    equal = (out["fom_fixed"] == out["fom_greedy"]).astype("boolean")
+    out["equal"] = equal.mask(~known, pd.NA)
+    return out
+
+
+def regime(training_limited: object) -> str:
+    """A ``training_limited`` value in words: ``training-limited``, ``interpolation-limited``
+    (train error at most :data:`~analysis.conditions.TRAINING_LIMITED_RATIO` times the unseen
+    error), or ``unknown`` (no model with both errors)."""
+    if training_limited is None or training_limited is pd.NA:
+        return "unknown"
+    return "training-limited" if training_limited else "interpolation-limited"
+
+
+def _regime_words(a: Analysis, method: str) -> str:
+    """``fixed interpolation-limited (0.21), greedy training-limited (0.62)``."""
+    t = a.regimes[a.regimes["method"] == method]
+    return ", ".join(
+        f"{r.sampling} {regime(r.training_limited)} ({_fmt(r.median_train_over_unseen, '.2f')})"
+        for r in t.itertuples(index=False)
+    )
+
+
+def _sampling_sentence(a: Analysis, c: SamplingComparison, pct: str) -> str:
+    head = f"**{METHOD_LABELS[c.method]}, greedy vs fixed**"
+    regimes = f"Regime (median train/unseen error): {_regime_words(a, c.method)}."
+    p = c.pairing
+    if not len(p.pairs):
+        return (
+            f"{head}: no matched pairs (no fixed and greedy models of the same architecture, "
+            f"latent size, budget and seed), so no factor can be given. {regimes}"
+        )
+    counts = fom_counts(c)
+    n_equal = int(counts.loc[counts["equal"].fillna(False), "n_pairs"].sum())
+    rows = c.factors.set_index("quantity").loc[list(F.ERROR_METRICS)].itertuples()
+    parts = [
+        f"{_NAMES[r.Index]} **{r.verdict}** (median factor {_factor(r.median_of_ratios)}, "
+        f"{_spread(r, pct)})"
+        for r in rows
+    ]
+    return (
+        f"{head} over {_plural(len(p.pairs), 'matched pair')} "
+        f"({_plural(p.n_units, 'independent unit')}, each a {p.unit_name}; {n_equal} of "
+        f"{len(p.pairs)} at equal FOM count): {'; '.join(parts)}. {regimes}"
+    )
+
+
+def _sampling_section(a: Analysis, pct: str) -> list[str]:
+    """Greedy against fixed training points, per method with greedy rows (none without)."""
+    if not a.sampling:
+        return []
+    ratio = f"{C.TRAINING_LIMITED_RATIO:g}"
+    regimes = a.regimes.assign(
+        method=a.regimes["method"].map(METHOD_LABELS),
+        regime=[regime(v) for v in a.regimes["training_limited"]],
+    ).drop(columns="training_limited")
+    L = [
+        "## Greedy vs fixed training points",
+        "",
+        "Each method's models on greedily picked training points against the same method's "
+        "models on a fixed training set, matched on architecture, latent size, budget position "
+        "and seed. Factor = fixed / greedy (above 1: greedy has the smaller error); intervals: "
+        f"{pct} bootstrap over independent units, none below {F.MIN_UNITS} units (the per-pair "
+        "factors are listed instead); `improves` means greedy improves on fixed. The comparison "
+        "is fair at an equal number of FOM solves: the FOM counts of every pair are listed, "
+        "and a pair whose greedy count differs from its fixed count is marked.",
+        "",
+        f"Regime: a method and strategy is **training-limited** when the median over its "
+        f"models of train_err_max / unseen_err_max exceeds {ratio} (it fits its own training "
+        "points about as poorly as the unseen ones, so where the points lie matters little), "
+        f"and **interpolation-limited** when that median is at most {ratio} (the unseen error "
+        "is at least twice the training error: interpolating between the training points "
+        "limits it, which better-placed points can help).",
+        "",
+        _md_table(regimes, {"median_train_over_unseen": ".3f"}),
+    ]
+    budget = a.labels["budget"].set_index("budget_index")
+    for m, c in a.sampling.items():
+        L += [f"### {METHOD_LABELS[m]}: greedy vs fixed", "", _sampling_sentence(a, c, pct), ""]
+        if not len(c.pairing.pairs):
+            continue
+        rows = _factor_rows(c.factors, pct=pct, names=("fixed", "greedy"), models="models f/g")
+        counts = fom_counts(c)
+        counts = pd.DataFrame(
+            {
+                "budget": [budget.at[b, m] for b in counts["budget_index"]],
+                "FOM solves, fixed": counts["fom_fixed"],
+                "FOM solves, greedy": counts["fom_greedy"],
+                "pairs": counts["n_pairs"],
+                "equal FOM count": [
+                    "unknown" if e is pd.NA else ("yes" if e else "**no**") for e in counts["equal"]
+                ],
+            }
+        )
+        L += [_md_table(rows), "", _md_table(counts, default=".4g"), ""]
+    return L
+
+
 def uncertainty_sentences(summary: pd.DataFrame) -> list[str]:
     """A plain sentence for each (method, sampling) whose median coverage of the 90 % interval
     is more than :data:`~analysis.figure_data.COVERAGE_TOLERANCE` from 90 %."""
@@ -809,7 +991,7 @@ def _header_lines(a: Analysis, pct: str) -> list[str]:
         f"({int(a.usable['diverged'].sum())} diverged, counted as infinite error), "
         f"{len(a.excluded)} excluded (failed, or ok with a bad error); {n_models}; matched "
         f"pairs with GPLaSDI: {n_pairs}; usable rows unpaired: {n_unpaired}",
-        "- pairing: on (architecture, latent size, budget position"
+        "- pairing: on (architecture, latent size, budget position, sampling strategy"
         + (", seed)" if mode == "seed" else ") after averaging over seeds")
         + f" (mode `{mode}`); cells whose two models repeat a lower budget's pair count once",
         f"- bootstrap: resamples independent units, not rows ({units}); {a.n_boot} "
@@ -836,6 +1018,9 @@ def _figure_lines(a: Analysis, figs: dict[str, Any], out_dir: Path, pct: str) ->
         "factors_by_dimension": "Median improvement factor in each group of each study "
         f"dimension (architecture, latent size, budget), with its {pct} unit-bootstrap interval "
         f"(none below {F.MIN_UNITS} units) and verdict; dashed line: no change.",
+        "error_vs_fom": "Test error (max and mean) against the number of FOM solves, fixed "
+        "against greedy training points, one column per method (marker: median over seeds, "
+        "size: budget, bar: min to max over seeds; line: the budgets of one configuration).",
         "calibration": "Calibration of the GP-sample intervals: empirical coverage on the test "
         "set against the nominal level (median over models, band from min to max; dashed: "
         "calibrated).",
@@ -879,6 +1064,7 @@ def write_report(a: Analysis, out_dir: str | Path, *, figures: bool = True) -> P
     ]
     for c in a.comparisons.values():
         L += _comparison_section(a, c, pct)
+    L += _sampling_section(a, pct)
     share = a.share.assign(
         share=a.share["share"].map(lambda v: _fmt(v, ".1%")),
         interval=[
