@@ -151,12 +151,17 @@ class MultiStageROM:
         *,
         times: np.ndarray | None = None,
         sample_seed: int | None = None,
+        coefficients: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Z [n, n_t, r] from z0 = enc(u0), u0 [n, n_state], at ``times`` [n_t] (uniform, from
         the initial time; default the training snapshot times :attr:`times`): ``expm`` is exact
-        at any times, ``rk4`` steps on their grid. Raises DivergenceError on blow-up."""
+        at any times, ``rk4`` steps on their grid. Raises DivergenceError on blow-up.
+        ``coefficients``: :meth:`coefficients` of ``params``, when the caller has them already
+        (a GP prediction per chunk of a long evaluation costs more than the chunk)."""
         z0 = self.autoencoder.encode(self.tensor(u0))
-        A, b = split_coefficients(self.coefficients(params, sample_seed=sample_seed))
+        if coefficients is None:
+            coefficients = self.coefficients(params, sample_seed=sample_seed)
+        A, b = split_coefficients(coefficients)
         times = self.times if times is None else times
         times = torch.as_tensor(times, dtype=torch.float64, device=self.device)
         Z = integrate(

@@ -347,13 +347,14 @@ def _compared(
         raise ValueError(f"truth has {truth.shape[1]} times but the spread {times.size}")
     n_stages = rom.n_stages if n_stages is None else n_stages
     plan = _chunked(rom, params, times, n_samples, seed, False, chunk_elements)
+    mean = rom.coefficients(params)  # once: per chunk, the GP's cost outgrows the chunk's
     for rows, coefficients, samples in plan:
         U = rom.tensor(truth[rows])
         first = U[:, 0] if u0 is None else rom.tensor(u0[rows])
         _, std, _ = spread_of(
             rom, coefficients, first, times, samples_per_chunk=samples, n_stages=n_stages
         )
-        Z = rom.latent_trajectories(params[rows], first, times=times)
+        Z = rom.latent_trajectories(params[rows], first, times=times, coefficients=mean[rows])
         *_, prediction = itertools.islice(rom.decode_by_stage(Z), n_stages)
         yield U, prediction, std
 
