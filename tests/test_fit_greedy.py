@@ -153,11 +153,14 @@ def _pulse_file(path: Path, drop_corner: bool = False) -> Path:
 
 
 def test_offline_greedy_fit_picks_the_files_trajectories(tmp_path):
+    # Two picks a round, each at least 0.3 (unit box) from the training points and the other
+    # pick: without that, this seed's first round picks (0.7, 0.95), 0.25 from a corner.
     path = _pulse_file(tmp_path / "pulse.h5")
     out = tmp_path / "fit"
     args = ["fit", "--data", str(path), "--train-index", "0,24", "--stages", "1"]
     args += ["--iters", "30", "--hidden", "16", "--latent", "3", "--threads", "1"]
-    args += ["--sampling", "greedy", "--every", "10", "--n-samples", "4", "--min-distance", "0.3"]
+    args += ["--sampling", "greedy", "--every", "10", "--n-samples", "4"]
+    args += ["--points-per-round", "2", "--min-distance", "0.3"]
     assert main([*args, "--out", str(out), "--quiet", "--no-figures"]) == 0
     metrics = _metrics(out)
     file_points = {
@@ -168,15 +171,15 @@ def test_offline_greedy_fit_picks_the_files_trajectories(tmp_path):
     corners = [[0.7, 0.9], [0.7, 1.1], [0.9, 0.9], [0.9, 1.1]]
     np.testing.assert_allclose(metrics["initial_params"], corners, rtol=0, atol=1e-12)
     picks = metrics["picks"]
-    assert [p["iteration"] for p in picks] == [10, 20]
+    assert [p["iteration"] for p in picks] == [10, 10, 20, 20]
     picked = np.array([p["params"] for p in picks])
     assert {(round(c, 9), round(w, 9)) for c, w in picked} <= file_points
-    # Each pick at least 0.3 (unit box) from the corners and the earlier pick.
     unit = (np.array([*corners, *picked]) - [0.7, 0.9]) / 0.2
     gaps = np.sqrt(((unit[:, None] - unit[None, :]) ** 2).sum(-1))
-    assert gaps[4, :4].min() >= 0.3 - 1e-12 and gaps[5, :5].min() >= 0.3 - 1e-12
-    assert metrics["n_fom_solves"] == 6
-    assert sum(e["split"] == "train" for e in metrics["parameters"]) == 6
+    for k in range(4, 8):
+        assert gaps[k, :k].min() >= 0.3 - 1e-12, picked
+    assert metrics["n_fom_solves"] == 8
+    assert sum(e["split"] == "train" for e in metrics["parameters"]) == 8
 
 
 def test_offline_corners_missing_from_the_file_are_one_line_exit_2(tmp_path, capsys):
