@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,14 @@ import numpy as np
 
 from mlasdi.config import (
     ACTIVATIONS,
+    SAMPLING_CRITERIA,
+    SAMPLING_INITIAL,
+    SAMPLING_STRATEGIES,
     AutoencoderConfig,
     ConfigError,
     ResidualStageConfig,
     ROMConfig,
+    SamplingConfig,
     Stage1Config,
 )
 from mlasdi.data import DataError
@@ -41,7 +46,9 @@ ROM under OUT/rom/, OUT/loss_history.npz and figures. The architecture: --hidden
 --residual-activation, with defaults per problem (docs/data.md; oscillator: the paper's). The
 data: --problem (a built-in problem, generated; by default the multiscale oscillator, trained on
 A = 1.0 and 1.4 and tested on A = 1.2) or --data FILE (a snapshot file, docs/data.md), with
---train/--train-index/--set choosing the split and settings. Torch threads: --threads, else the
+--train/--train-index/--set choosing the split and settings. --sampling greedy grows stage 1's
+training set as GPLaSDI does (candidates: the test grid, solved on demand; with --data the
+file's trajectories). Torch threads: --threads, else the
 MLASDI_THREADS environment variable, else OMP_NUM_THREADS, else one per core (idle threads sleep:
 OMP_WAIT_POLICY=PASSIVE unless set)."""
 
@@ -223,8 +230,54 @@ def fit_data_table(args: argparse.Namespace) -> dict[str, Any]:
     return table
 
 
+# ``mlasdi fit``'s greedy-sampling flags: the SamplingConfig field each sets.
+SAMPLING_FLAGS = {
+    "sampling": "strategy",
+    "initial": "initial",
+    "every": "every",
+    "max_points": "max_points",
+    "last_round_iter": "last_round_iter",
+    "points_per_round": "points_per_round",
+    "min_distance": "min_distance",
+    "criterion": "criterion",
+    "n_samples": "n_samples",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def fit_sampling(args: argparse.Namespace, stage1_iters: int) -> SamplingConfig:
+    """The :class:`~mlasdi.config.SamplingConfig` of ``fit``'s sampling flags; its checks'
+    errors name the flags. A greedy fit's last round comes before stage 1's last iteration
+    unless ``--last-round-iter`` says otherwise (a point picked then would never be trained
+    on)."""
+    given = {
+        field: getattr(args, name)
+        for name, field in SAMPLING_FLAGS.items()
+        if getattr(args, name) is not None
+    }
+    if given.get("strategy", "fixed") == "fixed":
+        extra = [
+            _flag(name)
+            for name, field in SAMPLING_FLAGS.items()
+            if field in given and field != "strategy"
+        ]
+        if extra:
+            raise ConfigError(f"{', '.join(extra)}: only with --sampling greedy")
+    given.setdefault("last_round_iter", stage1_iters)
+    flags = {field: _flag(name) for name, field in SAMPLING_FLAGS.items()}
+    try:
+        return SamplingConfig(**given)
+    except ConfigError as exc:
+        message = re.sub(r"^sampling\.(\w+)", lambda m: flags[m.group(1)], str(exc))
+        raise ConfigError(message) from None
+
+
 def _fit(args: argparse.Namespace) -> int:
     from mlasdi.experiment import FitDiverged, run_fit
+    from mlasdi.greedy import greedy_start
     from mlasdi.study_data import load_study_data
 
     set_threads(args.threads)
@@ -235,6 +288,7 @@ def _fit(args: argparse.Namespace) -> int:
         args.iters = [10_000] * args.stages
     if len(args.iters) != args.stages:
         raise ConfigError(f"--iters gives {len(args.iters)} budgets for --stages {args.stages}")
+    sampling = fit_sampling(args, args.iters[0])
     source = data_source(fit_data_table(args))
     if source.train_time_stride != 1:
         raise ConfigError(
@@ -244,6 +298,9 @@ def _fit(args: argparse.Namespace) -> int:
     config = fit_config(args.stages, args.iters, args.seed, _architecture(args, source.problem))
     # The study's loader: a snapshot file's test truth is read in batches, never loaded whole.
     data = load_study_data(source, progress=not args.quiet)
+    greedy = None
+    if sampling.strategy == "greedy":
+        greedy = greedy_start(sampling, data, source, seed=args.seed)
     try:
         report = run_fit(
             data,
@@ -252,6 +309,7 @@ def _fit(args: argparse.Namespace) -> int:
             problem=source.problem,
             device=device,
             progress=not args.quiet,
+            greedy=greedy,
         )
     except FitDiverged as exc:
         print(f"mlasdi: {divergence_advice(exc, args.out)}", file=sys.stderr)
@@ -262,6 +320,11 @@ def _fit(args: argparse.Namespace) -> int:
     for entry in summary["parameters"]:
         errs = ", ".join(f"{e:.4g}" for e in entry["err_by_stage"])
         print(f"{entry['split']:5s} params={entry['params']} r(stages 1..k)=[{errs}]")
+    if greedy is not None:
+        print(
+            f"greedy sampling: {summary['n_fom_solves']} full-order solves "
+            f"({len(summary['initial_params'])} initial, {len(summary['picks'])} picked)"
+        )
     print(f"stage times (s): {summary['stage_times_s']}; wrote {args.out / 'metrics.json'}")
     return 0
 
@@ -446,7 +509,10 @@ def _add_fit_command(commands: Any) -> None:
         default=None,
         help="iterations per stage, e.g. 10000,10000 (default: 10000 per stage)",
     )
-    fit.add_argument("--seed", type=int, default=0, help="seed of every initialisation")
+    fit.add_argument(
+        "--seed", type=int, default=0, help="seed of every initialisation and of the GP samples"
+    )
+    _add_sampling_flags(fit)
     arch = fit.add_argument_group(
         "architecture (defaults per problem: "
         + "; ".join(f"{p} {_arch_label(a)}" for p, a in FIT_ARCHITECTURES.items())
@@ -484,6 +550,72 @@ def _add_fit_command(commands: Any) -> None:
     fit.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     fit.add_argument("--quiet", action="store_true", help="no progress output")
     fit.set_defaults(handler=_fit)
+
+
+def _add_sampling_flags(fit: argparse.ArgumentParser) -> None:
+    """``fit``'s sampling flags; their values are checked by SamplingConfig (one-line errors)."""
+    d = SamplingConfig()
+    group = fit.add_argument_group(
+        "training points (docs/studies.md#greedy-sampling-and-uncertainty); the flags below "
+        "--sampling go with --sampling greedy"
+    )
+    group.add_argument(
+        "--sampling",
+        metavar="{" + ",".join(SAMPLING_STRATEGIES) + "}",
+        default=None,
+        help="fixed: the data's training points; greedy: start from --initial and add the "
+        f"candidate with the largest --criterion every --every iterations of stage 1 "
+        f"(default {d.strategy})",
+    )
+    group.add_argument(
+        "--initial",
+        metavar="{" + ",".join(SAMPLING_INITIAL) + "}",
+        default=None,
+        help="corners of the parameter box, or explicit: the training points of --train, "
+        f"--train-index or the data (default {d.initial})",
+    )
+    group.add_argument(
+        "--every", type=int, default=None, help=f"iterations between rounds (default {d.every})"
+    )
+    group.add_argument(
+        "--max-points",
+        type=int,
+        default=None,
+        help=f"stop adding at this many training points, 0: no limit (default {d.max_points})",
+    )
+    group.add_argument(
+        "--last-round-iter",
+        type=int,
+        default=None,
+        help="rounds only before this stage-1 iteration, 0: no limit (default: stage 1's "
+        "iterations)",
+    )
+    group.add_argument(
+        "--points-per-round",
+        type=int,
+        default=None,
+        help=f"points a round adds (default {d.points_per_round})",
+    )
+    group.add_argument(
+        "--min-distance",
+        type=float,
+        default=None,
+        help="least distance of a pick from the training points and the other picks, in the "
+        f"unit box of the candidates (default {d.min_distance})",
+    )
+    group.add_argument(
+        "--criterion",
+        metavar="{" + ",".join(SAMPLING_CRITERIA) + "}",
+        default=None,
+        help="max_std: largest std over (t, x) of decoded GP samples (GPLaSDI's); coef_std: "
+        f"summed GP std of the dynamics coefficients, no rollout (default {d.criterion})",
+    )
+    group.add_argument(
+        "--n-samples",
+        type=int,
+        default=None,
+        help=f"GP samples per candidate for max_std (default {d.n_samples})",
+    )
 
 
 def _add_data_commands(commands: Any) -> None:

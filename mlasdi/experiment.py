@@ -2,11 +2,14 @@
 
 Writes ``OUT/metrics.json`` (see README), the trained ROM under ``OUT/rom/`` and the loss
 histories in ``OUT/loss_history.npz``; figures are drawn by the CLI from what this returns.
+A greedy fit (:func:`mlasdi.greedy.greedy_start`) grows stage 1's training set; metrics.json
+records its picks, full-order solves and round times, and the progress output one line a round.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import platform
 import time
@@ -19,7 +22,10 @@ from tqdm.auto import tqdm
 
 from mlasdi import __version__
 from mlasdi.config import ConfigError, ROMConfig, to_dict
+from mlasdi.engine import Plugin, StageEngine, StageRun
 from mlasdi.fit import FitResult, fit_rom
+from mlasdi.greedy import GreedySampler, GreedyStart
+from mlasdi.problems.source import matches
 from mlasdi.rom import resolve_device
 from mlasdi.runtime import provenance
 from mlasdi.study_data import StudyData
@@ -60,6 +66,54 @@ def _progress_checkpoints(iters: int) -> list[int]:
     return list(range(PROGRESS_EVERY, iters + 1, PROGRESS_EVERY)) or [iters]
 
 
+class RoundLog(Plugin):
+    """Writes one line for each round of ``sampler`` (a plug-in after it): its iteration, the
+    points it picked (parameters ``names``), the training set's size and the round's seconds."""
+
+    def __init__(self, sampler: GreedySampler, names: tuple[str, ...]) -> None:
+        self.sampler, self.names = sampler, names
+        self.seen = 0
+
+    def on_iteration(self, engine: StageEngine, run: StageRun, report: CheckpointReport) -> None:
+        for done in self.sampler.rounds[self.seen :]:
+            picked = [p.params for p in self.sampler.picks if p.iteration == done.iteration]
+            points = "; ".join(
+                ", ".join(f"{n}={v:.6g}" for n, v in zip(self.names, p, strict=True))
+                for p in picked
+            )
+            what = f"picked {points}" if picked else "no candidate left to pick"
+            tqdm.write(
+                f"greedy round at iteration {done.iteration}: {what} "
+                f"({len(engine.data.params)} points; round {done.round_s:.2f} s, "
+                f"FOM {done.fom_s:.2f} s)"
+            )
+        self.seen = len(self.sampler.rounds)
+
+
+def _sampling_summary(data: StudyData, greedy: GreedyStart | None) -> dict[str, Any]:
+    """metrics.json's record of the training points: the sampling settings, the initial points,
+    the picks in order with the stage-1 iteration of each, the full-order solves (initial points
+    and picks) and the seconds of the rounds and of the full-order model in them."""
+    if greedy is None:
+        return {
+            "sampling": {"strategy": "fixed"},
+            "initial_params": data.params_train.tolist(),
+            "picks": [],
+            "n_fom_solves": int(data.params_train.shape[0]),
+            "round_time_s": 0.0,
+            "fom_time_s": 0.0,
+        }
+    sampler = greedy.sampler
+    return {
+        "sampling": to_dict(sampler.config),
+        "initial_params": greedy.params.tolist(),
+        "picks": sampler.state(),
+        "n_fom_solves": int(greedy.params.shape[0]) + len(sampler.picks),
+        "round_time_s": sum(r.round_s for r in sampler.rounds),
+        "fom_time_s": sum(r.fom_s for r in sampler.rounds),
+    }
+
+
 def run_fit(
     data: StudyData,
     config: ROMConfig,
@@ -69,10 +123,14 @@ def run_fit(
     device: str = "auto",
     progress: bool = True,
     batch_size: int = 32,
+    greedy: GreedyStart | None = None,
 ) -> FitReport:
     """Fit ``config`` on ``data``'s training snapshots, evaluate every test parameter (from the
     data's initial conditions, the truth read ``batch_size`` parameters at a time: a file's test
     truth is never loaded whole), write results.
+
+    ``greedy``: stage 1 starts from its points instead and grows the set by its sampler; the
+    test points it ended with are the ``train`` split of metrics.json.
 
     Raises :class:`FitDiverged` when a stage diverges, after writing the stages that finished
     before it (nothing is written when stage 1 diverges)."""
@@ -98,6 +156,12 @@ def run_fit(
 
         return report
 
+    plugins: list[Plugin] = []
+    if greedy is not None:
+        data = dataclasses.replace(data, U_train=greedy.U, params_train=greedy.params)
+        plugins.append(greedy.sampler)
+        if progress:
+            plugins.append(RoundLog(greedy.sampler, data.param_names))
     finished: list[FitResult] = []
     checkpoints = {k: _progress_checkpoints(n) for k, n in enumerate(config.stage_iters, start=1)}
     try:
@@ -108,6 +172,7 @@ def run_fit(
             stage_callback=stage_callback,
             checkpoints=checkpoints,
             stage_done=finished.append,
+            plugins=plugins,
         )
     except DivergenceError as exc:
         for bar in bars.values():
@@ -117,10 +182,17 @@ def run_fit(
         if finished:
             with contextlib.suppress(DivergenceError):
                 diverged.report = _write_fit(
-                    data, config, finished[-1], out, problem, batch_size, diverged=str(diverged)
+                    data,
+                    config,
+                    finished[-1],
+                    out,
+                    problem,
+                    batch_size,
+                    greedy,
+                    diverged=str(diverged),
                 )
         raise diverged from None
-    return _write_fit(data, config, fit, out, problem, batch_size)
+    return _write_fit(data, config, fit, out, problem, batch_size, greedy)
 
 
 def _write_fit(
@@ -130,15 +202,21 @@ def _write_fit(
     out: Path,
     problem: str,
     batch_size: int,
+    greedy: GreedyStart | None,
     diverged: str = "",
 ) -> FitReport:
     """Evaluate ``fit`` on every test parameter of ``data``, then write it under ``out``
     (nothing is written when the evaluation raises :class:`~mlasdi.train.DivergenceError`).
     ``fit`` may hold fewer stages than ``config``: those that finished before the next one
-    ``diverged`` (recorded in metrics.json)."""
+    ``diverged`` (recorded in metrics.json). ``greedy``: the run's start and sampler, whose
+    points so far are the training points."""
     start = time.perf_counter()
     errors = data.test_errors(fit.rom, batch_size)
     eval_time = time.perf_counter() - start
+    is_train = data.is_train
+    if greedy is not None:
+        trained = np.array([*greedy.params, *(p.params for p in greedy.sampler.picks)])
+        is_train = matches(data.params_test, trained).any(axis=1)
     summary = {
         "problem": problem,
         "seed": config.seed,
@@ -150,10 +228,11 @@ def _write_fit(
         **provenance(),  # torch_threads, torch_version, numpy_version, git_commit
         "host": platform.node(),
         "mlasdi_version": __version__,
+        **_sampling_summary(data, greedy),
         "parameters": [
             {
                 "params": data.params_test[i].tolist(),
-                "split": "train" if data.is_train[i] else "test",
+                "split": "train" if is_train[i] else "test",
                 "err_by_stage": errors[:, i].max(-1).tolist(),
             }
             for i in range(data.params_test.shape[0])

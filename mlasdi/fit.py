@@ -2,12 +2,14 @@
 
 :func:`fit_rom` keeps every stage (mLaSDI, or GPLaSDI with one stage); :func:`fit_accepted_rom`
 accepts residual stages on held-out training parameters (``mlasdi_val``, :mod:`mlasdi.acceptance`).
+Both take more plug-ins: a :class:`~mlasdi.greedy.GreedySampler` grows stage 1's training set
+(residual stages train on the set it ended with).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +45,7 @@ def _fit(
     train: SnapshotSet,
     config: ROMConfig,
     setup: EngineConfig,
-    plugins: list[Plugin],
+    plugins: Sequence[Plugin],
     outcome: Outcome | None = None,
 ) -> Outcome:
     if config.autoencoder.latent_dim >= train.n_state:
@@ -68,6 +70,7 @@ def fit_rom(
     stage_callback: Callable[[int], Callback] | None = None,
     checkpoints: dict[int, list[int]] | None = None,
     stage_done: Callable[[FitResult], None] | None = None,
+    plugins: Sequence[Plugin] = (),
 ) -> FitResult:
     """Train every stage of ``config`` on ``train`` (its first snapshot is each u0).
 
@@ -75,14 +78,16 @@ def fit_rom(
     when stage k starts) is called with a :class:`~mlasdi.train.CheckpointReport`. ``split``: the
     held-out training parameters of stage 1's checkpoint selection (``stage1.select_every``).
     ``stage_done`` is called with the stages finished so far after each stage, so that a caller
-    keeps them when a later stage raises :class:`~mlasdi.train.DivergenceError`.
+    keeps them when a later stage raises :class:`~mlasdi.train.DivergenceError`. ``plugins``:
+    more engine plug-ins (:class:`~mlasdi.engine.Plugin`; a greedy sampler), handed the events
+    before the progress callbacks.
     """
     setup = EngineConfig.create(config, device=device, split=split)
-    plugins: list[Plugin] = []
+    chosen = list(plugins)
     if stage_callback is not None:
-        plugins.append(Checkpoints(checkpoints or {}, stage_callback))
+        chosen.append(Checkpoints(checkpoints or {}, stage_callback))
     done = None if stage_done is None else (lambda outcome: stage_done(_result(outcome)))
-    return _result(_fit(train, config, setup, plugins, Outcome(done)))
+    return _result(_fit(train, config, setup, chosen, Outcome(done)))
 
 
 def _result(outcome: Outcome) -> FitResult:
@@ -99,10 +104,12 @@ def fit_accepted_rom(
     val_fraction: float = 0.2,
     split_seed: int = 0,
     device: str | torch.device = "auto",
+    plugins: Sequence[Plugin] = (),
 ) -> tuple[FitResult, list[StageDecision]]:
     """:func:`fit_rom` with validation-accepted residual stages (:mod:`mlasdi.acceptance`),
     checked every ``every`` iterations on the split (``val_fraction``, ``split_seed``), which
-    stage 1's checkpoint selection uses too.
+    stage 1's checkpoint selection uses too. ``plugins`` as :func:`fit_rom`'s (the split is
+    drawn again from a grown training set).
 
     Returns the fit and one decision per residual stage of ``config``. The ROM holds the accepted
     stages only, and its config lists them with their stopping iterations (so that it saves and
@@ -110,7 +117,7 @@ def fit_accepted_rom(
     """
     split = Split(val_fraction, split_seed)
     setup = EngineConfig.create(config, device=device, split=split)
-    outcome = _fit(train, config, setup, [Acceptance(every)])
+    outcome = _fit(train, config, setup, [*plugins, Acceptance(every)])
     last = outcome.last
     assert last is not None
     decisions = last.decisions

@@ -15,6 +15,8 @@ model is read again for them (from its cache: :class:`~mlasdi.sampling.CachedFOM
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,11 +24,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlasdi.config import SamplingConfig
-from mlasdi.data import flatten_grid
+from mlasdi.data import DataError, flatten_grid
 from mlasdi.engine import Plugin, StageEngine, StageRun
-from mlasdi.problems.source import matches
+from mlasdi.problems.source import DataSource, matches
 from mlasdi.rom import stage1_rom
-from mlasdi.sampling import next_points, parameter_key, round_due
+from mlasdi.sampling import (
+    CachedFOM,
+    initial_points,
+    next_points,
+    parameter_key,
+    problem_fom,
+    round_due,
+)
+from mlasdi.study_data import StudyData
 from mlasdi.train import CheckpointReport
 
 
@@ -156,3 +166,58 @@ def rows_at(candidates: np.ndarray, points: np.ndarray) -> np.ndarray:
         bad = parameter_key(points[missing][0])
         raise ValueError(f"parameter {list(bad)} is not a point of the test grid")
     return close.argmax(axis=1).astype(np.int64)
+
+
+@dataclass
+class GreedyStart:
+    """A greedy run ready to train: its ``sampler`` (the engine plug-in) and the training set it
+    starts from, the initial points ``params`` [m, n_p] with their full-order training rows
+    ``U`` [m, n_t, n_state] (float32, at the data's training times)."""
+
+    sampler: GreedySampler
+    params: np.ndarray
+    U: np.ndarray
+
+
+def greedy_start(
+    config: SamplingConfig,
+    data: StudyData,
+    source: DataSource,
+    *,
+    seed: int,
+    fom_cache: str | os.PathLike[str] | None = None,
+    picks: Sequence[Pick] = (),
+) -> GreedyStart:
+    """Set up greedy sampling (``config``, its strategy taken as greedy) on ``data`` loaded from
+    ``source``: the candidates are the test grid (or ``config.candidates``, points of it), the
+    full-order model is the source's (:func:`~mlasdi.sampling.problem_fom`: a built-in problem's
+    solver, or the source's snapshot file as the candidate pool) solved once per point (in
+    ``fom_cache``, a directory, when given), and the run starts from
+    :func:`~mlasdi.sampling.initial_points`. ``seed`` draws the GP samples; ``picks``: those of a
+    saved state (:class:`GreedySampler`).
+
+    Raises ValueError naming a listed candidate that is not a test point, and
+    :class:`~mlasdi.data.DataError` when a corner to start from is not in the snapshot file."""
+    config = dataclasses.replace(config, strategy="greedy")
+    rows = np.arange(data.params_test.shape[0])
+    if config.candidates:
+        rows = rows_at(data.params_test, np.array(config.candidates))
+    candidates = data.params_test[rows]
+    stride = source.time_stride * source.train_time_stride
+    cached = CachedFOM(problem_fom(source), fom_cache)
+
+    def fom(params: np.ndarray) -> np.ndarray:
+        return training_snapshots(cached(params), stride)
+
+    sampler = GreedySampler(config, candidates, data.u0_test[rows], fom, seed=seed, picks=picks)
+    initial = initial_points(config, candidates, data.params_train)
+    try:
+        U = fom(initial)
+    except DataError as exc:
+        if config.initial != "corners":
+            raise
+        raise DataError(
+            f"{exc}: a greedy run starts from the corners of the parameter box; start from the "
+            "data's training points instead (initial points 'explicit')"
+        ) from None
+    return GreedyStart(sampler, initial, U)

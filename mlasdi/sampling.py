@@ -268,7 +268,8 @@ class CachedFOM:
 
 class FileFOM:
     """A snapshot file as the full-order model (GPLaSDI's offline mode): ``fom(params)`` reads
-    the rows of those parameters, which must be in the file. :attr:`params` is the pool."""
+    the rows of those parameters, which must be in the file (else
+    :class:`~mlasdi.data.DataError`). :attr:`params` is the pool."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         from mlasdi.data import inspect_snapshot_file
@@ -277,7 +278,7 @@ class FileFOM:
         self.params = inspect_snapshot_file(self.path).params
 
     def __call__(self, params: np.ndarray) -> np.ndarray:
-        from mlasdi.data import load_snapshot_set
+        from mlasdi.data import DataError, load_snapshot_set
 
         params = np.atleast_2d(np.asarray(params, dtype=np.float64))
         low, extent = _unit_box(self.params, params)
@@ -285,7 +286,7 @@ class FileFOM:
         rows = distance.argmin(1)
         if not bool((distance[np.arange(len(rows)), rows] < SAME_POINT).all()):
             bad = params[(distance.min(1) >= SAME_POINT)][0]
-            raise ValueError(f"parameter {bad.tolist()} is not in the snapshot file {self.path}")
+            raise DataError(f"parameter {bad.tolist()} is not in the snapshot file {self.path}")
         # h5py reads increasing, distinct rows
         unique, inverse = np.unique(rows, return_inverse=True)
         return load_snapshot_set(self.path, indices=unique).snapshots[inverse]

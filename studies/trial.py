@@ -32,7 +32,6 @@ study goes on.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -63,11 +62,11 @@ from mlasdi.engine import (
     Stop,
     TrainingSet,
 )
-from mlasdi.greedy import GreedySampler, rows_at, training_snapshots
+from mlasdi.greedy import GreedySampler, greedy_start
 from mlasdi.metrics import summarize_errors
 from mlasdi.rom import MultiStageROM, held_out_rom, resolve_device, torch_dtype
 from mlasdi.runtime import provenance
-from mlasdi.sampling import CachedFOM, initial_points, parameter_key, problem_fom
+from mlasdi.sampling import parameter_key
 from mlasdi.study_data import StudyData
 from mlasdi.train import TRAINER_STATE_FORMAT, CheckpointReport, DivergenceError
 from mlasdi.uncertainty import assess, calibration_scale
@@ -460,29 +459,19 @@ class TrialRunner(Plugin):
         self.engine.run(self.group.schedule(pending))
 
     def _greedy_start(self, setup: EngineConfig) -> TrainingSet:
-        """The greedy sampler (:mod:`mlasdi.greedy`; with the picks of the saved state when it
-        is used) and the training set it starts from: the full-order model at its initial
-        points. Candidates are the test grid, or the spec's points of it."""
-        data, spec = self.data, self.spec
-        config = dataclasses.replace(
-            spec.sampling_for(self.group.trials[0].method), strategy="greedy"
-        )
-        rows = np.arange(data.params_test.shape[0])
-        if config.candidates:
-            rows = rows_at(data.params_test, np.array(config.candidates))
-        candidates = data.params_test[rows]
-        stride = spec.data.time_stride * spec.data.train_time_stride
-        cached = CachedFOM(problem_fom(spec.data), self.fom_cache)
-
-        def fom(params: np.ndarray) -> np.ndarray:
-            return training_snapshots(cached(params), stride)
-
+        """The greedy sampler (:func:`mlasdi.greedy.greedy_start`; with the picks of the saved
+        state when it is used) and the training set it starts from."""
         picks = GreedySampler.picks_of(self.state.get("picks", [])) if self.saved else []
-        self.sampler = GreedySampler(
-            config, candidates, data.u0_test[rows], fom, seed=self.group.trials[0].seed, picks=picks
+        start = greedy_start(
+            self.spec.sampling_for(self.group.trials[0].method),
+            self.data,
+            self.spec.data,
+            seed=self.group.trials[0].seed,
+            fom_cache=self.fom_cache,
+            picks=picks,
         )
-        self.initial = initial_points(config, candidates, data.params_train)
-        return TrainingSet(setup.tensor(fom(self.initial)), self.initial, data.times)
+        self.sampler, self.initial = start.sampler, start.params
+        return TrainingSet(setup.tensor(start.U), start.params, self.data.times)
 
     def on_stage_start(self, engine: StageEngine, run: StageRun) -> None:
         saved = self.saved.get((run.branch, run.prefix))

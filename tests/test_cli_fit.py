@@ -31,6 +31,11 @@ def test_fit_writes_metrics_with_the_documented_schema(fit_dir):
     assert metrics["config"] == to_dict(fit_config(2, [30, 30], 0, FIT_ARCHITECTURES["oscillator"]))
     assert metrics["config"]["autoencoder"]["hidden"] == [200, 20]
     assert len(metrics["stage_times_s"]) == 2 and all(t > 0 for t in metrics["stage_times_s"])
+    # A fixed training set: its two points are the full-order solves, nothing picked.
+    assert metrics["sampling"] == {"strategy": "fixed"}
+    assert metrics["initial_params"] == [[1.0], [1.4]] and metrics["picks"] == []
+    assert metrics["n_fom_solves"] == 2
+    assert metrics["round_time_s"] == metrics["fom_time_s"] == 0.0
     entries = metrics["parameters"]
     assert [e["params"] for e in entries] == [[1.0], [1.2], [1.4]]
     split = {e["params"][0]: e["split"] for e in entries}

@@ -151,7 +151,8 @@ def test_fit_help_has_a_description_and_the_defaults(capsys):
         "(default: 10000 per stage)",
         "(default oscillator; file with --data)",
         "(default: auto)",
-        "seed of every initialisation (default: 0)",
+        "seed of every initialisation and of the GP samples (default: 0)",
+        "iterations between rounds (default 2000)",
         "(default: $MLASDI_THREADS, else $OMP_NUM_THREADS, else one per core)",
     ):
         assert default in text

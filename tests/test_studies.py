@@ -186,7 +186,7 @@ def test_unknown_preset_and_bad_toml(tmp_path, capsys):
     assert main(["plan", "no_such_study"]) == 2
     err = capsys.readouterr().err
     assert (
-        "presets: ['burgers1d_cpu', 'burgers1d_gplasdi', 'smoke', 'vlasov_cpu', 'vlasov_paper', 'vlasov_quick'])"
+        "presets: ['burgers1d_cpu', 'burgers1d_gplasdi', 'burgers1d_gplasdi_greedy', 'smoke', 'vlasov_cpu', 'vlasov_greedy', 'vlasov_paper', 'vlasov_quick'])"
         in err
     )
     bad = tmp_path / "bad.toml"
