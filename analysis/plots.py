@@ -348,7 +348,8 @@ def plot_error_vs_fom(
     fig = Figure(figsize=(width, 4.6), layout="constrained")
     axes = fig.subplots(len(FOM_ERRORS), len(methods), squeeze=False, sharex=True)
     fom = table["n_fom_solves"].to_numpy(float)
-    offset = 0.012 * max(float(np.ptp(fom)) if fom.size else 0.0, 1.0)
+    span = max(float(np.ptp(fom)) if fom.size else 0.0, 1.0)
+    offset = 0.06 * span
     for r, err in enumerate(FOM_ERRORS):
         ylim = _padded(table[[err, f"{err}_low", f"{err}_high"]].to_numpy(float).ravel())
         for c, m in enumerate(methods):
@@ -357,10 +358,13 @@ def plot_error_vs_fom(
             ax.set_yscale("log")
             ax.set_ylim(*ylim)
             _set_log_ticks(ax.yaxis, *ylim, _percent)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             ax.tick_params(labelsize=7)
             ax.grid(True, which="major", alpha=0.3)
         axes[r, 0].set_ylabel(f"{_FOM_ERROR_NAMES[err]}, test set", fontsize=7)
+    if fom.size:
+        # At least one solve either side: integer ticks even when every row has one count.
+        axes[0, 0].set_xlim(fom.min() - 0.1 * span - 0.5, fom.max() + 0.1 * span + 0.5)
     for c, m in enumerate(methods):
         axes[0, c].set_title(METHOD_LABELS[m], fontsize=7)
         axes[-1, c].set_xlabel("FOM solves (training points)", fontsize=7)

@@ -96,13 +96,26 @@ def test_error_vs_fom_figure_puts_each_strategy_beside_its_count():
     fig = plot_error_vs_fom(D.fom_error_table(usable), budgets={0: "1k", 1: "2k"})
     assert len(fig.axes) == 4  # (max, mean) x (GPLaSDI, mLaSDI)
     assert [ax.get_title() for ax in fig.axes[:2]] == ["GPLaSDI", "mLaSDI"]
-    offset = 0.012 * 4  # of the FOM range 5..9
+    offset = 0.06 * 4  # of the FOM range 5..9
     points = [c.get_offsets() for c in fig.axes[0].collections if isinstance(c, PathCollection)]
     assert np.asarray(np.vstack(points)) == pytest.approx(
         np.array([[9 - offset, 0.04], [5 + offset, 0.06], [9 + offset, 0.02]])  # err_max
     )
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["fixed", "greedy", "1k", "2k"]
+
+
+def test_error_vs_fom_figure_shows_one_count_as_a_whole_number():
+    # Every row at 9 solves: the axis spans 8.4..9.6 and its one tick is 9, not 8.989, 8.992...
+    from analysis.plots import plot_error_vs_fom
+
+    rows = [row("gplasdi", 0, 3, 0, 0.02, seed=0, sampling="fixed", n_fom_solves=9)]
+    rows.append(greedy_row("gplasdi", 0, 3, 0, 0.03, seed=0, n_fom=9))
+    usable, _ = split_usable(pd.DataFrame(rows))
+    ax = plot_error_vs_fom(D.fom_error_table(usable)).axes[0]
+    assert ax.get_xlim() == pytest.approx((8.4, 9.6))
+    low, high = ax.get_xlim()
+    assert [t for t in ax.get_xticks() if low <= t <= high] == [9.0]
 
 
 # ----------------------------------------------------------------------------- factors
