@@ -55,7 +55,9 @@ Conventions
   and the whole interval lies below 1, ``no detectable difference`` otherwise, and
   ``too few units`` below ``MIN_UNITS`` units.
 * A study dimension *splits* the verdict (:func:`verdict_splits`) when, along it (architecture,
-  latent size, budget), the groups' verdicts differ or their medians lie on both sides of 1.
+  latent size, budget), the groups' verdicts differ or their medians lie on both sides of 1 and
+  some group has an interval. Medians on both sides of 1 in groups none of which has an
+  interval are *too few units* to tell.
 """
 
 from __future__ import annotations
@@ -648,9 +650,12 @@ def verdict_splits(by: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     ``by`` maps a dimension's column (``arch_index``, ``latent_dim``, ``budget_index``) to its
     :func:`factors_by` table. Returns one row per (dimension, value, quantity) with pairs:
     ``dimension``, ``value``, ``quantity``, ``n_units``, ``median_of_ratios``, ``mor_low``,
-    ``mor_high``, ``verdict``, and ``splits`` (the same on every row of a dimension): True when,
-    for some quantity, the verdicts of the values that have one differ, or the medians lie on
-    both sides of 1. A dimension with one value never splits.
+    ``mor_high``, ``verdict``, and two flags, the same on every row of a dimension: ``splits``,
+    True when, for some quantity, the verdicts of the values that have one differ, or the
+    medians lie on both sides of 1 and some value has a verdict; ``too_few_units``, True when
+    the dimension does not split but, for some quantity, the medians lie on both sides of 1 with
+    no value having a verdict (fewer than ``MIN_UNITS`` units each: too little data to tell). A
+    dimension with one value has neither.
     """
     cols = ["quantity", "n_units", "median_of_ratios", "mor_low", "mor_high", "verdict"]
     parts = []
@@ -659,16 +664,19 @@ def verdict_splits(by: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         part = t[cols].copy()
         part.insert(0, "value", t[dim].to_numpy())
         part.insert(0, "dimension", dim)
-        splits = False
+        splits = too_few = False
         if t[dim].nunique() > 1:
             for _, q in t.groupby("quantity"):
                 judged = set(q.loc[q["verdict"] != "too few units", "verdict"])
                 med = q["median_of_ratios"].to_numpy(np.float64)
-                splits |= len(judged) > 1 or bool((med > 1).any() and (med < 1).any())
+                both_sides = bool((med > 1).any() and (med < 1).any())
+                splits |= len(judged) > 1 or (both_sides and bool(judged))
+                too_few |= both_sides and not judged
         part["splits"] = splits
+        part["too_few_units"] = too_few and not splits
         parts.append(part)
     if not parts:
-        return pd.DataFrame(columns=["dimension", "value", *cols, "splits"])
+        return pd.DataFrame(columns=["dimension", "value", *cols, "splits", "too_few_units"])
     return pd.concat(parts, ignore_index=True)
 
 

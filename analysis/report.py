@@ -390,9 +390,11 @@ def _value_label(a: Analysis, dim: str, value: int, method: str) -> str:
 
 
 def split_lines(a: Analysis, c: Comparison) -> list[str]:
-    """One line per study dimension along which the verdict differs (:func:`verdict_splits`)."""
+    """One line per study dimension along which the verdict differs, or whose groups have too
+    few units to tell (:func:`verdict_splits`)."""
     lines = []
-    for dim, t in c.splits[c.splits["splits"]].groupby("dimension", sort=False):
+    shown = c.splits[c.splits["splits"] | c.splits["too_few_units"]]
+    for dim, t in shown.groupby("dimension", sort=False):
         groups = []
         for value, g in t.groupby("value", sort=True):
             g = g[g["quantity"].isin(list(_NAMES))]
@@ -406,9 +408,14 @@ def split_lines(a: Analysis, c: Comparison) -> list[str]:
                 for r in g.itertuples()
             ]
             groups.append(f"{label}: {', '.join(parts)}")
+        says = (
+            "the verdict differs"
+            if t["splits"].iloc[0]
+            else "there is not enough data to tell whether the verdict differs"
+        )
         lines.append(
-            f"- By {_DIMENSIONS[dim]}, the verdict differs ({METHOD_LABELS[c.method]}, median "
-            f"factor in brackets): {'; '.join(groups)}."
+            f"- By {_DIMENSIONS[dim]}, {says} ({METHOD_LABELS[c.method]}, median factor in "
+            f"brackets): {'; '.join(groups)}."
         )
     return lines
 

@@ -26,6 +26,8 @@ import pyarrow.parquet as pq
 from mlasdi.metrics import METHODS, PARAM_ERROR_COLUMNS, RESULT_COLUMNS, STATUSES
 
 __all__ = [
+    "PARAM_ERROR_ADDED",
+    "RESULT_ADDED",
     "SchemaError",
     "ReadInfo",
     "arrow_type",
@@ -60,7 +62,7 @@ _RESULT_REQUIRED = (
 _PARAM_ERROR_REQUIRED = ("evaluation_id", "method", "param_index", "params", "is_train")
 # Columns appended to RESULT_COLUMNS after results were first published: a file written before
 # them still reads, with the column null.
-_RESULT_ADDED = (
+RESULT_ADDED = (
     "torch_threads",
     "torch_version",
     "numpy_version",
@@ -87,7 +89,7 @@ _RESULT_ADDED = (
     "fom_time_s",
 )
 # The same for PARAM_ERROR_COLUMNS.
-_PARAM_ERROR_ADDED = ("max_std",)
+PARAM_ERROR_ADDED = ("max_std",)
 
 
 class SchemaError(ValueError):
@@ -236,7 +238,7 @@ def read_results(results_dir: str | Path) -> pd.DataFrame:
         RESULT_COLUMNS,
         required=_RESULT_REQUIRED,
         allowed={"method": METHODS, "status": STATUSES},
-        optional=_RESULT_ADDED,
+        optional=RESULT_ADDED,
     )
     n_read = len(df)
     dup_ids = sorted(df.loc[df["evaluation_id"].duplicated(), "evaluation_id"].unique())
@@ -257,7 +259,7 @@ def read_param_errors(results_dir: str | Path) -> pd.DataFrame:
         PARAM_ERROR_COLUMNS,
         required=_PARAM_ERROR_REQUIRED,
         allowed={"method": METHODS},
-        optional=_PARAM_ERROR_ADDED,
+        optional=PARAM_ERROR_ADDED,
     )
     lengths = df["params"].map(len)
     if len(df) and lengths.nunique() != 1:

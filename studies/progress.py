@@ -126,6 +126,9 @@ class StudyProgress:
             for t in todo
         }
         self.done: dict[str, list[int]] = {t.trial_id: [] for t in todo}
+        # planned compute of each trial's done evaluations, updated when they change (a refresh
+        # only sums it)
+        self.done_cost: dict[str, int] = {t.trial_id: 0 for t in todo}
         self.planned = sum(self._cost(t, self.pending[t.trial_id]) for t in todo)
         self.n_evals = sum(len(p) for p in self.pending.values())
         self.failures = 0
@@ -143,6 +146,12 @@ class StudyProgress:
     def _cost(self, trial: Trial, budgets: Sequence[int]) -> int:
         return trial.shared_cost(self.n_state, self.n_snapshots, budgets)[2]
 
+    def _done(self, trial_id: str, indices: Sequence[int]) -> None:
+        """Budgets ``indices`` of ``trial_id`` are done: its done compute is that of the
+        schedule of all its done budgets (shared stages count once)."""
+        self.done[trial_id].extend(indices)
+        self.done_cost[trial_id] = self._cost(self.trials[trial_id], self.done[trial_id])
+
     # ----- events -----------------------------------------------------------------------------
     def evaluation(self, result: dict[str, Any]) -> None:
         """An evaluation report of a trial (``kind == "eval"``; other reports are ignored)."""
@@ -151,7 +160,7 @@ class StudyProgress:
         trial_id, _, budget = str(result["evaluation_id"]).rpartition("/b")
         if trial_id not in self.done:
             return
-        self.done[trial_id].append(int(budget))
+        self._done(trial_id, [int(budget)])
         if result.get("status") != "ok":
             self.failures += 1
         else:
@@ -166,7 +175,7 @@ class StudyProgress:
             return
         left = [i for i in self.pending[trial_id] if i not in self.done[trial_id]]
         self.failures += len(left)
-        self.done[trial_id].extend(left)
+        self._done(trial_id, left)
         self.failed_trials.add(trial_id)
         self._changed(trial_ended=True)
 
@@ -185,8 +194,7 @@ class StudyProgress:
     # ----- the line -----------------------------------------------------------------------------
     def fraction(self) -> float:
         """Planned compute of the evaluations done / of all this run's evaluations."""
-        done = sum(self._cost(self.trials[k], v) for k, v in self.done.items())
-        return done / self.planned if self.planned else 1.0
+        return sum(self.done_cost.values()) / self.planned if self.planned else 1.0
 
     def line(self) -> str:
         elapsed = self.clock() - self.start

@@ -269,9 +269,8 @@ def _init_ray(address: str | None, num_cpus: int | None, verbose: int) -> None:
         ray.init(address="local", num_cpus=int(res["CPU"]), num_gpus=int(res["GPU"]), **quiet)
 
 
-def _make_callback(
-    writer: ResultWriter, spec: StudySpec, data: Any, progress: StudyProgress
-) -> Any:
+def make_callback(writer: ResultWriter, spec: StudySpec, data: Any, progress: StudyProgress) -> Any:
+    """The Tune callback of a study run (``StudyCallback`` below)."""
     from ray import tune
 
     class StudyCallback(tune.Callback):
@@ -382,7 +381,7 @@ def _tune_run(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage_root,
-                callbacks=[_make_callback(writer, spec, data, progress)],
+                callbacks=[make_callback(writer, spec, data, progress)],
                 verbose=max(1, verbose),
                 failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -51,7 +51,7 @@ def tiny_train(tiny_oscillator):
     return tiny_oscillator.subset(index)
 
 
-def _tiny_config(*, n_stages: int = 2, iters: int = 30, dtype: str = "float32", seed: int = 7):
+def tiny_rom_config(*, n_stages: int = 2, iters: int = 30, dtype: str = "float32", seed: int = 7):
     """Hidden (16,), latent 3, ``iters`` per stage, GP without restarts, seed ``seed``."""
     return ROMConfig(
         autoencoder=AutoencoderConfig(hidden=(16,), latent_dim=3, activation="softplus"),
@@ -68,7 +68,7 @@ def _tiny_config(*, n_stages: int = 2, iters: int = 30, dtype: str = "float32", 
 @pytest.fixture(scope="session")
 def tiny_config():
     """Factory of tiny ROM configs: ``tiny_config(n_stages=2, iters=30, dtype="float32", seed=7)``."""
-    return _tiny_config
+    return tiny_rom_config
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +76,7 @@ def tiny_fit2(tiny_train):
     """A 2-stage float32 ROM trained 30 + 30 iterations on the tiny oscillator (seed 7)."""
     from mlasdi.fit import fit_rom
 
-    return fit_rom(tiny_train, _tiny_config(), device="cpu")
+    return fit_rom(tiny_train, tiny_rom_config(), device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +84,7 @@ def tiny_fit2_f64(tiny_train):
     """The same in float64 (seed 7)."""
     from mlasdi.fit import fit_rom
 
-    return fit_rom(tiny_train, _tiny_config(dtype="float64"), device="cpu")
+    return fit_rom(tiny_train, tiny_rom_config(dtype="float64"), device="cpu")
 
 
 def _latent_losses_through_qr(Z: torch.Tensor, dZdt: torch.Tensor):

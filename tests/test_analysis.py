@@ -31,7 +31,7 @@ from analysis.factors import (
 )
 from analysis.labels import budget_label, iters_label, position_labels
 from analysis.plots import dodge, log_ticks
-from analysis.report import PAPER_BUDGETS, analyze, headline_sentence
+from analysis.report import PAPER_BUDGETS, analyze, headline_sentence, split_lines
 from analysis.schema import (
     SchemaError,
     arrow_schema,
@@ -1173,6 +1173,28 @@ def test_verdict_splits_along_latent_size_are_in_the_headline(tmp_path):
     assert (out / "figures" / "factors_by_dimension.png").stat().st_size > 1000
 
 
+def test_medians_on_both_sides_of_1_with_one_unit_per_group_are_not_enough_data(tmp_path):
+    # One seed and one budget: each latent size is one unit, with factor f / 1.1**2.5 on every
+    # error (unit_study): 2 / 1.1**2.5 = 1.576 at latent 4, 0.5 / 1.1**2.5 = 0.394 at latent 5.
+    rd = tmp_path / "one_unit"
+    write_parquet(rd / "results" / "a.parquet", unit_study({4: 2.0, 5: 0.5}, 1, 1))
+    a = analyze(rd, n_boot=100)
+    c = a.comparisons["mlasdi"]
+    lat = c.splits[c.splits["dimension"] == "latent_dim"]
+    assert (lat["n_units"] == 1).all() and (lat["verdict"] == "too few units").all()
+    assert not lat["splits"].any() and lat["too_few_units"].all()
+    assert split_lines(a, c) == [
+        "- By latent size, there is not enough data to tell whether the verdict differs "
+        "(mLaSDI, median factor in brackets): "
+        "latent 4 (1 unit, too few for an interval): "
+        "max error (1.58), mean error (1.58), min error (1.58); "
+        "latent 5 (1 unit, too few for an interval): "
+        "max error (0.39), mean error (0.39), min error (0.39)."
+    ]
+    s = headline_sentence(a)
+    assert split_lines(a, c)[0] in s and "By latent size, the verdict differs" not in s
+
+
 def test_verdict_splits_rule():
     def table(values, medians, verdicts):
         return pd.DataFrame(
@@ -1188,14 +1210,18 @@ def test_verdict_splits_rule():
             }
         )
 
-    def splits(*args):
-        return bool(verdict_splits({"latent_dim": table(*args)})["splits"].all())
+    def flags(*args):
+        t = verdict_splits({"latent_dim": table(*args)})
+        return bool(t["splits"].all()), bool(t["too_few_units"].all())
 
-    assert splits([4, 5], [1.5, 1.6], ["improves", "no detectable difference"])
-    assert not splits([4, 5], [1.5, 1.6], ["improves", "improves"])
-    assert splits([4, 5], [0.9, 1.2], ["too few units"] * 2)  # both sides of 1
-    assert not splits([4, 5], [1.1, 1.2], ["too few units", "improves"])
-    assert not splits([4], [0.5], ["worsens"])
+    assert flags([4, 5], [1.5, 1.6], ["improves", "no detectable difference"]) == (True, False)
+    assert flags([4, 5], [1.5, 1.6], ["improves", "improves"]) == (False, False)
+    # Both sides of 1: a split when a value has a verdict, too few units to tell when none has.
+    assert flags([4, 5], [0.9, 1.2], ["too few units", "improves"]) == (True, False)
+    assert flags([4, 5], [0.9, 1.2], ["too few units"] * 2) == (False, True)
+    assert flags([4, 5], [1.1, 1.2], ["too few units", "improves"]) == (False, False)
+    assert flags([4, 5], [1.1, 1.2], ["too few units"] * 2) == (False, False)
+    assert flags([4], [0.5], ["worsens"]) == (False, False)
     assert MIN_UNITS == 5
 
 

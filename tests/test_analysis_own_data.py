@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from test_studies import _rows
-from test_studies import _run_trial as _run
+from helpers import eval_rows, run_trial
 
 from analysis.cli import main
 from analysis.report import analyze, headline_sentence
@@ -35,7 +34,7 @@ def _own_study(tmp_path):
     study = load_study_data(spec.data)
     out = tmp_path / "results"
     for trial in trials(spec):
-        for p in _rows(_run(spec, study, trial)).values():
+        for p in eval_rows(run_trial(spec, study, trial)).values():
             write_evaluation(out, p["row"], p["param_err"], study.params_test, study.is_train)
     return out
 

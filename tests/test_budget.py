@@ -20,6 +20,7 @@ import torch
 from analysis.schema import read_budget_trials
 from studies import budget as B
 from studies.budget.outputs import used_params
+from studies.budget.storage import SharedStudy, StorageLock
 from studies.cli import main as study_main
 from studies.plan import Run, trials
 from studies.spec import load_spec, spec_from_dict, tomllib
@@ -425,6 +426,27 @@ def test_trial_left_running_by_a_dead_driver_is_requeued(smoke, tmp_path):
     for name, value in orphan.params.items():
         shown = retry[f"params_{name}"]
         assert shown == pytest.approx(value) if name in used else math.isnan(shown), name
+
+
+def test_a_lone_driver_reseeds_its_sampler_only_when_others_stored_trials(tmp_path):
+    # Taking a re-queued trial stores none and a new one is this driver's own: neither reseeds
+    # (a lone driver's draws are one seeded sequence); a trial stored by another driver does.
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    rdb = B.open_storage(url)
+    study = optuna.create_study(storage=rdb, study_name="s")
+    study.enqueue_trial({"x": 0.5})
+    lock = StorageLock(url)
+    shared = SharedStudy(study, rdb, lock, sampler_seed=0, n_trials=10, log=lambda _: None)
+    try:
+        numbers = [shared.ask().number]  # the queued trial; reseeded (first ask)
+        sampler = study.sampler
+        numbers += [shared.ask().number, shared.ask().number]
+        assert numbers == [0, 1, 2] and study.sampler is sampler
+        study.enqueue_trial({"x": 0.25})  # as another driver's retry of a stale trial
+        assert shared.ask().number == 3 and study.sampler is not sampler
+    finally:
+        lock.close()
+        rdb.engine.dispose()
 
 
 def test_a_candidate_equal_to_a_finished_one_is_not_retrained(smoke, tmp_path):

@@ -16,6 +16,7 @@ from typing import ClassVar
 import h5py
 import numpy as np
 import pytest
+from helpers import advection_set, file_spec
 
 from mlasdi.cli import main as mlasdi_main
 from mlasdi.config import ConfigError
@@ -28,32 +29,6 @@ from studies.cli import main as study_main
 from studies.plan import format_plan
 from studies.spec import dump_toml, load_spec, smoke_spec, spec_from_dict, tomllib
 
-MODES = ((1, 1.0, 0.0), (2, 0.5, 0.3), (3, 0.25, 1.1))  # (k, a_k, phi_k)
-
-
-def advection_diffusion(params: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """u [n_mu, n_t, n_x] for rows (c, nu) of ``params``: the exact Fourier solution."""
-    c = params[:, 0, None, None]
-    nu = params[:, 1, None, None]
-    tt, xx = t[None, :, None], x[None, None, :]
-    return sum(a * np.exp(-nu * k**2 * tt) * np.sin(k * (xx - c * tt) + phi) for k, a, phi in MODES)
-
-
-def advection_set(n_c: int = 3, n_nu: int = 3, n_x: int = 16, n_t: int = 9) -> SnapshotSet:
-    c = np.linspace(0.5, 1.5, n_c)
-    nu = np.linspace(0.01, 0.05, n_nu)
-    params = np.stack([g.ravel() for g in np.meshgrid(c, nu, indexing="ij")], axis=1)
-    x = 2 * np.pi * np.arange(n_x) / n_x
-    t = np.linspace(0.0, 2.0, n_t)
-    return SnapshotSet(
-        params=params,
-        times=t,
-        snapshots=advection_diffusion(params, x, t),
-        param_names=("c", "nu"),
-        coords={"x": x},
-        settings={"problem": "advection-diffusion"},
-    )
-
 
 @pytest.fixture
 def adv_file(tmp_path):
@@ -61,20 +36,6 @@ def adv_file(tmp_path):
     data = advection_set()
     corners = np.isin(np.arange(9), [0, 2, 6, 8])
     return save_snapshot_set(tmp_path / "adv.h5", data, train=corners)
-
-
-def _file_spec(tmp_path, file, name="adv", **data_keys) -> str:
-    raw = {
-        "name": name,
-        "seeds": [0],
-        "data": {"file": str(file), **data_keys},
-        "gplasdi": {"hidden": [[10]], "latent_dims": [2], "budgets": [10, 20]},
-        "mlasdi": {"hidden": [[8]], "latent_dims": [2], "budgets": [[10, 10], [10, 20]]},
-        "training": {"gp": {"n_restarts": 0}},
-    }
-    path = tmp_path / f"{name}.toml"
-    path.write_text(dump_toml(raw))
-    return str(path)
 
 
 def test_spec_toml_round_trips_any_path_and_key():
@@ -216,7 +177,7 @@ def test_train_stride_on_a_file_matches_the_vlasov_training_grid(tmp_path):
 
 
 def test_study_data_of_a_file_splits_and_strides_exactly(adv_file, tmp_path):
-    spec = load_spec(_file_spec(tmp_path, adv_file, time_stride=2))
+    spec = load_spec(file_spec(tmp_path, adv_file, time_stride=2))
     data = load_study_data(spec.data, progress=False)
     full = advection_set()
     np.testing.assert_array_equal(data.is_train, np.isin(np.arange(9), [0, 2, 6, 8]))
@@ -232,7 +193,7 @@ def test_smoke_of_a_file_spec_uses_a_few_of_its_parameters_and_snapshots(tmp_pat
     path = save_snapshot_set(
         tmp_path / "long.h5", advection_set(n_t=41), train=np.isin(np.arange(9), [0, 2, 6, 8])
     )
-    spec = smoke_spec(load_spec(_file_spec(tmp_path, path)))
+    spec = smoke_spec(load_spec(file_spec(tmp_path, path)))
     d = spec.data
     assert d.problem == "file" and d.file == str(path)
     assert d.train_index == (0, 2) and d.use_index == (0, 1, 2, 3)
@@ -251,10 +212,10 @@ def test_a_study_on_a_user_file_runs_through_the_smoke_path(adv_file, tmp_path, 
     out = tmp_path / "out"
     # The newcomer's trap: a failed start must leave nothing that refuses the corrected rerun.
     assert (
-        study_main(["run", _file_spec(tmp_path, adv_file, train_index=[0]), "--out", str(out)]) == 2
+        study_main(["run", file_spec(tmp_path, adv_file, train_index=[0]), "--out", str(out)]) == 2
     )
     assert "gives 1 training parameter(s)" in capsys.readouterr().err and not out.exists()
-    spec = _file_spec(tmp_path, adv_file)
+    spec = file_spec(tmp_path, adv_file)
     assert study_main(["run", spec, "--smoke", "--out", str(out), "--no-report"]) == 0
     text = capsys.readouterr().out
     assert "data: 4 test / 2 training parameters, 9 snapshots of 16 values" in text
@@ -420,7 +381,7 @@ def test_bad_file_is_one_line_exit_2_and_nothing_under_out(
     tmp_path, capsys, case, edit, keys, needle
 ):
     path = _bad_file(tmp_path, case, edit)
-    spec = _file_spec(tmp_path, path, **keys)
+    spec = file_spec(tmp_path, path, **keys)
     out = tmp_path / "out"
     budget = ["budget", spec, "--budget", "200", "--no-ray", "--out", str(out)]
     for command in (["run", spec, "--out", str(out)], ["plan", spec], budget):
@@ -553,7 +514,7 @@ def test_a_generated_problem_is_one_class_and_one_registry_line(tmp_path, monkey
     monkeypatch.setitem(SOURCES, "advdiff", AdvectionData)  # the one line
     monkeypatch.chdir(tmp_path)
     raw = {"problem": "advdiff", "train_params": [[0.5, 0.01], [1.5, 0.05], [1.0, 0.03]]}
-    spec_path = _file_spec(tmp_path, "unused", name="gen")
+    spec_path = file_spec(tmp_path, "unused", name="gen")
     spec_raw = tomllib.loads((tmp_path / "gen.toml").read_text())
     spec_raw["data"] = raw
     spec = spec_from_dict(spec_raw)

@@ -90,6 +90,37 @@ def test_the_line_counts_trials_evaluations_compute_eta_best_and_failures():
     )
 
 
+def test_the_fraction_is_the_planned_compute_done_and_a_refresh_does_not_recompute_it(
+    monkeypatch,
+):
+    calls: list[str] = []
+    shared_cost = Trial.shared_cost
+
+    def counted(self: Trial, *args: object) -> tuple[int, int, int]:
+        calls.append(self.method)
+        return shared_cost(self, *args)
+
+    monkeypatch.setattr(Trial, "shared_cost", counted)
+    clock, console = Clock(), Terminal()
+    g, m = _trials()
+    progress = StudyProgress([g, m], set(), N_STATE, N_SNAP, stream=console, clock=clock)
+    # gplasdi trains 30 stage-1 iterations, mlasdi 10 + 30 (its budgets share stage 1)
+    assert progress.planned == 3_062_400 == _cost(g, [0, 1]) + _cost(m, [0, 1])
+    progress.evaluation(_eval("mlasdi-a0-l2-s0/b0", 0.5))
+    assert _cost(m, [0]) == 668_400
+    assert progress.fraction() == 668_400 / 3_062_400
+    assert "(22 % of planned compute)" in progress.line()
+    # b1 shares b0's stage 1: done is the schedule of both, not the sum of their costs
+    progress.evaluation(_eval("mlasdi-a0-l2-s0/b1", 0.25))
+    assert progress.fraction() == 1_129_200 / 3_062_400
+    assert "(37 % of planned compute)" in progress.line()
+    calls.clear()
+    for _ in range(5):
+        clock.now += 1.0
+        progress.refresh()
+    assert console.getvalue().count("\r") == 2 + 5 and calls == []
+
+
 def test_evaluations_finished_before_this_run_are_not_its_work():
     g, m = _trials()
     progress = StudyProgress(

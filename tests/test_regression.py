@@ -461,7 +461,7 @@ if __name__ == "__main__":  # print the constants (see the module docstring)
     import conftest
 
     torch.set_num_threads(1)
-    tiny = conftest._tiny_config
+    tiny = conftest.tiny_rom_config
     osc = oscillator.snapshot_set(n_x=conftest.TINY_NX, n_t=conftest.TINY_NT)
     index = osc.index_of(np.array(oscillator.TRAIN_AMPLITUDES)[:, None])
     train = osc.subset(index)

@@ -112,11 +112,11 @@ def test_fit_records_provenance_in_metrics_json(tmp_path, monkeypatch):
 
 
 def test_results_written_before_the_appended_columns_still_load(tmp_path):
-    from analysis.schema import _RESULT_ADDED
+    from analysis.schema import RESULT_ADDED
 
-    assert set(PROVENANCE) <= set(_RESULT_ADDED)
-    old = [(n, k) for n, k in RESULT_COLUMNS if n not in _RESULT_ADDED]
-    assert [n for n, _ in RESULT_COLUMNS[len(old) :]] == list(_RESULT_ADDED)  # appended at the end
+    assert set(PROVENANCE) <= set(RESULT_ADDED)
+    old = [(n, k) for n, k in RESULT_COLUMNS if n not in RESULT_ADDED]
+    assert [n for n, _ in RESULT_COLUMNS[len(old) :]] == list(RESULT_ADDED)  # appended at the end
     row = {n: None for n, _ in old} | {
         "evaluation_id": "t/b0",
         "method": "gplasdi",
@@ -132,7 +132,7 @@ def test_results_written_before_the_appended_columns_still_load(tmp_path):
     )
     df = read_results(tmp_path)
     assert list(df.columns) == [n for n, _ in RESULT_COLUMNS]
-    assert df[list(_RESULT_ADDED)].isna().all().all()
+    assert df[list(RESULT_ADDED)].isna().all().all()
 
 
 def _help(argv, capsys):

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import assert_same_rows, eval_rows, run_trial
 
 from analysis.schema import read_param_errors, read_results
 from mlasdi import engine as engine_module
@@ -308,26 +309,13 @@ def tiny():
     return spec, load_study_data(spec.data)
 
 
-def _run_trial(spec, data, t, finished=frozenset(), state=None):
-    reports = []
-    # States are live references to the trainer tensors (Tune serialises them at once): copy.
-    TrialRunner(
-        t, spec, data, finished, lambda m, s: reports.append((m, copy.deepcopy(s))), state
-    ).run()
-    return reports
-
-
-def _rows(reports):
-    return {m["evaluation_id"]: json.loads(m["payload"]) for m, _ in reports if m["kind"] == "eval"}
-
-
 def test_trial_reports_every_budget_and_resumes_exactly(tiny):
     spec, data = tiny
     for t in trials(spec):
         start = time.perf_counter()
-        reports = _run_trial(spec, data, t)
+        reports = run_trial(spec, data, t)
         wall = time.perf_counter() - start
-        rows = _rows(reports)
+        rows = eval_rows(reports)
         assert sorted(rows) == t.evaluation_ids
         for p in rows.values():
             row = p["row"]
@@ -342,29 +330,17 @@ def test_trial_reports_every_budget_and_resumes_exactly(tiny):
             assert row["err_max"] == pytest.approx(max(p["param_err"]))
         # Resume from the checkpoint taken at the first evaluation: identical later numbers.
         state = reports[0][1]
-        resumed = _run_trial(spec, data, t, state=state)
+        resumed = run_trial(spec, data, t, state=state)
         assert resumed[0][0]["resumed_at"] == t.budgets[0][0]
-        again = _rows(resumed)
+        again = eval_rows(resumed)
         assert sorted(again) == t.evaluation_ids[1:]
         for eid in again:
             assert again[eid]["param_err"] == rows[eid]["param_err"]
         # Finished on disk: nothing runs.
-        assert _run_trial(spec, data, t, finished=frozenset(t.evaluation_ids)) == []
+        assert run_trial(spec, data, t, finished=frozenset(t.evaluation_ids)) == []
 
 
 THREE_STAGE = [[30, 20, 10], [30, 20, 20], [30, 30, 10], [40, 20, 10]]
-
-
-def _same_rows(got: dict, want: dict) -> None:
-    """Rows equal except wall times and creation stamps; r(mu) bit for bit."""
-    assert sorted(got) == sorted(want)
-    volatile = {"train_time_s", "stage_times_s", "eval_time_s", "uq_time_s", "created_at"}
-    for eid in want:
-        a, b = got[eid]["row"], want[eid]["row"]
-        assert {k: v for k, v in a.items() if k not in volatile} == {
-            k: v for k, v in b.items() if k not in volatile
-        }, eid
-        np.testing.assert_array_equal(got[eid]["param_err"], want[eid]["param_err"], err_msg=eid)
 
 
 def test_three_stage_trial_equals_direct_fits(tiny, monkeypatch):
@@ -388,7 +364,7 @@ def test_three_stage_trial_equals_direct_fits(tiny, monkeypatch):
 
     monkeypatch.setattr(study_data_module, "evaluate", evaluate_all)
     monkeypatch.setattr(engine_module, "residual_stage_data", stage_data)
-    rows = _rows(_run_trial(spec, data, t))
+    rows = eval_rows(run_trial(spec, data, t))
     assert list(rows) == t.evaluation_ids  # evaluated in budget order
     # One residual run per branch point: stage 2 at 30 and 40, stage 3 at (30, 20), (30, 30),
     # (40, 20); never a model trained twice.
@@ -457,7 +433,7 @@ def test_three_stage_trial_resumes_exactly_from_any_stage(tiny, monkeypatch):
     spec = spec_from_dict(raw)
     (t,) = trials(spec)
     reports, total = _traced_trial(spec, data, t, monkeypatch)
-    rows = _rows([(m, s) for m, s, _ in reports])
+    rows = eval_rows([(m, s) for m, s, _ in reports])
     # Stage 1 to 40, stage 2 to 30 and 20, stage 3 to 20, 10 and 10.
     assert total == 40 + 30 + 20 + 20 + 10 + 10
     checkpoints = [(m, s, n) for m, s, n in reports if s is not None]
@@ -497,8 +473,9 @@ def test_three_stage_trial_resumes_exactly_from_any_stage(tiny, monkeypatch):
             again, trained = _traced_trial(spec, data, t, monkeypatch, finished, restored)
             assert trained == total - trained_before, name
             assert again[0][0]["resumed_at"] == state["stages"][0]["trainer"]["iteration"]
-            _same_rows(
-                _rows([(m, s) for m, s, _ in again]), {e: rows[e] for e in rows if e not in done}
+            assert_same_rows(
+                eval_rows([(m, s) for m, s, _ in again]),
+                {e: rows[e] for e in rows if e not in done},
             )
     # A checkpoint newer than the rows on disk (killed after the checkpoint, before the row was
     # written) is not used: the trial retrains from scratch and gives the same rows.
@@ -507,14 +484,16 @@ def test_three_stage_trial_resumes_exactly_from_any_stage(tiny, monkeypatch):
         spec, data, t, monkeypatch, frozenset(t.evaluation_ids[:1]), {**state, "done": []}
     )
     assert trained == total and again[0][0]["resumed_at"] == 0
-    _same_rows(_rows([(m, s) for m, s, _ in again]), {e: rows[e] for e in t.evaluation_ids[1:]})
+    assert_same_rows(
+        eval_rows([(m, s) for m, s, _ in again]), {e: rows[e] for e in t.evaluation_ids[1:]}
+    )
     # A checkpoint saved by an earlier mlasdi (no trainer-state format) is not used either.
     state = {**copy.deepcopy(kills["mid stage 2"][0]), "done": []}
     for stage in state["stages"]:
         del stage["trainer"]["format"]
     again, trained = _traced_trial(spec, data, t, monkeypatch, frozenset(), state)
     assert trained == total and again[0][0]["resumed_at"] == 0
-    _same_rows(_rows([(m, s) for m, s, _ in again]), rows)
+    assert_same_rows(eval_rows([(m, s) for m, s, _ in again]), rows)
 
 
 def test_three_stage_rows_are_valid_results_and_the_analysis_pairs_them(tiny, tmp_path):
@@ -527,7 +506,7 @@ def test_three_stage_rows_are_valid_results_and_the_analysis_pairs_them(tiny, tm
     raw["mlasdi"]["budgets"] = [[10, 10, 10], [20, 20, 20]]  # the same totals
     spec = spec_from_dict(raw)
     for t in trials(spec):
-        for m, _ in _run_trial(spec, data, t):
+        for m, _ in run_trial(spec, data, t):
             if m["kind"] == "eval":
                 payload = json.loads(m["payload"])
                 write_evaluation(
@@ -564,7 +543,7 @@ def test_a_diverged_branch_ends_only_the_budgets_below_it(tiny, monkeypatch):
         return residual_stage_data(rom, U, params)
 
     monkeypatch.setattr(engine_module, "residual_stage_data", diverge_at_30_20)
-    rows = _rows(_run_trial(spec, data, t))
+    rows = eval_rows(run_trial(spec, data, t))
     # The stage-3 branch at (30, 20) could not start: (30, 20, 10) and (30, 20, 20) diverged;
     # (30, 30, 10) and (40, 20, 10) were trained as usual.
     status = [rows[e]["row"]["status"] for e in t.evaluation_ids]
@@ -581,7 +560,7 @@ def test_divergence_and_failure_rows(tiny, monkeypatch):
         raise DivergenceError("loss is not finite at iteration 10: loss=nan")
 
     monkeypatch.setattr(engine_module, "residual_stage_data", diverge)
-    rows = _rows(_run_trial(spec, data, m))
+    rows = eval_rows(run_trial(spec, data, m))
     assert {r["row"]["status"] for r in rows.values()} == {"diverged"}
     assert all("loss is not finite" in r["row"]["message"] for r in rows.values())
     assert all(math.isnan(x) for r in rows.values() for x in r["param_err"])
@@ -590,7 +569,7 @@ def test_divergence_and_failure_rows(tiny, monkeypatch):
         raise ZeroDivisionError("division by zero in the GP")
 
     monkeypatch.setattr(engine_module, "stage1_rom", broken)
-    rows = _rows(_run_trial(spec, data, g))
+    rows = eval_rows(run_trial(spec, data, g))
     assert len(rows) == 2
     assert {r["row"]["message"] for r in rows.values()} == {
         "ZeroDivisionError: division by zero in the GP"
@@ -833,13 +812,13 @@ def test_a_trial_ray_gave_up_on_gets_failed_rows(tiny, tmp_path):
 
     from studies.progress import StudyProgress
     from studies.results import ResultWriter
-    from studies.run import _make_callback
+    from studies.run import make_callback
 
     spec, data = tiny
     t = trials(spec)[1]
     writer = ResultWriter(tmp_path, data.params_test, data.is_train)
     progress = StudyProgress([t], set(), data.n_state, 10, stream=io.StringIO())
-    callback = _make_callback(writer, spec, data, progress)
+    callback = make_callback(writer, spec, data, progress)
     config = {"trial": TrialGroup((t,)).to_config()}
     fake = SimpleNamespace(trial_id="abc_00001", config=config, error_file=None)
     callback.on_trial_error(0, [], fake)
@@ -860,7 +839,7 @@ def test_rows_record_threads_versions_and_commit(tiny, tmp_path):
     spec, data = tiny
     t = trials(spec)[0]
     threads = torch.get_num_threads()
-    for m, _ in _run_trial(spec, data, t):
+    for m, _ in run_trial(spec, data, t):
         if m["kind"] == "eval":
             payload = json.loads(m["payload"])
             write_evaluation(
@@ -899,7 +878,7 @@ def test_rows_carry_the_uncertainty_of_their_model(tiny, monkeypatch):
 
     monkeypatch.setattr(trial_module, "assess", recording)
     t = next(t for t in trials(spec) if t.method == "mlasdi")
-    rows = _rows(_run_trial(spec, data, t))
+    rows = eval_rows(run_trial(spec, data, t))
     payload = rows[t.evaluation_ids[-1]]
     row, rom = payload["row"], roms[len(t.budgets) - 1]
     assert rom.n_stages == 2 and row["uq_samples"] == spec.run.uncertainty_samples == 10
@@ -927,7 +906,7 @@ def test_uncertainty_off_leaves_every_other_number_unchanged(tiny):
     spec, data = tiny
     off = dataclasses.replace(spec, run=dataclasses.replace(spec.run, uncertainty_samples=0))
     t = next(t for t in trials(spec) if t.method == "gplasdi")
-    on_rows, off_rows = _rows(_run_trial(spec, data, t)), _rows(_run_trial(off, data, t))
+    on_rows, off_rows = eval_rows(run_trial(spec, data, t)), eval_rows(run_trial(off, data, t))
     for eid, p in off_rows.items():
         assert p["param_std"] is None and p["row"]["uq_samples"] == 0
         assert np.isnan(p["row"]["coverage_90"]) and p["row"]["coverage_curve"] == []

@@ -12,8 +12,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-from test_studies import _rows
-from test_studies import _run_trial as _run
+from helpers import eval_rows, run_trial
 
 from analysis.schema import read_results
 from mlasdi import study_data as study_data_module
@@ -131,10 +130,10 @@ ROUGH = {"residual_kappa": 25.0, "residual_lr": 0.4}
 
 def test_a_shared_residual_run_gives_each_budget_the_shorter_runs_answer(val_data, monkeypatch):
     spec, t = _val_trial([[30, 25, 10], [30, 40, 10]], **ROUGH)
-    shared = _rows(_run(spec, val_data, t))
+    shared = eval_rows(run_trial(spec, val_data, t))
     for i, budget in enumerate(t.budgets):
         alone_spec, alone = _val_trial([list(budget)], **ROUGH)
-        (row,) = _rows(_run(alone_spec, val_data, alone)).values()
+        (row,) = eval_rows(run_trial(alone_spec, val_data, alone)).values()
         _same(
             shared[t.evaluation_id(i)],
             row,
@@ -175,8 +174,8 @@ def test_a_shared_residual_run_gives_each_budget_the_shorter_runs_answer(val_dat
 
 def test_mlasdi_val_resumes_exactly_mid_residual_stage(val_data):
     spec, t = _val_trial([[30, 25], [30, 40]], run={"checkpoint_every": 15})
-    reports = _run(spec, val_data, t)
-    rows = _rows(reports)
+    reports = run_trial(spec, val_data, t)
+    rows = eval_rows(reports)
     # Killed at stage 2 iteration 30, after the first budget: the selector's best is saved.
     state = next(
         s
@@ -185,7 +184,7 @@ def test_mlasdi_val_resumes_exactly_mid_residual_stage(val_data):
     )
     selector = state["stages"][1]["trainer"]["selector"]
     assert state["done"] == [t.evaluation_id(0)] and selector["iteration"] % 10 == 0
-    again = _rows(_run(spec, val_data, t, state=copy.deepcopy(state)))
+    again = eval_rows(run_trial(spec, val_data, t, state=copy.deepcopy(state)))
     assert list(again) == [t.evaluation_id(1)]
     _same(again[t.evaluation_id(1)], rows[t.evaluation_id(1)])
 
@@ -203,7 +202,7 @@ def _stage1_steps(spec, data, trial, monkeypatch, **kwargs):
 
     with monkeypatch.context() as patch:
         patch.setattr(Stage1Trainer, "step", counting)
-        reports = _run(spec, data, trial, **kwargs)
+        reports = run_trial(spec, data, trial, **kwargs)
     return reports, steps[0]
 
 
@@ -222,11 +221,11 @@ def test_mlasdi_and_mlasdi_val_train_one_stage1_between_them(val_data, monkeypat
     ]
     reports, steps = _stage1_steps(spec, val_data, group, monkeypatch)
     assert steps == 40  # trained apart: 30 + 40
-    rows = _rows(reports)
+    rows = eval_rows(reports)
     assert sorted(rows) == sorted(e for t in group.trials for e in t.evaluation_ids)
     # Each row is the one its trial gives trained alone, bit for bit (and says its method).
     for t in group.trials:
-        alone = _rows(_run(spec, val_data, t))
+        alone = eval_rows(run_trial(spec, val_data, t))
         for eid in t.evaluation_ids:
             _same(rows[eid], alone[eid])
             assert rows[eid]["row"]["method"] == t.method
@@ -240,7 +239,7 @@ def test_mlasdi_and_mlasdi_val_train_one_stage1_between_them(val_data, monkeypat
     )
     again, steps = _stage1_steps(spec, val_data, group, monkeypatch, state=copy.deepcopy(state))
     assert steps == 10 and again[0][0]["resumed_at"] == 30
-    resumed = _rows(again)
+    resumed = eval_rows(again)
     assert sorted(resumed) == sorted(set(rows) - set(state["done"]))
     for eid in resumed:
         _same(resumed[eid], rows[eid])
@@ -254,7 +253,7 @@ def test_smoke_data_study_writes_rows_with_the_acceptance_columns(tmp_path):
     spec = spec_from_dict(tomllib.loads(dump_toml(raw)))
     data = load_study_data(spec.data)
     for t in trials(spec):
-        for m, _ in _run(spec, data, t):
+        for m, _ in run_trial(spec, data, t):
             if m["kind"] == "eval":
                 p = json.loads(m["payload"])
                 write_evaluation(

@@ -16,8 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from test_data_sources import _file_spec, advection_set
-from test_studies import _rows, _run_trial, _same_rows
+from helpers import advection_set, assert_same_rows, eval_rows, file_spec, run_trial
 
 from mlasdi import data as data_module
 from mlasdi import engine as engine_module
@@ -41,7 +40,7 @@ def adv_spec(tmp_path):
     path = save_snapshot_set(
         tmp_path / "adv.h5", advection_set(n_t=17), train=np.isin(np.arange(9), CORNERS)
     )
-    return load_spec(_file_spec(tmp_path, path, time_stride=2, train_time_stride=2))
+    return load_spec(file_spec(tmp_path, path, time_stride=2, train_time_stride=2))
 
 
 def _lazy(spec, monkeypatch):
@@ -77,9 +76,9 @@ def test_a_study_through_the_reader_gives_the_rows_of_the_in_memory_study(adv_sp
     eager = load_study_data(adv_spec.data, progress=False)
     lazy = _lazy(adv_spec, monkeypatch)
     for t in trials(adv_spec):
-        want = _rows(_run_trial(adv_spec, eager, t))
-        got = _rows(_run_trial(adv_spec, lazy, t))
-        _same_rows(got, want)
+        want = eval_rows(run_trial(adv_spec, eager, t))
+        got = eval_rows(run_trial(adv_spec, lazy, t))
+        assert_same_rows(got, want)
         assert {r["row"]["status"] for r in got.values()} == {"ok"}
 
 
@@ -119,7 +118,7 @@ def test_a_trial_whose_node_lacks_the_file_fails_with_one_line_naming_it(
     with pytest.raises(DataError, match=f"snapshot file {elsewhere} does not exist on this node"):
         moved.check_truth()
     t = trials(adv_spec)[0]
-    rows = _rows(_run_trial(adv_spec, moved, t))
+    rows = eval_rows(run_trial(adv_spec, moved, t))
     assert sorted(rows) == t.evaluation_ids
     for r in rows.values():
         message = r["row"]["message"]
@@ -175,7 +174,7 @@ def _traced(spec, data, monkeypatch):
     monkeypatch.setattr(study_data_module, "evaluate", evaluate_all)
     rows = {}
     for t in trials(spec):
-        rows |= _rows(_run_trial(spec, data, t))
+        rows |= eval_rows(run_trial(spec, data, t))
     return rows, [h.history.clone() for h in histories], errors
 
 

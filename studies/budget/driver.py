@@ -164,7 +164,7 @@ def _search(
     """Fail stale trials, then drive until the study has its trials; returns how many stale
     trials were failed at the start."""
     recovered = shared.fail_stale()
-    done_before, running = count_trials(shared.study)
+    done_before, running = count_trials(shared.study.get_trials(deepcopy=False))
     log(
         f"budget search {shared.study.study_name}: {done_before} of {shared.n_trials} trials "
         "finished"
@@ -332,7 +332,7 @@ class Driver:
                 for handle, result, error in self.pool.wait(self.shared.heartbeat_s):
                     self.collect(handle, result, error)
             else:
-                finished, running = count_trials(self.study)
+                finished, running = count_trials(self.study.get_trials(deepcopy=False))
                 if finished >= self.shared.n_trials:
                     return
                 if not waiting_said:

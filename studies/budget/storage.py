@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -107,29 +107,53 @@ class StorageLock:
             self._conn = None
 
 
-def _retry_callback() -> tuple[str, Any]:
-    """Optuna's retry of heartbeat-stale trials and the RDBStorage keyword that takes it: the
-    class is ``RetryHeartbeatStaleTrialCallback`` since Optuna 4.9 (keyword
-    ``heartbeat_stale_trial_callback``), ``RetryFailedTrialCallback`` before."""
+def _retry_api() -> tuple[Any, str]:
+    """Optuna's class that re-queues heartbeat-stale trials and the RDBStorage keyword that
+    takes one (read back by ``get_`` + keyword): ``RetryHeartbeatStaleTrialCallback`` and
+    ``heartbeat_stale_trial_callback`` since Optuna 4.9, ``RetryFailedTrialCallback`` and
+    ``failed_trial_callback`` before."""
     import optuna
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
-            callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-            return "heartbeat_stale_trial_callback", callback
-        return "failed_trial_callback", optuna.storages.RetryFailedTrialCallback(max_retry=3)
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    if cls is not None:
+        return cls, "heartbeat_stale_trial_callback"
+    return optuna.storages.RetryFailedTrialCallback, "failed_trial_callback"
+
+
+class StaleRetry:
+    """Optuna's retry of heartbeat-stale trials (re-queues a failed trial's parameters, at most
+    3 times), counting the trials it is called for: ``fail_stale_trials`` calls it once for each
+    trial that it failed, so :meth:`SharedStudy.fail_stale` counts them without loading the
+    study's trials."""
+
+    def __init__(self) -> None:
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = _retry_api()[0](max_retry=3)
+        self.calls = 0
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        self.calls += 1
+        self._retry(study, trial)
+
+    @staticmethod
+    def of(storage: Any) -> StaleRetry:
+        """The retry that :func:`open_storage` gave ``storage``."""
+        retry = getattr(storage, "get_" + _retry_api()[1])()
+        if not isinstance(retry, StaleRetry):
+            raise TypeError("the storage was not opened by open_storage")
+        return retry
 
 
 def retried_trial_number(trial: Any) -> int | None:
     """The number of the stale trial that ``trial`` (a FrozenTrial) retries, or None."""
     import optuna
 
-    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    cls = cls or optuna.storages.RetryFailedTrialCallback
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return cls.retried_trial_number(trial)
+        return _retry_api()[0].retried_trial_number(trial)
 
 
 def open_storage(
@@ -154,7 +178,7 @@ def open_storage(
         raise BudgetError(
             f"cannot open Optuna storage {url}: directory {path.parent} does not exist"
         )
-    keyword, callback = _retry_callback()
+    keyword = _retry_api()[1]
     owned = None  # a lock made here is closed here (a PostgreSQL one holds a connection)
     try:
         with warnings.catch_warnings():
@@ -168,7 +192,7 @@ def open_storage(
                     engine_kwargs={"connect_args": _connect_args(url, timeout_s)},
                     heartbeat_interval=heartbeat_s,
                     grace_period=grace_s,
-                    **{keyword: callback},
+                    **{keyword: StaleRetry()},
                 )
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -223,13 +247,14 @@ def make_study(storage: Any, name: str, setup: SearchSetup, pruner: str) -> Any:
     return study
 
 
-def count_trials(study: Any) -> tuple[int, int]:
-    """``(finished, running)``: trials complete, pruned or failed by an exception in the worker
-    (``status`` ``error``; not retried), and trials running in any driver."""
+def count_trials(trials: Iterable[Any]) -> tuple[int, int]:
+    """``(finished, running)`` among ``trials`` (a study's FrozenTrials): trials complete,
+    pruned or failed by an exception in the worker (``status`` ``error``; not retried), and
+    trials running in any driver."""
     from optuna.trial import TrialState
 
     finished = running = 0
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             finished += 1
         elif t.state == TrialState.FAIL and t.user_attrs.get("status") == "error":
@@ -264,6 +289,7 @@ class SharedStudy:
         self.n_trials = n_trials
         self.log = log
         self.heartbeat_s = storage.get_heartbeat_interval()
+        self.stale_retry = StaleRetry.of(storage)
         self._study_id = storage.get_study_id_from_name(study.study_name)
         self._stored = -1  # trials stored after this driver's last ask (-1: reseed first)
         self._beating: dict[int, int] = {}  # trial number -> trial id
@@ -288,10 +314,11 @@ class SharedStudy:
         run's draws, and a lone driver's draws are one seeded sequence.
         """
         with self.lock:
-            finished, running = count_trials(self.study)
+            trials = self.study.get_trials(deepcopy=False)
+            finished, running = count_trials(trials)
             if finished + running >= self.n_trials:
                 return None
-            stored = len(self.study.get_trials(deepcopy=False))
+            stored = len(trials)
             if stored != self._stored:
                 self.study.sampler = make_sampler(self.sampler_seed + stored)
             with warnings.catch_warnings():
@@ -299,7 +326,8 @@ class SharedStudy:
                 # records them itself (record_heartbeat, fail_stale_trials).
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
                 trial = self.study.ask()
-            self._stored = len(self.study.get_trials(deepcopy=False))
+            # A new trial takes the next number; a re-queued one was among the stored trials.
+            self._stored = max(stored, trial.number + 1)
             # As in Optuna's optimize(), a driver killed between the ask and this first beat
             # leaves a trial no heartbeat ever marks stale (milliseconds of exposure).
             tid = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
@@ -324,12 +352,11 @@ class SharedStudy:
         re-queues their parameters); returns how many were failed."""
         import optuna
 
-        before = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+        before = self.stale_retry.calls
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
-        after = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
-        return after - before
+        return self.stale_retry.calls - before
 
     def _beat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
