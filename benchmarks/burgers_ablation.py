@@ -154,28 +154,32 @@ def print_table(results: dict[str, dict[str, dict[int, dict[str, Any]]]]) -> lis
         solves = sorted({(fixed[s]["n_fom_solves"], greedy[s]["n_fom_solves"]) for s in seeds})
         print(f"  {method:<8} full-order solves (fixed, greedy): {solves}")
         for column in GPLASDI_RUN:
-            factors = [fixed[s][column] / greedy[s][column] for s in seeds]
-            if factors:
-                print(
-                    f"  {method:<8} fixed/greedy {column:<9} "
-                    + " / ".join(f"{f:.2f}" for f in factors)
-                    + f"  median {statistics.median(factors):.2f}"
-                )
-                pairs.append(
-                    f"{method}_fixed_over_greedy_{column}={statistics.median(factors):.3f}"
-                )
+            median = _print_factors(f"{method:<8} fixed/greedy", fixed, greedy, column)
+            if median is not None:
+                pairs.append(f"{method}_fixed_over_greedy_{column}={median:.3f}")
     for variant in ("fixed-sbp12", "greedy-sbp12"):
         g, m = (results.get(variant, {}).get(x, {}) for x in METHODS)
-        seeds = sorted(set(g) & set(m))
         for column in GPLASDI_RUN:
-            factors = [g[s][column] / m[s][column] for s in seeds]
-            if factors:
-                print(
-                    f"  {variant:<14} GPLaSDI/mLaSDI {column:<9} "
-                    + " / ".join(f"{f:.2f}" for f in factors)
-                    + f"  median {statistics.median(factors):.2f}"
-                )
+            _print_factors(f"{variant:<14} GPLaSDI/mLaSDI", g, m, column)
     return pairs
+
+
+def _print_factors(
+    label: str, over: dict[int, dict[str, Any]], under: dict[int, dict[str, Any]], column: str
+) -> float | None:
+    """Print ``over / under`` of ``column`` for each seed both have, and their median (None,
+    and nothing printed, when they share no seed)."""
+    seeds = sorted(set(over) & set(under))
+    factors = [over[s][column] / under[s][column] for s in seeds]
+    if not factors:
+        return None
+    median = statistics.median(factors)
+    print(
+        f"  {label} {column:<9} "
+        + " / ".join(f"{f:.2f}" for f in factors)
+        + f"  median {median:.2f}"
+    )
+    return median
 
 
 def _spread(rows: dict[int, dict[str, Any]], column: str) -> float:
