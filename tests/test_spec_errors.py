@@ -35,7 +35,7 @@ def test_every_error_of_a_spec_is_reported_with_the_key_meant():
         "gplasdi.budgets must be strictly increasing, got [20, 10]",
         "unknown key(s) ['latnet_dims'] in [mlasdi] (did you mean 'latent_dims'?); valid keys: "
         "['budgets', 'hidden', 'latent_dims', 'residual_activation', 'residual_hidden', "
-        "'residual_kappa', 'residual_lr']",
+        "'residual_kappa', 'residual_lr', 'sampling']",
         "training.activation must be one of ['softplus', 'tanh', 'relu', 'sigmoid', 'elu', "
         "'gelu', 'silu', 'sin'], got 'softpluss' (did you mean 'softplus'?)",
         "unknown key(s) ['cpu'] in [resources] (did you mean 'cpus'?); valid keys: ['cpus', "
