@@ -25,7 +25,7 @@ import numpy as np
 
 from mlasdi.config import SamplingConfig
 from mlasdi.interpolation import CoefficientGP
-from mlasdi.uncertainty import CHUNK_ELEMENTS, iter_spread
+from mlasdi.uncertainty import iter_spread, largest_std
 
 if TYPE_CHECKING:
     from mlasdi.problems.source import DataSource
@@ -131,31 +131,15 @@ def coef_std_scores(gp: CoefficientGP, candidates: np.ndarray) -> np.ndarray:
 
 
 def max_std_scores(
-    rom: MultiStageROM,
-    candidates: np.ndarray,
-    u0: np.ndarray,
-    *,
-    n_samples: int = 20,
-    seed: int = 0,
-    times: np.ndarray | None = None,
-    n_stages: int | None = None,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    rom: MultiStageROM, candidates: np.ndarray, u0: np.ndarray, **options: Any
 ) -> np.ndarray:
-    """[n]: the largest std over (t, x) of ``n_samples`` decoded GP samples at each candidate
-    (initial states ``u0`` [n, n_state]; ``times`` default the ROM's); a sample that blew up
-    gives +inf. Options as :func:`mlasdi.uncertainty.iter_spread`."""
+    """[n]: the largest std over (t, x) of the decoded GP samples at each candidate (initial
+    states ``u0`` [n, n_state]); a sample that blew up gives +inf. ``options`` (``n_samples``,
+    ``seed``, ``times``, ``n_stages``, ``chunk_elements``) as :func:`mlasdi.uncertainty.
+    iter_spread`, with its defaults."""
     scores = np.empty(np.atleast_2d(candidates).shape[0])
-    for chunk in iter_spread(
-        rom,
-        candidates,
-        u0,
-        n_samples=n_samples,
-        seed=seed,
-        times=times,
-        n_stages=n_stages,
-        chunk_elements=chunk_elements,
-    ):
-        scores[chunk.rows] = chunk.std.flatten(1).amax(1).double().cpu().numpy()
+    for chunk in iter_spread(rom, candidates, u0, **options):
+        scores[chunk.rows] = largest_std(chunk.std)
     return np.nan_to_num(scores, nan=np.inf)
 
 

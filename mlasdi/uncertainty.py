@@ -97,6 +97,12 @@ def coverage(truth: Any, lower: Any, upper: Any) -> float:
     return float(inside.sum()) / inside.numel() if torch.is_tensor(inside) else float(inside.mean())
 
 
+def largest_std(std: torch.Tensor) -> np.ndarray:
+    """[k] float64: each parameter's largest std over (t, x) of a spread ``std`` [k, n_t,
+    n_state] (the ``max_std`` of a greedy round and of a row's uncertainty columns)."""
+    return std.flatten(1).amax(1).double().cpu().numpy()
+
+
 def sample_coefficients(
     rom: MultiStageROM, params: np.ndarray, n_samples: int, seed: int
 ) -> torch.Tensor:
@@ -401,7 +407,7 @@ def assess(
             for i, half_width in enumerate(z.tolist()):
                 inside[j, i] += float((error <= c * half_width * std).sum())
         total += error.numel()
-        max_std.append(std.flatten(1).amax(1).double().cpu().numpy())
+        max_std.append(largest_std(std))
         max_error.append(max_relative_error(U, prediction).double().cpu().numpy())
     covered = (inside / total).tolist()
     return UncertaintyReport(
