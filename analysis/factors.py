@@ -361,26 +361,8 @@ def pair_models(
     ]
     pairs = pairs[order].sort_values([*key, "seed"], kind="stable").reset_index(drop=True)
 
-    # The same two models at several budget positions: one pair, the lowest budget's.
-    models = [f"model_id_{s}" for s in both]
-    same = pairs.groupby(models, sort=False)
-    first = same.cumcount() == 0
-    pairs["n_cells"] = same["budget_index"].transform("size").astype("int64")
-    kept_budget = same["budget_index"].transform("first")
-    merged = pairs.loc[~first, [*key, "seed", *(f"evaluation_id_{s}" for s in both)]].copy()
-    merged["same_as_budget_index"] = kept_budget[~first].astype("int64")
-    pairs = pairs[first].reset_index(drop=True)
-
-    # Usable rows whose group found no partner.
-    unpaired = []
-    for s, partner in ((base, other), (other, base)):
-        rows = by_side[s]
-        hit = rows[group].merge(pairs[group].drop_duplicates(), how="left", indicator=True)
-        lonely = rows.loc[(hit["_merge"] == "left_only").to_numpy()]
-        part = lonely[[*_ROW_COLUMNS, "sampling", "err_max"]].copy()
-        part["reason"] = f"no usable {partner} row with the same ({', '.join(group)})"
-        unpaired.append(part)
-    unpaired_df = pd.concat(unpaired, ignore_index=True)
+    pairs, merged = _merge_repeated(pairs, key, both)
+    unpaired_df = _unpaired(by_side, pairs, group, both)
 
     rows = pd.concat([by_side[s] for s in both], ignore_index=True)
     links = [
@@ -401,6 +383,36 @@ def pair_models(
         unit_name=_unit_name(pairs, mode),
         sides=sides,
     )
+
+
+def _merge_repeated(
+    pairs: pd.DataFrame, key: list[str], both: tuple[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pairs, merged): the same two models at several budget positions become one pair, the
+    lowest budget's, with ``n_cells``; ``merged`` lists the cells dropped for it."""
+    same = pairs.groupby([f"model_id_{s}" for s in both], sort=False)
+    first = same.cumcount() == 0
+    pairs["n_cells"] = same["budget_index"].transform("size").astype("int64")
+    kept_budget = same["budget_index"].transform("first")
+    merged = pairs.loc[~first, [*key, "seed", *(f"evaluation_id_{s}" for s in both)]].copy()
+    merged["same_as_budget_index"] = kept_budget[~first].astype("int64")
+    return pairs[first].reset_index(drop=True), merged
+
+
+def _unpaired(
+    by_side: dict[str, pd.DataFrame], pairs: pd.DataFrame, group: list[str], both: tuple[str, str]
+) -> pd.DataFrame:
+    """Usable rows of either side whose group found no partner, with the reason."""
+    base, other = both
+    unpaired = []
+    for s, partner in ((base, other), (other, base)):
+        rows = by_side[s]
+        hit = rows[group].merge(pairs[group].drop_duplicates(), how="left", indicator=True)
+        lonely = rows.loc[(hit["_merge"] == "left_only").to_numpy()]
+        part = lonely[[*_ROW_COLUMNS, "sampling", "err_max"]].copy()
+        part["reason"] = f"no usable {partner} row with the same ({', '.join(group)})"
+        unpaired.append(part)
+    return pd.concat(unpaired, ignore_index=True)
 
 
 def verdict(
