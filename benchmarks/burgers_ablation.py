@@ -30,11 +30,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from preset_study import run_preset
 
 from analysis.schema import read_results
 from studies.spec import dump_toml, load_spec
@@ -66,8 +65,11 @@ def variant_spec(
     return spec
 
 
-def run_variant(name: str, spec: dict[str, Any], out: Path, data_dir: Path, smoke: bool) -> float:
-    """Run (or resume, or only read) the study of one variant in ``out/name``; its wall seconds."""
+def run_variant(
+    name: str, spec: dict[str, Any], out: Path, data_dir: Path, smoke: bool
+) -> tuple[float, float]:
+    """Run (or resume, or only read) the study of one variant in ``out/name`` as
+    :func:`preset_study.run_preset` runs a preset; its (wall seconds, peak PSS in MiB)."""
     spec_path = out / "specs" / f"{name}.toml"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec["name"] = f"burgers_ablation_{name.replace('-', '_')}"
@@ -76,19 +78,9 @@ def run_variant(name: str, spec: dict[str, Any], out: Path, data_dir: Path, smok
     work.mkdir(exist_ok=True)
     if not (work / "data").exists():
         (work / "data").symlink_to(data_dir.resolve(), target_is_directory=True)
-    command = [sys.executable, "-m", "studies.cli", "run", str(spec_path)]
-    command += ["--out", str(out / name), "--no-report", "-v", "0"]
-    command += ["--smoke"] if smoke else []
-    env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
     print(f"variant {name}: running (load average {os.getloadavg()[0]:.1f})", flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
-        raise SystemExit(f"burgers_ablation: the study of {name} exited {done.returncode}")
-    return time.perf_counter() - start
+    wall, peak_mb, _ = run_preset(str(spec_path), out / name, work, smoke)
+    return wall, peak_mb
 
 
 def last_budget_rows(out: Path, method: str) -> dict[int, dict[str, Any]]:
@@ -205,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (preset, scheme, methods, stride, seeds) in variants.items():
         if args.only is None or name in args.only:
             spec = variant_spec(preset, scheme, methods, stride, seeds)
-            wall = run_variant(name, spec, args.out, args.data_dir, args.smoke)
-            print(f"variant {name}: {wall:.0f} s", flush=True)
+            wall, peak_mb = run_variant(name, spec, args.out, args.data_dir, args.smoke)
+            print(f"variant {name}: {wall:.0f} s, peak memory {peak_mb:.0f} MiB", flush=True)
         if (args.out / name / "results").exists():
             results[name] = {m: last_budget_rows(args.out / name, m) for m in methods}
     pairs = print_table({k: v for k, v in results.items() if v.get("gplasdi")})
