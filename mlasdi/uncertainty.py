@@ -339,11 +339,11 @@ def _compared(
     truth: Any,
     u0: np.ndarray | torch.Tensor | None,
     *,
-    n_samples: int,
-    seed: int,
-    times: np.ndarray | None,
-    n_stages: int | None,
-    chunk_elements: int,
+    n_samples: int = 20,
+    seed: int = 0,
+    times: np.ndarray | None = None,
+    n_stages: int | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(truth, prediction, std) [k, n_t, n_state] for one chunk of parameters after another; the
     truth is read a chunk at a time (``truth[start:stop]``)."""
@@ -374,34 +374,21 @@ def assess(
     levels: Sequence[float] = NOMINAL_LEVELS,
     scale: float = 1.0,
     calibrated_scale: float | None = None,
-    n_samples: int = 20,
-    seed: int = 0,
-    times: np.ndarray | None = None,
-    n_stages: int | None = None,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    **spread: Any,
 ) -> UncertaintyReport:
     """Coverage of the central intervals of ``levels`` (their spread times ``scale``, and times
     ``calibrated_scale`` too when given: one pass over the samples for both), and each
     parameter's largest std and max error, against ``truth`` [n, n_t, n_state] (an array, or
     anything whose ``truth[start:stop]`` reads those rows, e.g. a
     :class:`~mlasdi.data.SnapshotReader`) at ``params`` [n, n_p]. ``u0`` defaults to the
-    truth's first snapshots. Spread options as :func:`iter_spread`."""
+    truth's first snapshots. ``spread``: ``n_samples``, ``seed``, ``times``, ``n_stages`` and
+    ``chunk_elements``, as :func:`iter_spread` (with its defaults)."""
     z = torch.tensor([central_z(level) for level in levels], dtype=torch.float64)
     scales = [scale] if calibrated_scale is None else [scale, calibrated_scale]
     inside = torch.zeros(len(scales), len(levels), dtype=torch.float64)
     total = 0
     max_std, max_error = [], []
-    for U, prediction, std in _compared(
-        rom,
-        params,
-        truth,
-        u0,
-        n_samples=n_samples,
-        seed=seed,
-        times=times,
-        n_stages=n_stages,
-        chunk_elements=chunk_elements,
-    ):
+    for U, prediction, std in _compared(rom, params, truth, u0, **spread):
         error = (U - prediction).abs()
         for j, c in enumerate(scales):
             for i, half_width in enumerate(z.tolist()):
@@ -428,30 +415,16 @@ def calibration_scale(
     *,
     level: float = 0.9,
     u0: np.ndarray | torch.Tensor | None = None,
-    n_samples: int = 20,
-    seed: int = 0,
-    times: np.ndarray | None = None,
-    n_stages: int | None = None,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    **spread: Any,
 ) -> float:
     """The smallest scale c for which ``prediction +- c * z * std`` covers a fraction ``level``
     of ``truth`` at ``params``: meant for held-out training parameters, with ``rom`` a ROM whose
     GP did not see them (:func:`mlasdi.rom.held_out_rom`); :func:`assess` with ``scale = c`` then
     gives the calibrated interval's coverage on the test set. Infinite where more than
     1 - ``level`` of the values are off the prediction with zero spread. Holds one float32
-    value per held-out value."""
+    value per held-out value. ``spread``: as :func:`assess`."""
     ratios = []
-    for U, prediction, std in _compared(
-        rom,
-        params,
-        truth,
-        u0,
-        n_samples=n_samples,
-        seed=seed,
-        times=times,
-        n_stages=n_stages,
-        chunk_elements=chunk_elements,
-    ):
+    for U, prediction, std in _compared(rom, params, truth, u0, **spread):
         error = (U - prediction).abs()
         ratio = torch.where(error == 0, 0.0, error / std)  # an exact value is inside any interval
         ratios.append(ratio.float().flatten().cpu().numpy())
