@@ -79,7 +79,7 @@ def run_variant(
     if not (work / "data").exists():
         (work / "data").symlink_to(data_dir.resolve(), target_is_directory=True)
     print(f"variant {name}: running (load average {os.getloadavg()[0]:.1f})", flush=True)
-    wall, peak_mb, _ = run_preset(str(spec_path), out / name, work, smoke)
+    wall, peak_mb, *_ = run_preset(str(spec_path), out / name, work, smoke)
     return wall, peak_mb
 
 

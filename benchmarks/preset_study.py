@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from analysis import analyze
 from analysis.labels import budget_label
@@ -77,11 +78,17 @@ def process_kind(command: str) -> str:
     return Path((named or words or ["?"])[0]).name
 
 
-def run_preset(
-    preset: str, out: Path, workdir: Path, smoke: bool
-) -> tuple[float, float, dict[str, float]]:
-    """(wall seconds, peak PSS in MiB, the PSS in MiB of each kind of process at the peak:
-    :func:`process_kind`) of ``mlasdi-study run PRESET --out OUT`` started in ``workdir``."""
+class PresetRun(NamedTuple):
+    """What :func:`run_preset` measured; memory in MiB of PSS, kinds as :func:`process_kind`."""
+
+    wall_s: float
+    peak_mb: float  # of every process together
+    at_peak: dict[str, float]  # each kind's share of that peak
+    kind_peaks: dict[str, float]  # each kind's own peak over the run (a kind's processes summed)
+
+
+def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> PresetRun:
+    """Run ``mlasdi-study run PRESET --out OUT`` in ``workdir``, sampling its memory."""
     command = [sys.executable, "-m", "studies.cli", "run", preset, "--out", str(out), "-v", "0"]
     if smoke:
         command.append("--smoke")
@@ -99,17 +106,20 @@ def run_preset(
         start_new_session=True,  # its own session: the processes it starts are found by sid
     )
     peak: list = [0, {}]
+    kind_peaks: dict[str, float] = {}
     finished = threading.Event()
 
     def sample() -> None:
         while not finished.wait(0.5):
             processes = tree_pss(child.pid).values()
+            kinds: dict[str, float] = {}
+            for pss, command in processes:
+                kind = process_kind(command)
+                kinds[kind] = kinds.get(kind, 0.0) + pss / 2**20
+            for kind, mb in kinds.items():
+                kind_peaks[kind] = max(mb, kind_peaks.get(kind, 0.0))
             total = sum(p for p, _ in processes)
             if total > peak[0]:
-                kinds: dict[str, float] = {}
-                for pss, command in processes:
-                    kind = process_kind(command)
-                    kinds[kind] = kinds.get(kind, 0.0) + pss / 2**20
                 peak[:] = [total, kinds]
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -126,7 +136,7 @@ def run_preset(
             print(line)
     # What the user's terminal received (stdout and stderr): the progress line, not Tune's tables.
     print(f"console_lines={len(stdout.splitlines()) + len(stderr.splitlines())}")
-    return wall, peak[0] / 2**20, peak[1]
+    return PresetRun(wall, peak[0] / 2**20, peak[1], kind_peaks)
 
 
 def _pct(x: float) -> str:
@@ -197,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             f"preset {args.preset}{' (--smoke)' if args.smoke else ''}: load average "
             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} before the run"
         )
-        wall, peak_mb, _ = run_preset(args.preset, out, workdir, args.smoke)
+        wall, peak_mb, *_ = run_preset(args.preset, out, workdir, args.smoke)
         lines = summarise(out)
     print(f"end to end (data, study, report): {wall:.0f} s, peak memory {peak_mb:.0f} MiB (PSS)")
     print(*lines, f"preset_wall_s={wall:.1f}", f"preset_peak_pss_mb={peak_mb:.0f}", sep="\n")
