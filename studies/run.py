@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,66 @@ def _tested(data: StudyData) -> str:
     return f" (test: {n_t} snapshots{read})"
 
 
+@dataclass(frozen=True)
+class TuneOutcome:
+    """What a Tune run of a study left: its row writer, the study wall time (``ray.init`` to the
+    last result), the trial slots of the cluster, whether the user interrupted it, and the Tune
+    storage."""
+
+    writer: ResultWriter
+    wall_s: float
+    slots: int
+    interrupted: bool
+    storage_root: str
+
+
+def _tuner(
+    spec: StudySpec,
+    data: StudyData,
+    todo: list[TrialGroup],
+    finished: set[str],
+    out: Path,
+    storage_root: str,
+    callback: Any,
+    verbose: int,
+) -> Any:
+    """The Tune experiment of the ``todo`` trial groups, each with its resources."""
+    from ray import tune
+
+    trainable = tune.with_parameters(
+        run_trial,
+        spec=spec,
+        data=data,
+        finished=frozenset(finished),
+        previous=_previous_in(storage_root),
+        fom_cache=str(out / "fom_cache"),
+    )
+
+    def resources(config: dict[str, Any]) -> Any:
+        need = spec.resources.for_hidden(config["trial"]["trials"][0]["hidden"])
+        bundle = {"CPU": need["cpu"]}
+        if need["gpu"]:
+            bundle["GPU"] = need["gpu"]
+        return tune.PlacementGroupFactory([bundle])
+
+    # with_resources mutates the function it wraps: wrap the fresh with_parameters object.
+    trainable = tune.with_resources(trainable, resources)
+    name = "run-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    return tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.to_config() for t in todo])},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_root,
+            callbacks=[callback],
+            verbose=max(1, verbose),
+            failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
 def _tune_run(
     spec: StudySpec,
     data: StudyData,
@@ -329,13 +390,11 @@ def _tune_run(
     check: bool,
     verbose: int,
     allow_local_storage: bool,
-) -> tuple[ResultWriter, float, int, bool, str]:
+) -> TuneOutcome:
     """Run the ``todo`` trials on Ray Tune, writing rows as they come and showing them on the
-    progress line; returns the writer, the study wall time (``ray.init`` to the last result),
-    the trial slots of the cluster, whether the user interrupted it and the Tune storage."""
+    progress line."""
     _quiet_tune()
     import ray
-    from ray import tune
 
     t_study = time.perf_counter()
     _init_ray(address, num_cpus, verbose)
@@ -347,46 +406,15 @@ def _tune_run(
         # The first writes under OUT: every check (spec, data, resources, storage) has passed.
         _write_spec(spec, out, data.fingerprint)
         log.start()
-        previous = _previous_in(storage_root)
         writer = ResultWriter(out, data.params_test, data.is_train)
-        trainable = tune.with_parameters(
-            run_trial,
-            spec=spec,
-            data=data,
-            finished=frozenset(finished),
-            previous=previous,
-            fom_cache=str(out / "fom_cache"),
-        )
-
-        def resources(config: dict[str, Any]) -> Any:
-            need = spec.resources.for_hidden(config["trial"]["trials"][0]["hidden"])
-            bundle = {"CPU": need["cpu"]}
-            if need["gpu"]:
-                bundle["GPU"] = need["gpu"]
-            return tune.PlacementGroupFactory([bundle])
-
-        # with_resources mutates the function it wraps: wrap the fresh with_parameters object.
-        trainable = tune.with_resources(trainable, resources)
         # Longest trials first so the last slot does not idle at the end.
         n_state, n_snap = data.n_state, data.U_train.shape[0] * data.U_train.shape[1]
         todo.sort(key=lambda g: -sum(c[2] for c in g.costs(n_state, n_snap)))
         progress = StudyProgress(
             [t for g in todo for t in g.trials], set(finished), n_state, n_snap, log=log
         )
-        name = "run-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search([t.to_config() for t in todo])},
-            tune_config=tune.TuneConfig(reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage_root,
-                callbacks=[make_callback(writer, spec, data, progress)],
-                verbose=max(1, verbose),
-                failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            ),
-        )
+        callback = make_callback(writer, spec, data, progress)
+        tuner = _tuner(spec, data, todo, finished, out, storage_root, callback, verbose)
         interrupted = False
         try:
             with log.capture(echo=verbose >= 1):
@@ -398,8 +426,48 @@ def _tune_run(
         slots = _slots(spec, todo, nodes)
     finally:
         ray.shutdown()
+    return TuneOutcome(writer, wall, slots, interrupted, storage_root)
 
-    return writer, wall, slots, interrupted, storage_root
+
+def _wrap_up(
+    spec: StudySpec,
+    out: Path,
+    outcome: TuneOutcome,
+    log: RunLog,
+    data_s: float,
+    t_command: float,
+) -> int:
+    """Tidy the rows and the Tune storage after a run, say what it cost and whether it is
+    complete; the exit code of :func:`run_study`."""
+    all_trials = trials(spec)
+    n_evals = sum(len(t.budgets) for t in all_trials)
+    wall, compute = outcome.wall_s, outcome.writer.compute_s
+    overhead = (wall - compute / outcome.slots) / wall if wall > 0 else float("nan")
+    compact(out)
+    done_now = finished_evaluations(out, retry_failed=False)
+    missing = [e for t in all_trials for e in t.evaluation_ids if e not in done_now]
+    if "://" not in outcome.storage_root:
+        prune_checkpoints(Path(outcome.storage_root), groups(spec), done_now)
+        if not missing:
+            drop_tune_state(Path(outcome.storage_root))
+    log.say(_summary(out, spec))
+    log.say(
+        f"timing: study wall {wall:.1f} s (ray.init to last result), trial compute "
+        f"{compute:.1f} s over {outcome.slots} slot(s); data {data_s:.1f} s; command "
+        f"{time.perf_counter() - t_command:.1f} s",
+    )
+    log.say(
+        f"ray_overhead_fraction={overhead:.4f}  "
+        "(= (study wall - trial compute / slots) / study wall)"
+    )
+    if outcome.interrupted or missing:
+        log.say(
+            f"study incomplete: {len(missing)} of {n_evals} evaluations missing"
+            f"{' (interrupted)' if outcome.interrupted else ''}; rerun the same command to finish",
+            err=True,
+        )
+        return 130 if outcome.interrupted else 1
+    return 0
 
 
 def run_study(
@@ -429,9 +497,10 @@ def run_study(
     n_evals = sum(len(t.budgets) for t in all_trials)
     compact(out)  # rows a killed run left one file each: one file to read from now on
     finished = finished_evaluations(out)
-    all_groups = groups(spec)
     todo = [
-        g for g in all_groups if any(e not in finished for t in g.trials for e in t.evaluation_ids)
+        g
+        for g in groups(spec)
+        if any(e not in finished for t in g.trials for e in t.evaluation_ids)
     ]
     log = RunLog(out)
     log.say(
@@ -453,7 +522,7 @@ def run_study(
         f"({data_s:.1f} s)"
     )
 
-    writer, wall, slots, interrupted, storage_root = _tune_run(
+    outcome = _tune_run(
         spec,
         data,
         todo,
@@ -467,30 +536,4 @@ def run_study(
         verbose,
         allow_local_storage,
     )
-    compute = writer.compute_s
-    overhead = (wall - compute / slots) / wall if wall > 0 else float("nan")
-    compact(out)
-    done_now = finished_evaluations(out, retry_failed=False)
-    missing = [e for t in all_trials for e in t.evaluation_ids if e not in done_now]
-    if "://" not in storage_root:
-        prune_checkpoints(Path(storage_root), all_groups, done_now)
-        if not missing:
-            drop_tune_state(Path(storage_root))
-    log.say(_summary(out, spec))
-    log.say(
-        f"timing: study wall {wall:.1f} s (ray.init to last result), trial compute "
-        f"{compute:.1f} s over {slots} slot(s); data {data_s:.1f} s; command "
-        f"{time.perf_counter() - t_command:.1f} s",
-    )
-    log.say(
-        f"ray_overhead_fraction={overhead:.4f}  "
-        "(= (study wall - trial compute / slots) / study wall)"
-    )
-    if interrupted or missing:
-        log.say(
-            f"study incomplete: {len(missing)} of {n_evals} evaluations missing"
-            f"{' (interrupted)' if interrupted else ''}; rerun the same command to finish",
-            err=True,
-        )
-        return 130 if interrupted else 1
-    return 0
+    return _wrap_up(spec, out, outcome, log, data_s, t_command)
