@@ -12,10 +12,13 @@ kind of process held at that peak.
 
     python benchmarks/study_memory.py [--seeds 1 3]
     python benchmarks/study_memory.py --data-dir data   # the preset's own 1001-node data
+    python benchmarks/study_memory.py --data-dir data --preset burgers1d_gplasdi_greedy --seeds 1
 
 ``--data-dir`` runs on the preset's full-size data in that folder (1001 nodes: the 441 x 1001 x
 1001 test truth is 1.8 GB in float32; the budgets stay reduced, so the evaluation, not the
-training, sets the peak). Printed for each seed count: the peak of the whole run with each kind
+training, sets the peak). ``--preset burgers1d_gplasdi_greedy`` runs the greedy preset with its
+rounds scaled as its budgets (a round every 40 iterations to 14 points by 400; every 20 in
+mLaSDI's stage 1 of 200), each round as large as the full preset's. Printed for each seed count: the peak of the whole run with each kind
 of process's share at that moment, and each kind's own peak over the run.
 
 Last lines: ``peak_pss_mb_<n>seeds=<x>`` for each seed count.
@@ -31,9 +34,11 @@ from preset_study import run_preset
 
 from studies.spec import dump_toml, load_spec
 
+PRESETS = ("burgers1d_gplasdi", "burgers1d_gplasdi_greedy")
 
-def reduced_spec(n_seeds: int, full_size: bool) -> dict:
-    raw = load_spec("burgers1d_gplasdi").to_dict()
+
+def reduced_spec(preset: str, n_seeds: int, full_size: bool) -> dict:
+    raw = load_spec(preset).to_dict()
     raw["name"] = f"burgers_memory_{n_seeds}"
     raw["seeds"] = list(range(n_seeds))
     if not full_size:
@@ -41,6 +46,9 @@ def reduced_spec(n_seeds: int, full_size: bool) -> dict:
     raw["gplasdi"]["budgets"] = [200, 400]
     raw["mlasdi"]["budgets"] = [[100, 100], [200, 200]]
     raw["run"]["checkpoint_every"] = 100
+    if "sampling" in raw:  # the greedy preset's rounds, scaled as its budgets: 14 points by 400
+        raw["sampling"].update(every=40, last_round_iter=400)
+        raw["mlasdi"]["sampling"] = {"every": 20}
     return raw
 
 
@@ -51,6 +59,7 @@ def _by_size(kinds: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--preset", choices=PRESETS, default=PRESETS[0])
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="a data/ folder with the preset's own file"
     )
@@ -62,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             (workdir / "data").symlink_to(args.data_dir.resolve(), target_is_directory=True)
         for n in args.seeds:
             spec = workdir / f"seeds{n}.toml"
-            spec.write_text(dump_toml(reduced_spec(n, full_size=args.data_dir is not None)))
+            spec.write_text(
+                dump_toml(reduced_spec(args.preset, n, full_size=args.data_dir is not None))
+            )
             run = run_preset(str(spec), workdir / f"out{n}", workdir, smoke=False)
             peaks[n] = run.peak_mb
             print(
