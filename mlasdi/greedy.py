@@ -28,6 +28,7 @@ from mlasdi.data import DataError, flatten_grid
 from mlasdi.engine import Plugin, StageEngine, StageRun
 from mlasdi.problems.source import DataSource, matches
 from mlasdi.rom import stage1_rom
+from mlasdi.runtime import release_free_heap
 from mlasdi.sampling import (
     CachedFOM,
     initial_points,
@@ -153,6 +154,7 @@ class GreedySampler(Plugin):
             fom_s = self._grow(engine, points)
             self.picks += [Pick(iteration, parameter_key(p)) for p in points]
         self.rounds.append(Round(iteration, time.perf_counter() - start, fom_s))
+        release_free_heap()
 
 
 def rows_at(candidates: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -21,6 +21,8 @@ Studies do not use this default: each trial sets its thread count from the spec'
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import os
 import subprocess
@@ -79,6 +81,33 @@ def set_threads(flag: int | None = None) -> int:
     n = resolve_threads(flag, os.environ, available_cores())
     torch.set_num_threads(n)
     return n
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def release_free_heap() -> bool:
+    """Return the heap's free pages to the system (glibc's ``malloc_trim(0)``); False where the
+    C library has no such call (macOS, musl), where it is not needed the same way.
+
+    Why: glibc keeps what a thread frees in that thread's arena, and Ray Tune runs each trial
+    of a reused worker on a new thread, so every trial left its evaluation buffers (hundreds
+    of MiB at Burgers' full size) in an arena no later trial used: a study's peak memory grew
+    with its number of trials (``benchmarks/study_memory.py``). Called after each evaluation
+    and sampling round, and at the end of a trial.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
 
 
 @functools.cache

@@ -65,7 +65,7 @@ from mlasdi.engine import (
 from mlasdi.greedy import GreedySampler, greedy_start
 from mlasdi.metrics import summarize_errors
 from mlasdi.rom import MultiStageROM, held_out_rom, resolve_device, torch_dtype
-from mlasdi.runtime import provenance
+from mlasdi.runtime import provenance, release_free_heap
 from mlasdi.sampling import parameter_key
 from mlasdi.study_data import StudyData
 from mlasdi.train import TRAINER_STATE_FORMAT, CheckpointReport, DivergenceError
@@ -493,6 +493,7 @@ class TrialRunner(Plugin):
         for t, i in self.budgets(stop.run.branch, stop.budget):
             if t.budgets[i] == stop.budget:
                 self._evaluate(t, i, stop.rom, stop.stage_times_s, stop.decisions)
+                release_free_heap()
 
     def on_diverged(
         self, engine: StageEngine, branch: str, prefix: tuple[int, ...], exc: DivergenceError
@@ -579,3 +580,4 @@ def run_trial(
     state = _initial_state((previous or {}).get(group.group_id))
     report = _tune_reporter(group.group_id)
     TrialRunner(group, spec, data, finished, report, state, fom_cache=fom_cache).run()
+    release_free_heap()
