@@ -163,3 +163,41 @@ def test_vlasov_help_explains_periodic_field_itself(capsys):
     assert "README" not in text
     assert "ghost values at the two x-ends periodically" in text
     assert "cells in x (default: 64)" in text and "(default: 21x21)" in text
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(runtime._glibc() is None, reason="needs glibc's malloc_trim")
+def test_release_free_heap_returns_a_threads_freed_blocks_to_the_system():
+    """A thread frees 64 MiB of small blocks, all but the last (which keeps its arena's top in
+    use, so glibc cannot shrink it): the pages stay resident until release_free_heap."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    block, count = 16 * 1024, 4096
+    rss: dict[str, int] = {}
+
+    def work() -> None:
+        blocks = [libc.malloc(block) for _ in range(count)]
+        for b in blocks:
+            ctypes.memset(b, 1, block)
+        for b in blocks[:-1]:
+            libc.free(b)
+        rss["freed"] = _rss_bytes()
+        assert runtime.release_free_heap()
+        rss["released"] = _rss_bytes()
+        libc.free(blocks[-1])
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    # 64 MiB were freed; at least half of it must leave the resident set.
+    assert rss["freed"] - rss["released"] > 32 * 2**20, rss

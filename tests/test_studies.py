@@ -309,6 +309,20 @@ def tiny():
     return spec, load_study_data(spec.data)
 
 
+def test_a_trial_returns_its_freed_heap_after_each_evaluation(tiny, monkeypatch):
+    """studies.trial releases the heap once per evaluated budget (runtime.release_free_heap's
+    test shows what that returns): a study's reused worker must not keep every trial's
+    evaluation buffers."""
+    import studies.trial
+
+    spec, data = tiny
+    t = trials(spec)[0]
+    released: list[int] = []
+    monkeypatch.setattr(studies.trial, "release_free_heap", lambda: released.append(1))
+    reports = run_trial(spec, data, t)
+    assert len(released) == len(eval_rows(reports)) == len(t.budgets)
+
+
 def test_trial_reports_every_budget_and_resumes_exactly(tiny):
     spec, data = tiny
     for t in trials(spec):
