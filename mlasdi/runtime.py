@@ -97,11 +97,11 @@ def release_free_heap() -> bool:
     """Return the heap's free pages to the system (glibc's ``malloc_trim(0)``); False where the
     C library has no such call (macOS, musl), where it is not needed the same way.
 
-    Why: glibc keeps what a thread frees in that thread's arena, and Ray Tune runs each trial
-    of a reused worker on a new thread, so every trial left its evaluation buffers (hundreds
-    of MiB at Burgers' full size) in an arena no later trial used: a study's peak memory grew
-    with its number of trials (``benchmarks/study_memory.py``). Called after each evaluation
-    and sampling round, and at the end of a trial.
+    Why: glibc keeps freed memory in the arena of the thread that allocated it. Ray Tune runs
+    each trial of a reused worker on a new thread, so every trial left its evaluation buffers
+    in an arena that no later trial used. Called after each evaluation and sampling round, and
+    at the end of a trial. ``benchmarks/study_memory.py`` at Burgers' full size: the trial
+    worker's peak went from 2108 to 1025 MiB for one seed, and from 4176 to 1561 MiB for three.
     """
     libc = _glibc()
     if libc is None:
