@@ -431,23 +431,23 @@ def _tune_run(
 
 def _wrap_up(
     spec: StudySpec,
+    all_groups: list[TrialGroup],
     out: Path,
     outcome: TuneOutcome,
     log: RunLog,
     data_s: float,
     t_command: float,
 ) -> int:
-    """Tidy the rows and the Tune storage after a run, say what it cost and whether it is
-    complete; the exit code of :func:`run_study`."""
-    all_trials = trials(spec)
-    n_evals = sum(len(t.budgets) for t in all_trials)
+    """Tidy the rows and the Tune storage after a run of the study's ``all_groups``, say what it
+    cost and whether it is complete; the exit code of :func:`run_study`."""
     wall, compute = outcome.wall_s, outcome.writer.compute_s
     overhead = (wall - compute / outcome.slots) / wall if wall > 0 else float("nan")
     compact(out)
     done_now = finished_evaluations(out, retry_failed=False)
-    missing = [e for t in all_trials for e in t.evaluation_ids if e not in done_now]
+    evaluations = [e for g in all_groups for t in g.trials for e in t.evaluation_ids]
+    missing = [e for e in evaluations if e not in done_now]
     if "://" not in outcome.storage_root:
-        prune_checkpoints(Path(outcome.storage_root), groups(spec), done_now)
+        prune_checkpoints(Path(outcome.storage_root), all_groups, done_now)
         if not missing:
             drop_tune_state(Path(outcome.storage_root))
     log.say(_summary(out, spec))
@@ -462,7 +462,7 @@ def _wrap_up(
     )
     if outcome.interrupted or missing:
         log.say(
-            f"study incomplete: {len(missing)} of {n_evals} evaluations missing"
+            f"study incomplete: {len(missing)} of {len(evaluations)} evaluations missing"
             f"{' (interrupted)' if outcome.interrupted else ''}; rerun the same command to finish",
             err=True,
         )
@@ -497,10 +497,9 @@ def run_study(
     n_evals = sum(len(t.budgets) for t in all_trials)
     compact(out)  # rows a killed run left one file each: one file to read from now on
     finished = finished_evaluations(out)
+    all_groups = groups(spec)
     todo = [
-        g
-        for g in groups(spec)
-        if any(e not in finished for t in g.trials for e in t.evaluation_ids)
+        g for g in all_groups if any(e not in finished for t in g.trials for e in t.evaluation_ids)
     ]
     log = RunLog(out)
     log.say(
@@ -536,4 +535,4 @@ def run_study(
         verbose,
         allow_local_storage,
     )
-    return _wrap_up(spec, out, outcome, log, data_s, t_command)
+    return _wrap_up(spec, all_groups, out, outcome, log, data_s, t_command)
