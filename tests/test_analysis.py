@@ -22,6 +22,7 @@ from analysis.factors import (
     factor_table,
     factors_by,
     median_ci,
+    method_summary,
     pair_models,
     ratio_of_medians_ci,
     share_below,
@@ -303,6 +304,8 @@ def test_median_of_ratios_with_ties_and_ratio_of_medians():
     gp = np.array([0.01 * (b + 1) * r for b, r in enumerate((1.0, 2.0, 2.0, 2.0, 7.0))])
     ml = 0.01 * np.arange(1, 6)
     assert t["ratio_of_medians"] == pytest.approx(np.median(gp) / np.median(ml), rel=1e-12)
+    assert t["median_gplasdi"] == pytest.approx(np.median(gp), rel=1e-15)
+    assert t["median_method"] == pytest.approx(np.median(ml), rel=1e-15)
     assert t["mor_low"] <= 2.0 <= t["mor_high"]
 
 
@@ -346,7 +349,12 @@ def test_missing_partner_and_excluded_rows_are_reported():
             rows[-1]["evaluation_id"],
         ]
     )
-    assert p.unpaired["reason"].str.startswith("no usable").all()
+    group = "(arch_index, latent_dim, budget_index, sampling, seed)"
+    assert p.unpaired["reason"].tolist() == [
+        *[f"no usable mlasdi row with the same {group}"] * 3,
+        f"no usable gplasdi row with the same {group}",
+    ]
+    assert p.unpaired.index.equals(pd.RangeIndex(4))
     assert sorted(p.pairs["factor_err_max"])[0] == 0.0  # the diverged mLaSDI run
     t = factor_table(p.pairs, p.rows, n_boot=50).set_index("quantity")
     assert t.loc["err_max", "median_of_ratios"] == pytest.approx(2.5, rel=1e-12)
@@ -363,6 +371,42 @@ def test_missing_partner_and_excluded_rows_are_reported():
         <= share.loc["mlasdi", "share"]
         <= share.loc["mlasdi", "share_high"]
     )
+
+
+def test_share_below_interval_is_the_wilson_score_interval():
+    # k of n models below the threshold: the 95% interval equals scipy's Wilson score interval
+    # (scipy.stats.binomtest, an independent implementation) to 1e-12, at k = 0, 1, n / 2 and n.
+    binomtest = pytest.importorskip("scipy.stats").binomtest
+    for n, k in ((10, 0), (10, 1), (10, 5), (7, 7), (40, 13)):
+        rows = [row("mlasdi", 0, 3, b, 0.001 if b < k else 0.1, seed=b) for b in range(n)]
+        usable, excluded = split_usable(pd.DataFrame(rows))
+        share = share_below(usable, excluded, threshold=0.01).set_index("method")
+        low, high = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert share.loc["mlasdi", "n_below"] == k and share.loc["mlasdi", "n_models"] == n
+        assert share.loc["mlasdi", "share_low"] == pytest.approx(low, rel=1e-12, abs=1e-15)
+        assert share.loc["mlasdi", "share_high"] == pytest.approx(high, rel=1e-12, abs=1e-15)
+
+
+def test_method_summary_counts_medians_and_training_time():
+    # Three mLaSDI models (one diverged: infinite errors) and two GPLaSDI ones, by hand.
+    rows = [
+        row("mlasdi", 0, 3, 0, 0.01, train_time_s=10.0, n_model_params=100, seed=0),
+        row("mlasdi", 0, 3, 1, 0.03, train_time_s=30.0, n_model_params=300, seed=1),
+        row("mlasdi", 0, 3, 2, 0.02, train_time_s=50.0, n_model_params=200, seed=2),
+        row("gplasdi", 0, 3, 0, 0.04, train_time_s=5.0, n_model_params=400, seed=0),
+        row("gplasdi", 0, 3, 1, 0.08, train_time_s=7.0, n_model_params=400, seed=1),
+    ]
+    rows[2].update(status="diverged", message="loss is NaN")
+    usable, _ = split_usable(pd.DataFrame(rows))
+    summary = method_summary(usable).set_index("method")
+    ml, gp = summary.loc["mlasdi"], summary.loc["gplasdi"]
+    assert (ml["n_models"], ml["n_diverged"], gp["n_models"], gp["n_diverged"]) == (3, 1, 2, 0)
+    assert ml["median_err_mean"] == 0.03 and ml["best_err_max"] == 0.02
+    assert ml["median_err_max"] == 0.06  # of 0.02, 0.06 and the diverged model's inf
+    assert gp["median_err_mean"] == pytest.approx(0.06, rel=1e-15)
+    assert (ml["median_train_time_s"], ml["total_train_time_s"]) == (30.0, 90.0)
+    assert (gp["median_train_time_s"], gp["total_train_time_s"]) == (6.0, 12.0)
+    assert (ml["median_n_model_params"], gp["median_n_model_params"]) == (200.0, 400.0)
 
 
 def test_pairing_averages_over_seeds_when_seeds_differ():
@@ -1111,6 +1155,14 @@ def test_units_are_the_trials_behind_a_pair_and_named_by_the_design():
     m = pair_models(split_usable(pd.DataFrame(rows))[0])
     assert m.mode == "mean" and m.n_units == 2
     assert m.unit_name == "(architecture, latent size) group"
+    # One GPLaSDI trial per (architecture, seed) serving both latent sizes: each design cell
+    # still lies in one unit, but a unit now spans two cells, so it is no design cell.
+    rows = unit_study({4: 2.0, 5: 2.0})
+    for r in rows:
+        if r["method"] == "gplasdi":
+            r["trial_id"] = f"gplasdi-a{r['arch_index']}-s{r['seed']}"
+    shared = pair_models(split_usable(pd.DataFrame(rows))[0])
+    assert shared.n_units == 6 and shared.unit_name == "group of trials linked by pairs"
 
 
 def test_the_same_model_at_several_budgets_counts_once_and_does_not_narrow_the_interval():
@@ -1122,6 +1174,10 @@ def test_the_same_model_at_several_budgets_counts_once_and_does_not_narrow_the_i
     p3 = pair_models(u3)
     assert len(p3.pairs) == 12 and len(p3.merged) == 24 and (p3.pairs["n_cells"] == 3).all()
     assert (p3.merged["same_as_budget_index"] == 0).all()
+    # The merged table is the pairs table of one budget: the same columns (it is written to
+    # pairs_<method>.csv), its key first, and a fresh index.
+    assert list(p3.pairs.columns) == list(p1.pairs.columns)
+    assert p3.pairs.columns[0] == "arch_index" and p3.pairs.index.equals(pd.RangeIndex(12))
     t1 = factor_table(p1.pairs, p1.rows, n_boot=400, seed=1)
     t3 = factor_table(p3.pairs, p3.rows, n_boot=400, seed=1)
     assert (t3["n_cells"] == 36).all() and (t1["n_cells"] == 12).all()
@@ -1144,6 +1200,24 @@ def test_a_unit_bootstrap_resamples_whole_units():
     boots = [np.median(np.concatenate([values[units == labels[d]] for d in row])) for row in draws]
     assert med == np.median(values)
     expected = np.quantile(boots, [0.05, 0.95], method="inverted_cdf")
+    assert (lo, hi) == pytest.approx(tuple(expected), rel=1e-15)
+    # The ratio of medians draws units too, and takes both samples' values of each drawn unit:
+    # the denominator has values in units 2, 4 and 9 only (unit 7 draws none of them).
+    other = np.array([0.4, 0.5, 1.5, 0.2, 0.3])
+    other_units = np.array([2, 2, 4, 9, 9])
+    ratio, lo, hi = ratio_of_medians_ci(
+        values, other, np.random.default_rng(5), n_boot=300, level=0.9,
+        numerator_units=units, denominator_units=other_units,
+    )  # fmt: skip
+    rng = np.random.default_rng(5)
+    boots = []
+    for row_ in rng.integers(0, 4, size=(300, 4)):
+        num = np.concatenate([values[units == labels[d]] for d in row_])
+        den = np.concatenate([other[other_units == labels[d]] for d in row_])
+        boots.append(np.median(num) / np.median(den) if den.size else np.nan)
+    boots = np.array(boots)
+    assert ratio == pytest.approx(np.median(values) / np.median(other), rel=1e-15)
+    expected = np.quantile(boots[~np.isnan(boots)], [0.05, 0.95], method="inverted_cdf")
     assert (lo, hi) == pytest.approx(tuple(expected), rel=1e-15)
 
 

@@ -11,6 +11,7 @@ from mlasdi.dynamics import (
     fit_affine,
     integrate,
     integrate_expm,
+    integrate_expm_uniform,
     integrate_rk4,
     latent_penalty_gradient,
     split_coefficients,
@@ -274,6 +275,25 @@ def test_integrate_rk4_takes_one_step_per_interval_by_default():
     growth = 1 + x + x**2 / 2 + x**3 / 6 + x**4 / 24
     expected = z0[:, None, :] * growth ** torch.arange(5, dtype=torch.float64)[:, None]
     torch.testing.assert_close(Z, expected, rtol=1e-14, atol=0)
+    Z = integrate(
+        torch.diag(a)[None], torch.zeros(1, 3, dtype=torch.float64), z0, times, method="rk4"
+    )
+    torch.testing.assert_close(Z, expected, rtol=1e-14, atol=0)
+
+
+def test_integrators_compute_on_the_device_of_the_initial_state():
+    # The ROM keeps the snapshot times on the host and z0 = enc(u0) on the training device. A
+    # "meta" tensor stands for that device: an operation mixing it with a host tensor fails as
+    # it would on a GPU, so every intermediate must be made on z0's device.
+    A, b, z0 = (torch.ones(2, 3, 3), torch.ones(2, 3), torch.ones(2, 3))
+    A, b, z0 = (t.to("meta") for t in (A, b, z0))
+    times = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    for Z in (
+        integrate(A, b, z0, times),
+        integrate(A, b, z0, times, method="rk4"),
+        integrate_expm_uniform(A, b, z0, 5, 0.25),
+    ):
+        assert Z.device.type == "meta" and Z.shape == (2, 5, 3) and Z.dtype == torch.float32
 
 
 def test_integrate_rk4_accepts_float64_coefficients_with_float32_state():

@@ -34,6 +34,7 @@ from mlasdi.rom import (
 from mlasdi.train import (
     LSTSQ_RIDGE,
     OutputLayerMSE,
+    ResidualTrainer,
     Stage1Trainer,
     flatten_parameters,
     least_squares,
@@ -142,6 +143,35 @@ def test_stage1_with_exact_output_layer_stops_at_its_least_squares_fit(tiny_trai
     torch.testing.assert_close(ours, best, rtol=1e-6, atol=0)
     last = model.decoder[-1]
     torch.testing.assert_close(last.bias, expected[-1], rtol=1e-4, atol=1e-4 * expected.abs().max())
+
+
+def test_residual_stage_with_exact_output_layer_stops_at_its_least_squares_fit():
+    # float64, seed 5: a residual decoder (hidden (16,)) trained 30 iterations with
+    # output_layer="lstsq" ends with its output layer at the ridge least-squares fit of the
+    # target on its final features (torch.linalg.lstsq on the stacked ridge system, loss to
+    # 1e-9); trained by Adam alone the same 30 iterations leave a loss about twice as high.
+    torch.manual_seed(5)
+    Z = torch.randn(3, 11, 3, dtype=torch.float64)
+    target = torch.randn(3, 11, 24, dtype=torch.float64)
+    losses = {}
+    for output_layer in ("lstsq", "adam"):
+        config = ResidualStageConfig(hidden=(16,), iters=30, lr=3e-3, output_layer=output_layer)
+        trainer = ResidualTrainer.create(Z, target, config, seed=5)
+        trainer.train(30)
+        model = trainer.model
+        with torch.no_grad():
+            Z_flat, Y = Z.reshape(-1, 3), target.reshape(-1, 24)
+            losses[output_layer] = float(((model(Z_flat) - Y) ** 2).mean())
+            h = model[:-1](Z_flat)
+        h1 = torch.cat([h, torch.ones(h.shape[0], 1, dtype=h.dtype)], 1)
+        lam = LSTSQ_RIDGE * (h1**2).sum(0).mean()
+        k = h1.shape[1]
+        stacked = torch.cat([h1, lam.sqrt() * torch.eye(k, dtype=h1.dtype)])
+        padded = torch.cat([Y, torch.zeros(k, Y.shape[1], dtype=Y.dtype)])
+        best = float(((h1 @ torch.linalg.lstsq(stacked, padded).solution - Y) ** 2).mean())
+        if output_layer == "lstsq":
+            assert losses[output_layer] == pytest.approx(best, rel=1e-9)
+    assert losses["adam"] > 1.5 * losses["lstsq"]
 
 
 def test_standardisation_is_the_training_mean_and_std_and_predictions_are_physical(tiny_train):
@@ -438,7 +468,7 @@ def test_stage1_selection_is_budget_consistent_and_resumes_exactly(five):
     def trainer():
         return stage1_trainer(U, train.params, train.times, config_of(39))
 
-    straight, short = trainer(), trainer()
+    straight, short, past = trainer(), trainer(), trainer()
     straight.train(39)
     short.train(22)
     assert short.selected()[0] == 22
@@ -446,7 +476,11 @@ def test_stage1_selection_is_budget_consistent_and_resumes_exactly(five):
     resumed.load_state_dict(short.state_dict())
     want, expected = straight.selected()
     assert want == 25
-    for run in (short, resumed):
+    # Saved at 30, past the best checkpoint: the state carries it (no later one beats it).
+    past.train(30)
+    resumed_past = trainer()
+    resumed_past.load_state_dict(past.state_dict())
+    for run in (short, resumed, resumed_past):
         run.train(39)
         kept, model = run.selected()
         assert kept == want

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from torch.overrides import TorchFunctionMode
 
 from mlasdi.config import ACTIVATIONS, ResidualStageConfig, Stage1Config
 from mlasdi.dynamics import affine_fit_losses, time_derivative
 from mlasdi.fit import fit_rom
-from mlasdi.nn import Autoencoder, ResidualDecoder
+from mlasdi.nn import MLP, Autoencoder, ResidualDecoder
 from mlasdi.rom import MultiStageROM, evaluate
 from mlasdi.train import (
     TRAINER_STATE_FORMAT,
@@ -24,6 +25,7 @@ from mlasdi.train import (
     CheckpointReport,
     DivergenceError,
     FlatAdam,
+    LayerPass,
     ResidualTrainer,
     Stage1Trainer,
     bias_column_block,
@@ -425,6 +427,46 @@ def test_flat_adam_equals_torch_fused_adam_bit_for_bit():
         assert torch.equal(ours, reference.detach()), f"differs after step {step}"
 
 
+class _ProductShapes(TorchFunctionMode):
+    """Records the shape of every matrix product computed under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, "__name__", "") in ("__matmul__", "matmul", "mm", "addmm"):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+def test_layer_pass_gradients_equal_autograd_and_skip_an_unwanted_input_gradient():
+    # float64, seed 11: an MLP 40 -> 16 -> 8 -> 5 (sine, then softplus) on 7 inputs. The hand-written
+    # backward writes autograd's parameter gradients (to 1e-12) and returns dL/dx only when
+    # asked: without input_grad it never forms the [7, 40] product (for an encoder, the
+    # widest one of the step).
+    torch.manual_seed(11)
+    layers = MLP((40, 16, 8, 5), "softplus", first_activation="sin").double()
+    x = torch.randn(7, 40, dtype=torch.float64, requires_grad=True)
+    seed_grad = torch.randn(7, 5, dtype=torch.float64)
+    (layers(x) * seed_grad).sum().backward()
+    expected = [p.grad.clone() for p in layers.parameters()]
+    expected_x = x.grad.clone()
+    layer_pass = LayerPass(layers)
+    for input_grad in (True, False):
+        with torch.no_grad(), _ProductShapes() as products:
+            layer_pass.forward(x.detach())
+            got_x = layer_pass.backward(seed_grad, input_grad=input_grad)
+        for got, want in zip(layers.parameters(), expected, strict=True):
+            torch.testing.assert_close(got.grad, want, rtol=1e-12, atol=1e-14)
+        if input_grad:
+            torch.testing.assert_close(got_x, expected_x, rtol=1e-12, atol=1e-14)
+        else:
+            assert got_x is None
+        assert ((7, 40) in products.shapes) == input_grad
+
+
 def test_trainer_rejects_a_state_saved_in_another_format(tiny_train):
     # A state saved before FlatAdam (torch.optim.Adam's layout, no "format") would load its
     # moment vectors into the wrong parameters: it is refused with a clear error.
@@ -437,6 +479,9 @@ def test_trainer_rejects_a_state_saved_in_another_format(tiny_train):
     with pytest.raises(
         ValueError, match=f"format 1, expected {TRAINER_STATE_FORMAT}.*train from scratch"
     ):
+        fresh.load_state_dict(state)
+    state["format"] = TRAINER_STATE_FORMAT + 1  # saved by a later mlasdi
+    with pytest.raises(ValueError, match=f"format {TRAINER_STATE_FORMAT + 1}, expected"):
         fresh.load_state_dict(state)
     assert fresh.iteration == 0
 
@@ -573,6 +618,8 @@ def test_cosine_schedule_endpoints_and_resume():
     assert trainer.learning_rate(0) == pytest.approx(2e-3, rel=1e-15)
     assert trainer.learning_rate(20) == pytest.approx((2e-3 + 2e-5) / 2, rel=1e-12)
     assert trainer.learning_rate(40) == pytest.approx(2e-5, rel=1e-12)
+    # Trained on past its schedule (a longer budget than ``iters``), it stays at the floor.
+    assert trainer.learning_rate(60) == trainer.learning_rate(40)
     straight = ResidualTrainer.create(Z, target, config, seed=5)
     straight.train(40)
     trainer.train(20)
