@@ -287,6 +287,15 @@ def test_factors_exact_by_construction():
         assert t.loc[q, "n_pairs"] == 12 and t.loc[q, "n_gplasdi"] == 12
     costs = factor_table(p.pairs, p.rows, ["train_time_s", "n_model_params"], n_boot=50)
     assert costs["median_of_ratios"].tolist() == pytest.approx([3.0, 4.0], rel=1e-12)
+    # 12 units: a verdict at min_units 12, too few at 13 (the caller's threshold, not MIN_UNITS).
+    for min_units, expected in ((12, "improves"), (13, "too few units")):
+        t = factor_table(p.pairs, p.rows, ["err_max"], n_boot=50, min_units=min_units).iloc[0]
+        assert t["verdict"] == expected
+    # A model without a training time is left out of that quantity's counts and medians.
+    rows = p.rows.copy()
+    rows.loc[rows["method"] == "gplasdi", "train_time_s"] = [np.nan, *[150.0] * 11]
+    t = factor_table(p.pairs, rows, ["train_time_s"], n_boot=50).iloc[0]
+    assert (t["n_gplasdi"], t["n_method"], t["median_gplasdi"]) == (11, 12, 150.0)
 
 
 def test_median_of_ratios_with_ties_and_ratio_of_medians():
@@ -1177,6 +1186,14 @@ def test_the_same_model_at_several_budgets_counts_once_and_does_not_narrow_the_i
     # The merged table is the pairs table of one budget: the same columns (it is written to
     # pairs_<method>.csv), its key first, and a fresh index.
     assert list(p3.pairs.columns) == list(p1.pairs.columns)
+    key = ["arch_index", "latent_dim", "budget_index", "sampling", "seed"]
+    assert list(p3.merged.columns) == [
+        *key,
+        "evaluation_id_gplasdi",
+        "evaluation_id_mlasdi",
+        "same_as_budget_index",
+    ]
+    assert p3.merged.index.equals(pd.RangeIndex(24))
     assert p3.pairs.columns[0] == "arch_index" and p3.pairs.index.equals(pd.RangeIndex(12))
     t1 = factor_table(p1.pairs, p1.rows, n_boot=400, seed=1)
     t3 = factor_table(p3.pairs, p3.rows, n_boot=400, seed=1)
@@ -1297,6 +1314,34 @@ def test_verdict_splits_rule():
     assert flags([4, 5], [1.1, 1.2], ["too few units"] * 2) == (False, False)
     assert flags([4], [0.5], ["worsens"]) == (False, False)
     assert MIN_UNITS == 5
+    # The flags look at every quantity: too few units in the first one is enough.
+    two = pd.concat(
+        [
+            table([4, 5], [0.9, 1.2], ["too few units"] * 2),
+            table([4, 5], [1.1, 1.2], ["improves"] * 2).assign(quantity="err_mean"),
+        ]
+    )
+    t = verdict_splits(
+        {"latent_dim": two, "arch_index": two.rename(columns={"latent_dim": "arch_index"})}
+    )
+    assert t["too_few_units"].all() and not t["splits"].any()
+    assert (
+        t.index.equals(pd.RangeIndex(8))
+        and t["dimension"].tolist() == ["latent_dim"] * 4 + ["arch_index"] * 4
+    )
+    empty = verdict_splits({})
+    assert empty.empty and list(empty.columns) == [
+        "dimension",
+        "value",
+        "quantity",
+        "n_units",
+        "median_of_ratios",
+        "mor_low",
+        "mor_high",
+        "verdict",
+        "splits",
+        "too_few_units",
+    ]
 
 
 # ----------------------------------------------------------------------------- figures for a paper

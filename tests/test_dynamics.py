@@ -194,6 +194,9 @@ def test_time_derivative_adjoint_is_the_transpose(scheme):
     adjoint = time_derivative_adjoint(G, 0.3, scheme)
     np.testing.assert_allclose((adjoint * Z).sum().item(), pairing.item(), rtol=1e-12)
     torch.testing.assert_close(adjoint, autograd, rtol=1e-14, atol=1e-14)
+    if scheme == "central4":  # both default to it
+        assert torch.equal(time_derivative_adjoint(G, 0.3), adjoint)
+        assert torch.equal(time_derivative(Z, 0.3), time_derivative(Z, 0.3, scheme))
 
 
 @pytest.mark.parametrize("scheme", ["central4", "central2"])

@@ -467,6 +467,19 @@ def test_layer_pass_gradients_equal_autograd_and_skip_an_unwanted_input_gradient
         assert ((7, 40) in products.shapes) == input_grad
 
 
+def test_stage1_grow_rejects_rows_of_another_shape(tiny_train):
+    # tiny_train: rows [n, n_t, n_state]; new rows must match in n_t and n_state, with a row axis.
+    trainer = _stage1_trainer(tiny_train)
+    U = torch.as_tensor(tiny_train.flat_snapshots())
+    n_t, n_state = U.shape[1:]
+    for bad in (U[0], U[:1, :-1], U[:1, :, :-1], U[None, :1]):
+        with pytest.raises(ValueError, match=rf"new rows must have shape \[m, {n_t}, {n_state}\]"):
+            trainer.grow(bad)
+    assert trainer.n_train == U.shape[0]
+    trainer.grow(U[:1])
+    assert trainer.n_train == U.shape[0] + 1
+
+
 def test_trainer_rejects_a_state_saved_in_another_format(tiny_train):
     # A state saved before FlatAdam (torch.optim.Adam's layout, no "format") would load its
     # moment vectors into the wrong parameters: it is refused with a clear error.
