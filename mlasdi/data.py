@@ -552,12 +552,19 @@ def _rows(handle: h5py.File, n_mu: int, indices: Sequence[int] | np.ndarray) -> 
     return idx
 
 
-def _read_rows(handle: h5py.File, idx: np.ndarray, time_slice: slice) -> np.ndarray:
-    """snapshots[idx, time_slice] (rows in any order, repeats allowed)."""
-    n_mu = handle["snapshots"].shape[0]
-    # h5py reads only strictly increasing indices: read each once, then reorder.
-    unique, inverse = np.unique(idx % n_mu, return_inverse=True)
-    return handle["snapshots"][unique, time_slice][inverse]
+def _read_rows(
+    handle: h5py.File, idx: np.ndarray, time_slice: slice, dtype: np.dtype | None = None
+) -> np.ndarray:
+    """snapshots[idx, time_slice] (rows in any order, repeats allowed), in ``dtype`` (default:
+    the file's), converted by HDF5 as it reads: no copy in the file's dtype is held."""
+    dataset = handle["snapshots"]
+    source = dataset if dtype is None else dataset.astype(dtype)
+    rows = idx % dataset.shape[0]
+    if rows.size and np.all(np.diff(rows) == 1):  # a block of rows, e.g. a batch of a test set
+        return source[rows[0] : rows[-1] + 1, time_slice]
+    # h5py reads only strictly increasing indices: read each once, then reorder (a copy).
+    unique, inverse = np.unique(rows, return_inverse=True)
+    return source[unique, time_slice][inverse]
 
 
 def load_snapshot_set(
@@ -565,18 +572,23 @@ def load_snapshot_set(
     *,
     indices: Sequence[int] | np.ndarray | None = None,
     time_slice: slice = slice(None),
+    dtype: np.dtype | type | None = None,
 ) -> SnapshotSet:
     """Read and validate a snapshot file (optionally only the parameters at ``indices``, and only
-    the times ``times[time_slice]``: e.g. ``slice(None, None, k)`` every k-th)."""
+    the times ``times[time_slice]``: e.g. ``slice(None, None, k)`` every k-th), with the
+    snapshots in ``dtype`` (default: the file's; converted while reading, so a float64 file read
+    as float32 never holds its float64 copy, and a value beyond float32's range reads as Inf)."""
     path = Path(path)
     with _open(path) as handle:
         info = _check_header(path, handle)
+        dtype = None if dtype is None else np.dtype(dtype)
         if indices is None:
-            snapshots = handle["snapshots"][:, time_slice]
+            dataset = handle["snapshots"]
+            snapshots = (dataset if dtype is None else dataset.astype(dtype))[:, time_slice]
             params = info.params
         else:
             idx = _rows(handle, info.params.shape[0], indices)
-            snapshots = _read_rows(handle, idx, time_slice)
+            snapshots = _read_rows(handle, idx, time_slice, dtype)
             params = info.params[idx]
         coord_names = json.loads(handle.attrs.get("coord_names", "[]"))
         absent = [name for name in coord_names if f"coords/{name}" not in handle]
@@ -655,9 +667,12 @@ class SnapshotReader:
         if not isinstance(key, slice):
             raise TypeError(f"SnapshotReader reads slices of parameters, got {key!r}")
         data = load_snapshot_set(
-            self.path, indices=self.rows[key], time_slice=slice(None, None, self.time_stride)
+            self.path,
+            indices=self.rows[key],
+            time_slice=slice(None, None, self.time_stride),
+            dtype=np.float32,
         )
-        return data.flat_snapshots().astype(np.float32)
+        return data.flat_snapshots()
 
     def check(self) -> None:
         """Raise :class:`DataError` (one line naming the path) if the file is not at ``path``."""

@@ -36,6 +36,9 @@ from mlasdi.validation import DEFAULT_SPLIT, Split
 SAVE_FORMAT_VERSION = 2  # 2: the autoencoder state holds its standardisation
 # A predicted latent trajectory this many times larger than the training latents has blown up.
 LATENT_BLOWUP_FACTOR = 1e3
+# Snapshot values in one batch of :func:`evaluate` at most (32 MiB in float32): 8 parameters of
+# Burgers' 1001 times x 1001 nodes, where 32 parameters would add 600 MiB to a trial's peak.
+EVAL_BATCH_VALUES = 2**23
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -476,7 +479,10 @@ def evaluate(
     and moved to the device a batch of parameters at a time, so neither the truth nor the full
     prediction has to fit in memory. ``u0`` defaults to each batch's ``truth[:, 0]``; ``times``
     [n_t] (default ``rom.times``) are the truth's times, which the latent ODE is integrated to.
-    ``errors.max(-1)`` gives r(mu) for each stage count.
+    ``errors.max(-1)`` gives r(mu) for each stage count. A batch is ``batch_size`` parameters,
+    or fewer where that would hold more than :data:`EVAL_BATCH_VALUES` snapshot values: a batch
+    holds a few arrays of that size (truth, prediction, difference), so the memory an evaluation
+    adds stays about the same whatever the grid.
     """
     params = np.atleast_2d(np.asarray(params, dtype=np.float64))
     times = rom.times if times is None else np.asarray(times, dtype=np.float64)
@@ -484,6 +490,7 @@ def evaluate(
         raise ValueError(
             f"truth has {truth.shape[1]} times but the predictions {times.size}; pass its times"
         )
+    batch_size = max(1, min(batch_size, EVAL_BATCH_VALUES // (truth.shape[1] * truth.shape[2])))
     errors = np.empty((rom.n_stages, params.shape[0], truth.shape[1]))
     for start in range(0, params.shape[0], batch_size):
         stop = min(start + batch_size, params.shape[0])

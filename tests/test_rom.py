@@ -14,6 +14,7 @@ import scipy.linalg
 import torch
 from torch.overrides import TorchFunctionMode
 
+from mlasdi import rom as rom_module
 from mlasdi.config import ACTIVATIONS, ResidualStageConfig, Stage1Config
 from mlasdi.dynamics import affine_fit_losses, time_derivative
 from mlasdi.fit import fit_rom
@@ -215,6 +216,32 @@ def test_evaluate_equals_an_independent_relative_error(tiny_fit2_f64, tiny_oscil
         np.testing.assert_allclose(errors[k - 1].max(-1), per_time.max(-1), rtol=1e-12)
     # Other batch sizes change the batched matmuls' rounding only.
     np.testing.assert_allclose(evaluate(rom, params, truth, batch_size=32), errors, rtol=1e-14)
+
+
+def test_evaluate_batches_hold_at_most_its_value_budget(
+    tiny_fit2_f64, tiny_oscillator, monkeypatch
+):
+    # With a budget of two parameters' snapshots, batch_size 32 reads the truth two parameters
+    # at a time (rows 0-1, then 2), and the errors are those of batches of 2 to rounding.
+    rom = tiny_fit2_f64.rom
+    params, truth, _ = _inputs(tiny_oscillator)
+    reads = []
+
+    class Recorded:
+        shape = truth.shape
+
+        def __getitem__(self, rows):
+            reads.append((rows.start, rows.stop))
+            return truth[rows]
+
+    monkeypatch.setattr(rom_module, "EVAL_BATCH_VALUES", 2 * truth.shape[1] * truth.shape[2] + 1)
+    errors = evaluate(rom, params, Recorded(), batch_size=32)
+    assert reads == [(0, 2), (2, 3)]
+    np.testing.assert_allclose(errors, evaluate(rom, params, truth, batch_size=2), rtol=1e-14)
+    monkeypatch.setattr(rom_module, "EVAL_BATCH_VALUES", 1)  # less than one parameter: one each
+    reads.clear()
+    evaluate(rom, params, Recorded(), batch_size=32)
+    assert reads == [(0, 1), (1, 2), (2, 3)]
 
 
 def test_fit_rom_rejects_a_latent_size_not_smaller_than_the_state(tiny_config):
