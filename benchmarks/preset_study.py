@@ -78,6 +78,18 @@ def process_kind(command: str) -> str:
     return Path((named or words or ["?"])[0]).name
 
 
+def peak_rss(pid: int) -> int:
+    """The peak resident set of process ``pid`` so far, in bytes (the kernel's VmHWM: exact,
+    where sampling can miss a short peak; 0 if the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class PresetRun(NamedTuple):
     """What :func:`run_preset` measured; memory in MiB of PSS, kinds as :func:`process_kind`."""
 
@@ -85,6 +97,9 @@ class PresetRun(NamedTuple):
     peak_mb: float  # of every process together
     at_peak: dict[str, float]  # each kind's share of that peak
     kind_peaks: dict[str, float]  # each kind's own peak over the run (a kind's processes summed)
+    # each kind's largest process peak RSS (VmHWM, exact; a Ray worker counts under every kind
+    # it was seen as, e.g. ray::ImplicitFunc.train and ray::IDLE)
+    process_peaks: dict[str, float]
 
 
 def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> PresetRun:
@@ -107,15 +122,19 @@ def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> PresetRun:
     )
     peak: list = [0, {}]
     kind_peaks: dict[str, float] = {}
+    process_peaks: dict[str, float] = {}
     finished = threading.Event()
 
     def sample() -> None:
         while not finished.wait(0.5):
-            processes = tree_pss(child.pid).values()
+            tree = tree_pss(child.pid)
+            processes = tree.values()
             kinds: dict[str, float] = {}
-            for pss, command in processes:
+            for pid, (pss, command) in tree.items():
                 kind = process_kind(command)
                 kinds[kind] = kinds.get(kind, 0.0) + pss / 2**20
+                hwm = peak_rss(pid) / 2**20
+                process_peaks[kind] = max(hwm, process_peaks.get(kind, 0.0))
             for kind, mb in kinds.items():
                 kind_peaks[kind] = max(mb, kind_peaks.get(kind, 0.0))
             total = sum(p for p, _ in processes)
@@ -136,7 +155,7 @@ def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> PresetRun:
             print(line)
     # What the user's terminal received (stdout and stderr): the progress line, not Tune's tables.
     print(f"console_lines={len(stdout.splitlines()) + len(stderr.splitlines())}")
-    return PresetRun(wall, peak[0] / 2**20, peak[1], kind_peaks)
+    return PresetRun(wall, peak[0] / 2**20, peak[1], kind_peaks, process_peaks)
 
 
 def _pct(x: float) -> str:

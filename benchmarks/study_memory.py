@@ -19,9 +19,13 @@ kind of process held at that peak.
 training, sets the peak). ``--preset burgers1d_gplasdi_greedy`` runs the greedy preset with its
 rounds scaled as its budgets (a round every 40 iterations to 14 points by 400; every 20 in
 mLaSDI's stage 1 of 200), each round as large as the full preset's. Printed for each seed count: the peak of the whole run with each kind
-of process's share at that moment, and each kind's own peak over the run.
+of process's share at that moment, each kind's own peak over the run, and each kind's largest
+process peak RSS (the kernel's VmHWM: exact, where the 0.5 s samples of PSS can miss an
+evaluation's short peak; that is how one such run sampled a trial worker at 1025 MiB for one
+seed and another at 1561 MiB for three, which read as growth with the number of trials).
 
-Last lines: ``peak_pss_mb_<n>seeds=<x>`` for each seed count.
+Last lines: ``peak_pss_mb_<n>seeds=<x>`` (sampled, every process) and
+``worker_peak_rss_mb_<n>seeds=<x>`` (exact, the largest Ray worker) for each seed count.
 """
 
 from __future__ import annotations
@@ -75,13 +79,16 @@ def main(argv: list[str] | None = None) -> int:
                 dump_toml(reduced_spec(args.preset, n, full_size=args.data_dir is not None))
             )
             run = run_preset(str(spec), workdir / f"out{n}", workdir, smoke=False)
-            peaks[n] = run.peak_mb
+            worker = max(v for k, v in run.process_peaks.items() if k.startswith("ray::"))
+            peaks[n] = (run.peak_mb, worker)
             print(
                 f"{n} seed(s): {run.wall_s:.0f} s, peak PSS {run.peak_mb:.0f} MiB; at the peak "
                 f"(MiB): {_by_size(run.at_peak)}; each kind's own peak: {_by_size(run.kind_peaks)}"
+                f"; each kind's largest process peak RSS (exact): {_by_size(run.process_peaks)}"
             )
-    for n, peak in peaks.items():
+    for n, (peak, worker) in peaks.items():
         print(f"peak_pss_mb_{n}seeds={peak:.0f}")
+        print(f"worker_peak_rss_mb_{n}seeds={worker:.0f}")
     return 0
 
 
