@@ -65,7 +65,7 @@ from mlasdi.engine import (
 from mlasdi.greedy import GreedySampler, greedy_start
 from mlasdi.metrics import summarize_errors
 from mlasdi.rom import MultiStageROM, held_out_rom, resolve_device, torch_dtype
-from mlasdi.runtime import provenance, release_free_heap
+from mlasdi.runtime import large_blocks_mapped, provenance, release_free_heap
 from mlasdi.sampling import parameter_key
 from mlasdi.study_data import StudyData
 from mlasdi.train import TRAINER_STATE_FORMAT, CheckpointReport, DivergenceError
@@ -492,8 +492,8 @@ class TrialRunner(Plugin):
     def on_checkpoint(self, engine: StageEngine, stop: Stop) -> None:
         for t, i in self.budgets(stop.run.branch, stop.budget):
             if t.budgets[i] == stop.budget:
-                self._evaluate(t, i, stop.rom, stop.stage_times_s, stop.decisions)
-                release_free_heap()
+                with large_blocks_mapped():  # and returns the freed heap after
+                    self._evaluate(t, i, stop.rom, stop.stage_times_s, stop.decisions)
 
     def on_diverged(
         self, engine: StageEngine, branch: str, prefix: tuple[int, ...], exc: DivergenceError

@@ -202,3 +202,54 @@ def test_release_free_heap_returns_a_threads_freed_blocks_to_the_system():
         pytest.skip("this C library has no malloc_trim")
     # 64 MiB were freed; at least half of it must leave the resident set.
     assert rss["freed"] - rss["released"] > 32 * 2**20, rss
+
+
+_FREED_BLOCKS = """
+import ctypes, sys
+from pathlib import Path
+from mlasdi import runtime
+
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 3 * 2**20
+
+def released():
+    # 32 blocks of 3 MiB, each followed by a 256 KiB block that stays in use, freed
+    pairs = []
+    for _ in range(32):
+        big, small = libc.malloc(size), libc.malloc(2**18)
+        ctypes.memset(big, 1, size)
+        pairs.append((big, small))
+    before = rss()
+    for big, _ in pairs:
+        libc.free(big)
+    return before - rss()
+
+first = libc.malloc(8 * 2**20)  # a mapped 8 MiB block freed: glibc raises its threshold to it
+libc.free(first)
+with runtime.large_blocks_mapped():
+    inside = released()
+after = released()
+print(runtime.release_free_heap(), inside, after)
+"""
+
+
+def test_large_blocks_mapped_returns_freed_large_blocks_at_once_inside_only():
+    """Blocks of 3 MiB, interleaved with 256 KiB blocks in use, are freed, after glibc raised
+    its threshold above 3 MiB. Inside large_blocks_mapped each has its own mapping and all
+    96 MiB leave at once; after it they come from the heap again (as training's blocks should:
+    mapping costs page faults), and stay resident (the blocks in use pin the holes)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _FREED_BLOCKS], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    if out[0] != "True":
+        pytest.skip("this C library is not glibc")
+    inside, after = (int(x) for x in out[1:])
+    assert inside > 90 * 2**20 and after < 16 * 2**20, out

@@ -309,18 +309,26 @@ def tiny():
     return spec, load_study_data(spec.data)
 
 
-def test_a_trial_returns_its_freed_heap_after_each_evaluation(tiny, monkeypatch):
-    """studies.trial releases the heap once per evaluated budget (runtime.release_free_heap's
-    test shows what that returns): a study's reused worker must not keep every trial's
-    evaluation buffers."""
+def test_a_trial_evaluates_with_large_blocks_mapped(tiny, monkeypatch):
+    """studies.trial runs each evaluation inside runtime.large_blocks_mapped, which returns the
+    freed heap on exit (its test in test_runtime.py shows what both give): a study's reused
+    worker must not keep, or grow with, its trials' evaluation buffers."""
+    import contextlib
+
     import studies.trial
 
     spec, data = tiny
     t = trials(spec)[0]
-    released: list[int] = []
-    monkeypatch.setattr(studies.trial, "release_free_heap", lambda: released.append(1))
+    entered: list[int] = []
+
+    @contextlib.contextmanager
+    def recorded():
+        entered.append(1)
+        yield
+
+    monkeypatch.setattr(studies.trial, "large_blocks_mapped", recorded)
     reports = run_trial(spec, data, t)
-    assert len(released) == len(eval_rows(reports)) == len(t.budgets)
+    assert len(entered) == len(eval_rows(reports)) == len(t.budgets)
 
 
 def test_trial_reports_every_budget_and_resumes_exactly(tiny):
