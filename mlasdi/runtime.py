@@ -100,9 +100,10 @@ def release_free_heap() -> bool:
 
     Why: glibc keeps freed memory in the arena of the thread that allocated it. Ray Tune runs
     each trial of a reused worker on a new thread, so every trial left its evaluation buffers
-    in an arena that no later trial used. Called after each evaluation and sampling round, and
-    at the end of a trial. ``benchmarks/study_memory.py`` at Burgers' full size: the trial
-    worker's peak went from 2108 to 1025 MiB for one seed, and from 4176 to 1561 MiB for three.
+    in an arena that no later trial used. Called after each evaluation (by
+    :func:`large_blocks_mapped`) and sampling round, and at the end of a trial.
+    ``benchmarks/study_memory.py`` at Burgers' full size: the trial worker's sampled peak went
+    from 2108 to 1025 MiB for one seed, and from 4176 to 1561 MiB for three.
     """
     libc = _glibc()
     if libc is None:
