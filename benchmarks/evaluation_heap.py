@@ -2,7 +2,7 @@
 
 A study trial evaluates each budget's ROM on the test set (``StudyData.test_errors``) and then
 computes its uncertainty columns (``mlasdi.uncertainty.assess``, 10 GP samples). This fits a
-stage-1 ROM (hidden 75, latent 5, 300 iterations) on a preset's training data and times that
+stage-1 ROM (hidden 75, latent 5, 300 iterations; 20 with ``--smoke``) on a preset's training data and times that
 pair of calls, alternating inside and outside ``large_blocks_mapped`` in one process (so both
 see the same load), with each call's rise of the peak resident set (VmHWM, reset before each
 call; Linux only). Outside, blocks come from the heap (after the first mapped call, with the
@@ -10,6 +10,7 @@ threshold glibc's own adjustment ends at, as in a trial after its first evaluati
 
     python benchmarks/evaluation_heap.py --spec vlasov_cpu --params 81 --repeats 6
     python benchmarks/evaluation_heap.py --spec burgers1d_gplasdi --params 110 --repeats 2
+    python benchmarks/evaluation_heap.py --smoke    # the data's smoke version, 2 calls (CI)
 
 Last lines: ``<mode>_s`` and ``<mode>_rise_mb`` (medians) for ``heap`` and ``mapped``, and
 ``time_ratio`` (mapped / heap).
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=int, default=81, help="test parameters assessed")
     parser.add_argument("--repeats", type=int, default=4, help="calls in each mode")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="the data's smoke version (CI)")
     args = parser.parse_args(argv)
 
     import torch
@@ -49,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)
-    data = load_study_data(spec.data, progress=False)
-    config = spec.rom_config(hidden=(75,), latent_dim=5, seed=0, stage_iters=(300,))
+    data = load_study_data(spec.data.smoke() if args.smoke else spec.data, progress=False)
+    iters = 20 if args.smoke else 300
+    config = spec.rom_config(hidden=(75,), latent_dim=5, seed=0, stage_iters=(iters,))
     rom = fit_rom(data.train_set(), config, device="cpu").rom
     n = min(args.params, data.params_test.shape[0])
 
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seconds: dict[str, list[float]] = {"heap": [], "mapped": []}
     rises: dict[str, list[float]] = {"heap": [], "mapped": []}
-    for repeat in range(args.repeats):
+    for repeat in range(1 if args.smoke else args.repeats):
         for mode in ("mapped", "heap") if repeat % 2 == 0 else ("heap", "mapped"):
             release_free_heap()
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
