@@ -1,4 +1,4 @@
-"""The process's CPU thread settings, and the provenance recorded with every result.
+"""The process's CPU thread and heap settings, and the provenance recorded with every result.
 
 Threads. Float32 results depend on the number of torch threads (the order of the sums), and an
 OpenMP pool larger than the free cores collapses on a shared host: a parallel region ends at a
@@ -131,11 +131,13 @@ def large_blocks_mapped(threshold: int = MAPPED_BLOCK_BYTES) -> Iterator[None]:
     32 MiB, each time it frees a mapped block. Training soon raises it (its per-step blocks
     are then reused from the heap, which is fast), and the many blocks of an evaluation's
     uncertainty pass (a chunk of GP samples, a parameter's snapshots) are then carved from the
-    heap too, whose freed holes stay resident until a trim: a Burgers trial's worker peaked at
-    1.2-2.5 GB there, where with mapped blocks it holds 0.6 GB. Mapping every block costs page
-    faults, which made training 1.8 times slower when applied to a whole trial: hence only
-    around an evaluation. Setting the threshold ends glibc's own adjustment of it, so on exit
-    it is set to where that adjustment ends.
+    heap too, whose freed holes stay resident until a trim: a Burgers study's trial worker
+    peaked at 1.8 GB for one seed and 2.5 GB for three, and with mapped blocks at 0.69 and
+    0.70 GB (``benchmarks/study_memory.py``). Mapped blocks are page-faulted afresh: an
+    evaluation of Burgers' test set takes about twice as long, one of vlasov_cpu's no longer
+    (``benchmarks/evaluation_heap.py``), and training under a fixed threshold slowed down too:
+    hence only around an evaluation. Setting the threshold ends glibc's own adjustment of it,
+    so on exit it is set to where that adjustment ends.
     """
     libc = _glibc()
     if libc is None:
