@@ -24,12 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-
-def _status_mb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {key} in /proc/self/status")
+from preset_study import status_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("mapped", "heap") if repeat % 2 == 0 else ("heap", "mapped"):
             release_free_heap()
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            base = _status_mb("VmRSS")
+            base = status_bytes("self", "VmRSS") / 2**20
             start = time.perf_counter()
             with large_blocks_mapped() if mode == "mapped" else contextlib.nullcontext():
                 evaluation()
             seconds[mode].append(time.perf_counter() - start)
-            rises[mode].append(_status_mb("VmHWM") - base)
+            rises[mode].append(status_bytes("self", "VmHWM") / 2**20 - base)
             print(f"{mode}: {seconds[mode][-1]:.1f} s, peak rise {rises[mode][-1]:.0f} MiB")
     for mode in seconds:
         print(f"{mode}_s={statistics.median(seconds[mode]):.2f}")

@@ -78,12 +78,13 @@ def process_kind(command: str) -> str:
     return Path((named or words or ["?"])[0]).name
 
 
-def peak_rss(pid: int) -> int:
-    """The peak resident set of process ``pid`` so far, in bytes (the kernel's VmHWM: exact,
-    where sampling can miss a short peak; 0 if the process is gone)."""
+def status_bytes(pid: int | str, key: str) -> int:
+    """A memory field of /proc/<pid>/status in bytes (``pid`` may be ``"self"``): ``VmRSS``, or
+    ``VmHWM``, the peak resident set so far (exact, where sampling can miss a short peak); 0 if
+    the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -133,7 +134,7 @@ def run_preset(preset: str, out: Path, workdir: Path, smoke: bool) -> PresetRun:
             for pid, (pss, command) in tree.items():
                 kind = process_kind(command)
                 kinds[kind] = kinds.get(kind, 0.0) + pss / 2**20
-                hwm = peak_rss(pid) / 2**20
+                hwm = status_bytes(pid, "VmHWM") / 2**20
                 process_peaks[kind] = max(hwm, process_peaks.get(kind, 0.0))
             for kind, mb in kinds.items():
                 kind_peaks[kind] = max(mb, kind_peaks.get(kind, 0.0))

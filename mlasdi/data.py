@@ -553,12 +553,15 @@ def _rows(handle: h5py.File, n_mu: int, indices: Sequence[int] | np.ndarray) -> 
 
 
 def _read_rows(
-    handle: h5py.File, idx: np.ndarray, time_slice: slice, dtype: np.dtype | None = None
+    handle: h5py.File, idx: np.ndarray | None, time_slice: slice, dtype: np.dtype | None = None
 ) -> np.ndarray:
-    """snapshots[idx, time_slice] (rows in any order, repeats allowed), in ``dtype`` (default:
-    the file's), converted by HDF5 as it reads: no copy in the file's dtype is held."""
+    """snapshots[idx, time_slice] (rows in any order, repeats allowed; None: every row), in
+    ``dtype`` (default: the file's), converted by HDF5 as it reads: no copy in the file's dtype
+    is held."""
     dataset = handle["snapshots"]
     source = dataset if dtype is None else dataset.astype(dtype)
+    if idx is None:
+        return source[:, time_slice]
     rows = idx % dataset.shape[0]
     if rows.size and np.all(np.diff(rows) == 1):  # a block of rows, e.g. a batch of a test set
         return source[rows[0] : rows[-1] + 1, time_slice]
@@ -581,15 +584,9 @@ def load_snapshot_set(
     path = Path(path)
     with _open(path) as handle:
         info = _check_header(path, handle)
-        dtype = None if dtype is None else np.dtype(dtype)
-        if indices is None:
-            dataset = handle["snapshots"]
-            snapshots = (dataset if dtype is None else dataset.astype(dtype))[:, time_slice]
-            params = info.params
-        else:
-            idx = _rows(handle, info.params.shape[0], indices)
-            snapshots = _read_rows(handle, idx, time_slice, dtype)
-            params = info.params[idx]
+        idx = None if indices is None else _rows(handle, info.params.shape[0], indices)
+        snapshots = _read_rows(handle, idx, time_slice, None if dtype is None else np.dtype(dtype))
+        params = info.params if idx is None else info.params[idx]
         coord_names = json.loads(handle.attrs.get("coord_names", "[]"))
         absent = [name for name in coord_names if f"coords/{name}" not in handle]
         if absent:

@@ -180,6 +180,11 @@ class TrialGroup:
         """The trial ids joined by ``+`` (a lone trial's own id)."""
         return "+".join(t.trial_id for t in self.trials)
 
+    @property
+    def evaluation_ids(self) -> list[str]:
+        """Every evaluation of its trials, in order."""
+        return [e for t in self.trials for e in t.evaluation_ids]
+
     def trial(self, method: str) -> Trial:
         return next(t for t in self.trials if t.method == method)
 

@@ -29,7 +29,7 @@ from typing import Any
 from mlasdi.data import SnapshotReader
 from mlasdi.metrics import METHODS
 from mlasdi.study_data import StudyData, load_study_data
-from studies.plan import TrialGroup, groups, trials
+from studies.plan import TrialGroup, groups
 from studies.progress import RunLog, StudyProgress
 from studies.results import ResultWriter, compact, finished_evaluations
 from studies.spec import SpecError, StudySpec, check_resources, spec_from_dict, tomllib
@@ -107,9 +107,7 @@ def _previous_in(storage_root: str) -> dict[str, str]:
 def prune_checkpoints(storage: Path, all_groups: list[TrialGroup], done: dict[str, str]) -> int:
     """Delete the Tune checkpoints of trial groups whose evaluations are all on disk (a resume
     never reads them: it skips finished groups); returns how many were deleted."""
-    finished = {
-        g.group_id for g in all_groups if all(e in done for t in g.trials for e in t.evaluation_ids)
-    }
+    finished = {g.group_id for g in all_groups if all(e in done for e in g.evaluation_ids)}
     n = 0
     for meta_path in storage.glob(f"*/*/checkpoint_*/{META_FILE}"):
         try:
@@ -444,7 +442,7 @@ def _wrap_up(
     overhead = (wall - compute / outcome.slots) / wall if wall > 0 else float("nan")
     compact(out)
     done_now = finished_evaluations(out, retry_failed=False)
-    evaluations = [e for g in all_groups for t in g.trials for e in t.evaluation_ids]
+    evaluations = [e for g in all_groups for e in g.evaluation_ids]
     missing = [e for e in evaluations if e not in done_now]
     if "://" not in outcome.storage_root:
         prune_checkpoints(Path(outcome.storage_root), all_groups, done_now)
@@ -493,17 +491,15 @@ def run_study(
     _check_out(spec, out)
     if not address and check:
         check_resources(spec, [_local_resources(num_cpus)], "this machine")
-    all_trials = trials(spec)
-    n_evals = sum(len(t.budgets) for t in all_trials)
+    all_groups = groups(spec)
+    n_trials = sum(len(g.trials) for g in all_groups)
+    n_evals = sum(len(g.evaluation_ids) for g in all_groups)
     compact(out)  # rows a killed run left one file each: one file to read from now on
     finished = finished_evaluations(out)
-    all_groups = groups(spec)
-    todo = [
-        g for g in all_groups if any(e not in finished for t in g.trials for e in t.evaluation_ids)
-    ]
+    todo = [g for g in all_groups if any(e not in finished for e in g.evaluation_ids)]
     log = RunLog(out)
     log.say(
-        f"study {spec.name}: {len(all_trials)} trials, {n_evals} evaluations; "
+        f"study {spec.name}: {n_trials} trials, {n_evals} evaluations; "
         f"{len(finished)} finished on disk, {sum(len(g.trials) for g in todo)} trials to run; "
         f"output {out}"
     )

@@ -121,7 +121,7 @@ class TrialRunner(Plugin):
         self.data = data
         self.report_fn = report
         self.state = state or {}
-        ids = {e for t in self.group.trials for e in t.evaluation_ids}
+        ids = set(self.group.evaluation_ids)
         self.done: set[str] = (set(self.state.get("done", [])) | set(finished)) & ids
         self.device = resolve_device("auto")
         self.dtype = torch_dtype(spec.training.dtype)

@@ -110,6 +110,18 @@ def test_exact_output_layer_gradient_is_the_reduced_loss_gradient():
     torch.testing.assert_close(grad_h, hv.grad, rtol=1e-8, atol=1e-10)
 
 
+def _ridge_fit(h, Y):
+    """([h, 1], X): the ridge least-squares fit X of ``Y`` on the features [h, 1] with the ridge
+    LSTSQ_RIDGE, solved independently as one QR least-squares problem:
+    [h1; sqrt(lam) I] X = [Y; 0]."""
+    h1 = torch.cat([h, torch.ones(h.shape[0], 1, dtype=h.dtype)], 1)
+    lam = LSTSQ_RIDGE * (h1**2).sum(0).mean()
+    k = h1.shape[1]
+    stacked = torch.cat([h1, lam.sqrt() * torch.eye(k, dtype=h1.dtype)])
+    padded = torch.cat([Y, torch.zeros(k, Y.shape[1], dtype=Y.dtype)])
+    return h1, torch.linalg.lstsq(stacked, padded).solution
+
+
 def test_stage1_with_exact_output_layer_stops_at_its_least_squares_fit(tiny_train):
     # After training, the decoder's output layer is the least-squares fit of the (standardised)
     # snapshots on the final features with the ridge LSTSQ_RIDGE: its loss equals that of
@@ -130,14 +142,7 @@ def test_stage1_with_exact_output_layer_stops_at_its_least_squares_fit(tiny_trai
     model = straight.model
     with torch.no_grad():
         U_s = ((U - model.shift) / model.scale).reshape(-1, U.shape[-1])
-        h = model.decoder[:-1](model.encoder(U_s))
-        h1 = torch.cat([h, torch.ones(h.shape[0], 1, dtype=h.dtype)], 1)
-        # The ridge problem as one QR least-squares problem: [h1; sqrt(lam) I] X = [U_s; 0].
-        lam = LSTSQ_RIDGE * (h1**2).sum(0).mean()
-        k = h1.shape[1]
-        stacked = torch.cat([h1, lam.sqrt() * torch.eye(k, dtype=h1.dtype)])
-        padded = torch.cat([U_s, torch.zeros(k, U_s.shape[1], dtype=U_s.dtype)])
-        expected = torch.linalg.lstsq(stacked, padded).solution
+        h1, expected = _ridge_fit(model.decoder[:-1](model.encoder(U_s)), U_s)
         best = ((h1 @ expected - U_s) ** 2).mean()
         ours = ((model.decoder(model.encoder(U_s)) - U_s) ** 2).mean()
     torch.testing.assert_close(ours, best, rtol=1e-6, atol=0)
@@ -162,15 +167,10 @@ def test_residual_stage_with_exact_output_layer_stops_at_its_least_squares_fit()
         with torch.no_grad():
             Z_flat, Y = Z.reshape(-1, 3), target.reshape(-1, 24)
             losses[output_layer] = float(((model(Z_flat) - Y) ** 2).mean())
-            h = model[:-1](Z_flat)
-        h1 = torch.cat([h, torch.ones(h.shape[0], 1, dtype=h.dtype)], 1)
-        lam = LSTSQ_RIDGE * (h1**2).sum(0).mean()
-        k = h1.shape[1]
-        stacked = torch.cat([h1, lam.sqrt() * torch.eye(k, dtype=h1.dtype)])
-        padded = torch.cat([Y, torch.zeros(k, Y.shape[1], dtype=Y.dtype)])
-        best = float(((h1 @ torch.linalg.lstsq(stacked, padded).solution - Y) ** 2).mean())
-        if output_layer == "lstsq":
-            assert losses[output_layer] == pytest.approx(best, rel=1e-9)
+            if output_layer == "lstsq":
+                h1, X = _ridge_fit(model[:-1](Z_flat), Y)
+                best = float(((h1 @ X - Y) ** 2).mean())
+                assert losses[output_layer] == pytest.approx(best, rel=1e-9)
     assert losses["adam"] > 1.5 * losses["lstsq"]
 
 
